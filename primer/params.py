@@ -1,0 +1,153 @@
+"""Load and validate sections of `params.yaml` before a stage does any work.
+
+A schema maps each key to a `Field` (or to a nested schema dict). Validation rejects unknown keys,
+missing keys, wrong types and out-of-range values with one sentence naming the key, the value and
+what is allowed.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from primer.errors import PrimerError
+
+
+@dataclass(frozen=True)
+class Field:
+    """One scalar param: its type and the values allowed."""
+
+    kind: type  # int, float, str or bool
+    low: float | None = None
+    high: float | None = None
+    choices: tuple | None = None
+    odd_or_zero: bool = False  # kernel sizes: 0 (off) or an odd number
+
+    def describe(self) -> str:
+        if self.choices is not None:
+            return "one of " + ", ".join(repr(c) for c in self.choices)
+        noun = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}[self.kind]
+        if self.odd_or_zero:
+            noun = "0 or an odd integer"
+        if self.low is not None and self.high is not None:
+            return f"{noun} from {self.low:g} to {self.high:g}"
+        if self.low is not None:
+            return f"{noun} >= {self.low:g}"
+        if self.high is not None:
+            return f"{noun} <= {self.high:g}"
+        return noun
+
+    def check(self, value: Any) -> Any:
+        """Return the value (ints widened to float for float fields) or None when it is not allowed."""
+        if self.kind is bool:
+            return value if isinstance(value, bool) else None
+        if self.kind is str:
+            if not isinstance(value, str):
+                return None
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+            return None
+        elif self.kind is int:
+            if isinstance(value, float) and not value.is_integer():
+                return None
+            value = int(value)
+        else:
+            value = float(value)
+            if not math.isfinite(value):
+                return None
+        if self.choices is not None and value not in self.choices:
+            return None
+        if self.low is not None and value < self.low:
+            return None
+        if self.high is not None and value > self.high:
+            return None
+        if self.odd_or_zero and value != 0 and value % 2 == 0:
+            return None
+        return value
+
+
+def integer(low: float | None = None, high: float | None = None) -> Field:
+    return Field(int, low, high)
+
+
+def number(low: float | None = None, high: float | None = None) -> Field:
+    return Field(float, low, high)
+
+
+def text() -> Field:
+    return Field(str)
+
+
+def choice(*options: Any) -> Field:
+    return Field(type(options[0]), choices=tuple(options))
+
+
+def odd_kernel(high: int = 99) -> Field:
+    return Field(int, 0, high, odd_or_zero=True)
+
+
+Schema = dict  # key -> Field | Schema
+
+
+def read_yaml(path: Path) -> dict:
+    """Read a params file; a missing or malformed file is a `PrimerError` naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise PrimerError(f"params file '{path}' not found; run from the repository root or pass --params PATH.")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        raise PrimerError(f"params file '{path}' is not valid YAML{line}: {getattr(exc, 'problem', exc)}.") from None
+    if not isinstance(data, dict):
+        raise PrimerError(f"params file '{path}' must hold a mapping of sections, not {type(data).__name__}.")
+    return data
+
+
+def validate(values: Any, schema: Schema, where: str, file: str) -> dict:
+    """Check `values` against `schema`; `where` is the dotted key prefix used in messages."""
+    dotted = f"'{where}'" if where else "the top level"
+    if not isinstance(values, dict):
+        raise PrimerError(f"{file}: {dotted} must be a mapping of keys, not {values!r}.")
+    unknown = sorted(set(values) - set(schema))
+    if unknown and where:  # other top-level sections belong to other stages
+        key = f"{where}.{unknown[0]}"
+        raise PrimerError(f"{file}: unknown key '{key}'; allowed keys in '{where}' are: {', '.join(schema)}.")
+    out = {}
+    for key, spec in schema.items():
+        name = f"{where}.{key}" if where else key
+        if key not in values:
+            raise PrimerError(f"{file}: key '{name}' is missing; add it ({_expect(spec)}).")
+        if isinstance(spec, dict):
+            out[key] = validate(values[key], spec, name, file)
+            continue
+        checked = spec.check(values[key])
+        if checked is None:
+            raise PrimerError(f"{file}: '{name}' is {values[key]!r}, but it must be {spec.describe()}.")
+        out[key] = checked
+    return out
+
+
+def _expect(spec: Field | Schema) -> str:
+    return "a section" if isinstance(spec, dict) else spec.describe()
+
+
+def load_params(path: Path | str, schema: Schema) -> dict:
+    """Load the top-level keys that `schema` names from `path` and validate them."""
+    return validate(read_yaml(Path(path)), schema, "", str(path))
+
+
+def flatten(params: dict, prefix: str = "") -> dict:
+    """`{"a": {"b": 1}}` -> `{"a.b": 1}`, for logging."""
+    flat = {}
+    for key, value in params.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat

@@ -1,0 +1,48 @@
+"""What every stage script shares: its argument parser, params loading and error handling."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
+
+from primer.errors import PrimerError
+from primer.params import Schema, load_params
+from primer.tracking import StageRun, Terminated, stage_run
+
+
+def stage_parser(doc: str) -> argparse.ArgumentParser:
+    """An argparse parser whose --help is the script's docstring; adds --params."""
+    summary, _, details = (doc or "").strip().partition("\n")
+    parser = argparse.ArgumentParser(
+        description=summary, epilog=details.strip() or None, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default: params.yaml)")
+    return parser
+
+
+@contextmanager
+def open_stage(name: str, params_file: Path, schema: Schema) -> Iterator[tuple[dict, StageRun]]:
+    """Validate the stage's params (before any work), then open its tracking run."""
+    params = load_params(params_file, schema)
+    with stage_run(name, params) as run:
+        yield params, run
+
+
+def cli(main: Callable[[list[str] | None], None], argv: list[str] | None = None) -> int:
+    """Run a stage's main(); user errors print one line and exit 1, interrupts exit 130/143."""
+    prog = Path(sys.argv[0]).stem
+    try:
+        main(argv)
+    except PrimerError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except Terminated:
+        print(f"{prog}: terminated", file=sys.stderr)
+        return 143
+    return 0

@@ -1,0 +1,34 @@
+"""Split the verified images into train / val / test: seeded, stratified by class, reproducible.
+
+Within each class the images are shuffled with params `seed` and cut by split.val_fraction and
+split.test_fraction; the rest is training data. Writes the manifest with a `split` column, in
+manifest order: the same manifest and seed give a byte-identical file.
+"""
+
+from __future__ import annotations
+
+from primer.params import integer, number
+from primer.split import split_counts, stratified_split
+from primer.stage import cli, open_stage, stage_parser
+from primer.table import read_table, write_table
+
+SCHEMA = {"seed": integer(0), "split": {"val_fraction": number(0, 0.9), "test_fraction": number(0, 0.9)}}
+COLUMNS = ["path", "label", "width", "height", "split"]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = stage_parser(__doc__)
+    parser.add_argument("--manifest", required=True, help="manifest CSV written by the verify stage")
+    parser.add_argument("--out", required=True, help="split CSV to write")
+    args = parser.parse_args(argv)
+    with open_stage("split", args.params, SCHEMA) as (params, run):
+        rows = read_table(args.manifest, COLUMNS[:-1], "verify")
+        rows = stratified_split(rows, seed=params["seed"], **params["split"])
+        write_table(args.out, rows, COLUMNS)
+        counts = split_counts(rows)
+        run.log_metrics(counts)
+        print("split: " + ", ".join(f"{k}={v}" for k, v in counts.items()), flush=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(cli(main))

@@ -1,0 +1,92 @@
+"""Params validation: every bad value is one sentence naming the key, the value and what is allowed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from primer.augment_policy import AugmentPolicy, policy_schema
+from primer.errors import PrimerError
+from primer.params import flatten, integer, load_params, number
+
+from conftest import REPO
+
+SCHEMA = {"seed": integer(0), "split": {"val_fraction": number(0, 0.9), "test_fraction": number(0, 0.9)}}
+
+
+def write(tmp_path: Path, data) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(data) if not isinstance(data, str) else data)
+    return path
+
+
+def test_valid_section_loads_and_ints_widen_to_floats(tmp_path):
+    params = load_params(write(tmp_path, {"seed": 1, "split": {"val_fraction": 0, "test_fraction": 0.1}, "other": {}}), SCHEMA)
+    assert params == {"seed": 1, "split": {"val_fraction": 0.0, "test_fraction": 0.1}}
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        ({"seed": 1, "split": {"val_fraction": -0.1, "test_fraction": 0.1}}, "'split.val_fraction' is -0.1, but it must be a number from 0 to 0.9"),
+        ({"seed": 1, "split": {"val_fraction": "a", "test_fraction": 0.1}}, "'split.val_fraction' is 'a'"),
+        ({"seed": 1.5, "split": {"val_fraction": 0.1, "test_fraction": 0.1}}, "'seed' is 1.5, but it must be an integer >= 0"),
+        ({"seed": True, "split": {"val_fraction": 0.1, "test_fraction": 0.1}}, "'seed' is True"),
+        ({"seed": 1, "split": {"val_fraction": 0.1, "test_fraction": 0.1, "tset": 1}}, "unknown key 'split.tset'; allowed keys in 'split' are: val_fraction, test_fraction"),
+        ({"seed": 1, "split": {"val_fraction": 0.1}}, "key 'split.test_fraction' is missing"),
+        ({"split": {"val_fraction": 0.1, "test_fraction": 0.1}}, "key 'seed' is missing"),
+        ({"seed": 1, "split": [1, 2]}, "'split' must be a mapping"),
+    ],
+)
+def test_bad_values_name_the_key(tmp_path, data, message):
+    with pytest.raises(PrimerError) as err:
+        load_params(write(tmp_path, data), SCHEMA)
+    assert message in str(err.value)
+    assert "params.yaml" in str(err.value)
+
+
+def test_bad_files(tmp_path):
+    with pytest.raises(PrimerError, match="not found"):
+        load_params(tmp_path / "missing.yaml", SCHEMA)
+    with pytest.raises(PrimerError, match="not valid YAML at line 3"):
+        load_params(write(tmp_path, "seed: 1\nsplit: [\n"), SCHEMA)
+
+
+def test_repo_params_pass_every_stage_schema():
+    from stages import augment, fetch, split, verify  # noqa: F401  (importable as modules)
+
+    for module in (fetch, verify, split, augment):
+        load_params(REPO / "params.yaml", module.SCHEMA)
+
+
+def test_policy_params_are_the_constructor_arguments():
+    params = yaml.safe_load((REPO / "params.yaml").read_text())["augment"]["policy"]
+    assert set(params) == set(policy_schema())
+    assert AugmentPolicy(**params) == AugmentPolicy()  # the defaults are the primer's train_transform
+    assert flatten({"a": {"b": 1}, "c": 2}) == {"a.b": 1, "c": 2}
+
+
+def test_stage_exits_non_zero_with_one_sentence_before_any_work(tmp_path):
+    bad = yaml.safe_load((REPO / "params.yaml").read_text())
+    bad["verify"]["num_workers"] = -2
+    params = write(tmp_path, bad)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "stages" / "verify.py"), "--params", str(params), "--images", str(tmp_path / "none"),
+         "--manifest", str(tmp_path / "m.csv"), "--rejects", str(tmp_path / "r.csv"), "--summary", str(tmp_path / "s.json")],
+        capture_output=True, text=True, cwd=tmp_path,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"verify: error: {params}: 'verify.num_workers' is -2, but it must be an integer from 0 to 1024."
+    ]
+    assert not (tmp_path / "mlflow.db").exists()  # failed before tracking started
+
+
+@pytest.mark.parametrize("script", ["fetch", "verify", "split", "augment"])
+def test_every_stage_explains_itself(script):
+    result = subprocess.run([sys.executable, str(REPO / "stages" / f"{script}.py"), "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "--params" in result.stdout and len(result.stdout.splitlines()) > 8

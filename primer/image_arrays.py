@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,9 @@ from primer.images import open_rgb
 from primer.parallel import parallel_map
 
 JPEG_MAGIC = b"\xff\xd8\xff"
+# torchvision 0.29 deprecates its decoders in favour of TorchCodec, but they are still there in the
+# pinned release; the warning would otherwise print once per worker process.
+warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities", category=DeprecationWarning)
 
 
 def jpeg_header(data: bytes) -> tuple[int, int, int] | None:

@@ -1,0 +1,23 @@
+# Two entry points on a fresh machine (see README.md):
+#   make repro   set up .venv from requirements.lock and run the pipeline (dvc repro)
+#   make test    set up .venv from requirements.lock and run the test suite
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export DVC_NO_ANALYTICS := 1
+
+.PHONY: setup test repro
+
+$(VENV)/.installed: requirements.lock pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.lock
+	$(PY) -m pip install -q --no-deps -e .
+	touch $@
+
+setup: $(VENV)/.installed
+
+test: setup
+	$(PY) -m pytest
+
+repro: setup
+	PATH="$(abspath $(VENV))/bin:$$PATH" dvc repro

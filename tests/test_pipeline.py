@@ -1,0 +1,121 @@
+"""End to end: `dvc repro` in a temp copy of the repo on tiny data, tracked in MLflow."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from conftest import REPO, photo, venv_env
+
+pytestmark = pytest.mark.slow
+STAGES = ["fetch", "verify", "split", "augment"]
+
+
+def copy_repo(dest: Path) -> Path:
+    files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    for name in files:
+        if (REPO / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, dest / name)
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"]):
+        subprocess.run(cmd, cwd=dest, check=True)
+    return dest
+
+
+def tiny_sources(root: Path) -> dict:
+    pets = root / "pets.zip"
+    with zipfile.ZipFile(pets, "w") as zf:
+        for c, name in enumerate(["Cat", "Dog"]):
+            for i in range(10):
+                img = root / f"{name}{i}.jpg"
+                photo(80 + i, 60, seed=c * 10 + i).save(img)
+                zf.write(img, f"PetImages/{name}/{i}.jpg")
+        zf.writestr("PetImages/Cat/Thumbs.db", b"\xd0\xcf\x11\xe0" + b"\0" * 100)
+        zf.writestr("PetImages/Dog/666.jpg", b"")
+    text = root / "timemachine.txt"
+    text.write_text("The Time Machine, by H. G. Wells\n" * 20)
+    fra = root / "fra-eng.zip"
+    with zipfile.ZipFile(fra, "w") as zf:
+        zf.writestr("fra-eng/fra.txt", "Go.\tVa !\nHi.\tSalut !\n")
+    sha = lambda p: hashlib.sha1(p.read_bytes()).hexdigest()  # noqa: E731
+    return {
+        "petimages": {"url": str(pets), "sha1": sha(pets), "member": "PetImages"},
+        "timemachine": {"url": text.as_uri(), "sha1": sha(text), "member": ""},
+        "fra_eng": {"url": fra.as_uri(), "sha1": sha(fra), "member": "fra-eng"},
+    }
+
+
+def set_params(repo: Path, change) -> None:
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    change(params)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
+def dvc(repo: Path, env: dict, *args: str) -> str:
+    result = subprocess.run(["dvc", *args], cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout + result.stderr
+
+
+def ran(output: str) -> list[str]:
+    return [s for s in STAGES if f"Running stage '{s}'" in output]
+
+
+@pytest.fixture(scope="module")
+def pipeline(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("e2e")
+    repo = copy_repo(tmp / "repo")
+    sources = tiny_sources(tmp)
+    set_params(repo, lambda p: p["fetch"].update(sources=sources))
+    env = {**venv_env(tmp), "PYTHONPATH": str(repo)}  # the copy's own primer package
+    first = dvc(repo, env, "repro")
+    return repo, env, first
+
+
+def test_repro_runs_every_stage_and_writes_the_outputs(pipeline):
+    repo, _, first = pipeline
+    assert ran(first) == STAGES
+    assert sorted(p.name for p in (repo / "data/raw/petimages").iterdir()) == ["Cat", "Dog"]
+    summary = json.loads((repo / "data/verified/summary.json").read_text())
+    assert summary["kept"] == 20 and summary["rejected/not_an_image"] == 1 and summary["rejected/empty"] == 1
+    arrays = repo / "data/arrays"
+    meta = json.loads((arrays / "meta.json").read_text())
+    assert meta["classes"] == ["Cat", "Dog"] and meta["counts"] == {"train": 16, "val": 2, "test": 2}
+    train = np.load(arrays / "train_images.npy", mmap_mode="r")
+    assert train.shape == (16, 150, 150, 3) and train.dtype == np.uint8
+    assert np.load(arrays / "val_images.npy", mmap_mode="r").shape == (2, 128, 128, 3)
+    assert np.load(arrays / "train_labels.npy").tolist().count(1) == 8
+    assert (arrays / "preview.png").stat().st_size > 10_000
+
+
+def test_mlflow_holds_one_finished_run_per_stage(pipeline):
+    repo, _, _ = pipeline
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("primer").experiment_id])
+    by_stage = {r.info.run_name: r for r in runs}
+    assert sorted(by_stage) == sorted(STAGES) and len(runs) == 4
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert by_stage["split"].data.params == {"seed": "42", "split.val_fraction": "0.1", "split.test_fraction": "0.1"}
+    assert by_stage["verify"].data.metrics["kept/Cat"] == 10
+    assert by_stage["split"].data.metrics["train/Dog"] == 8
+    assert by_stage["augment"].data.metrics["images/train"] == 16
+    assert by_stage["fetch"].data.tags["git.dirty"] == "true"  # params.yaml was edited after the commit
+    artifacts = {a.path for a in client.list_artifacts(by_stage["augment"].info.run_id)}
+    assert "preview.png" in artifacts
+
+
+def test_second_repro_runs_nothing_and_augment_params_rerun_only_augment(pipeline):
+    repo, env, _ = pipeline
+    assert ran(dvc(repo, env, "repro")) == []
+    set_params(repo, lambda p: p["augment"]["policy"].update(vflip=0.5))
+    assert ran(dvc(repo, env, "repro")) == ["augment"]
+    assert "up to date" in dvc(repo, env, "status")

@@ -1,0 +1,130 @@
+"""Tracking: one MLflow run per stage execution, never left RUNNING, and fast failure on a dead server."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from primer.errors import PrimerError
+from primer.tracking import stage_run
+
+from conftest import REPO
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("PRIMER_TRACKING", "on")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "primer-test")
+    monkeypatch.setenv("DVC_EXP_NAME", "exp-1")
+    return uri
+
+
+def only_run(uri: str):
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("primer-test")
+    runs = client.search_runs([experiment.experiment_id])
+    assert len(runs) == 1
+    return runs[0]
+
+
+def test_finished_run_has_params_tags_and_metrics(store):
+    with stage_run("verify", {"verify": {"num_workers": 2}, "seed": 42}) as run:
+        run.log_metrics({"kept/Cat": 3}, step=0)
+    logged = only_run(store)
+    assert logged.info.status == "FINISHED" and logged.info.run_name == "verify"
+    assert logged.data.params == {"verify.num_workers": "2", "seed": "42"}
+    assert logged.data.metrics == {"kept/Cat": 3.0}
+    tags = logged.data.tags
+    assert tags["stage"] == "verify" and tags["torch.device"] == "cpu" and tags["dvc.exp_name"] == "exp-1"
+    assert tags["host"] == socket.gethostname()
+
+
+def test_exception_leaves_the_run_failed(store):
+    with pytest.raises(ValueError):
+        with stage_run("split", {}):
+            raise ValueError("boom")
+    assert only_run(store).info.status == "FAILED"
+
+
+def test_ctrl_c_leaves_the_run_killed(store):
+    with pytest.raises(KeyboardInterrupt):
+        with stage_run("split", {}):
+            raise KeyboardInterrupt
+    assert only_run(store).info.status == "KILLED"
+
+
+def test_sigterm_leaves_the_run_killed_and_exits_143(store, tmp_path):
+    script = tmp_path / "stage.py"
+    script.write_text(textwrap.dedent("""
+        import sys, time
+        from primer.stage import cli
+        from primer.tracking import stage_run
+        def main(argv):
+            with stage_run("slow", {}):
+                print("started", flush=True)
+                time.sleep(60)
+        sys.exit(cli(main))
+    """))
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, cwd=REPO)
+    assert proc.stdout.readline().strip() == "started"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=30) == 143
+    assert only_run(store).info.status == "KILLED"
+
+
+def test_git_tags_inside_a_checkout(store, monkeypatch):
+    monkeypatch.chdir(REPO)
+    with stage_run("split", {}):
+        pass
+    tags = only_run(store).data.tags
+    if (REPO / ".git").exists():
+        assert len(tags["git.commit"]) == 40 and tags["git.dirty"] in ("true", "false")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_refused_server_fails_fast_naming_the_uri(monkeypatch):
+    uri = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv("PRIMER_TRACKING", "on")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    start = time.monotonic()
+    with pytest.raises(PrimerError, match=f"MLflow tracking server at {uri} is unreachable"):
+        with stage_run("fetch", {}):
+            pytest.fail("the stage body must not run")
+    assert time.monotonic() - start < 15
+
+
+def test_silent_server_fails_within_15s(monkeypatch):
+    with socket.socket() as silent:  # accepts connections (backlog) but never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        uri = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        monkeypatch.setenv("PRIMER_TRACKING", "on")
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        start = time.monotonic()
+        with pytest.raises(PrimerError, match="unreachable"):
+            with stage_run("fetch", {}):
+                pass
+        assert time.monotonic() - start < 15
+
+
+def test_tracking_off_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PRIMER_TRACKING", "off")
+    with stage_run("fetch", {"a": 1}) as run:
+        run.log_metrics({"x": 1})
+        assert not run.enabled
+    assert list(tmp_path.iterdir()) == []

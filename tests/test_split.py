@@ -6,6 +6,7 @@ import pytest
 
 from primer.errors import PrimerError
 from primer.split import split_counts, stratified_split
+from primer.table import write_table
 
 
 def manifest(cats: int, dogs: int) -> list[dict]:
@@ -38,3 +39,10 @@ def test_fractions_must_leave_training_data():
         stratified_split(manifest(10, 10), 0.5, 0.5, seed=0)
     with pytest.raises(PrimerError, match="class 'Dog' has only 2 image"):
         stratified_split(manifest(10, 2), 0.4, 0.4, seed=0)
+
+
+def test_split_file_is_byte_identical_on_rerun(tmp_path):
+    columns = ["path", "label", "split"]
+    for name in ("a.csv", "b.csv"):
+        write_table(tmp_path / name, stratified_split(manifest(30, 20), 0.1, 0.1, seed=42), columns)
+    assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()

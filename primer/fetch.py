@@ -61,7 +61,7 @@ def copy_folder(src: Path, target: Path) -> None:
 
 
 def is_archive(path: Path) -> bool:
-    return zipfile.is_zipfile(path) or (path.suffix != ".txt" and tarfile.is_tarfile(path))
+    return zipfile.is_zipfile(path) or tarfile.is_tarfile(path)
 
 
 def fetch_source(

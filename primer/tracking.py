@@ -149,8 +149,10 @@ def _start(stage: str, params: dict):
         mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT)
         run = mlflow.start_run(run_name=stage, tags=run_tags(stage))
         mlflow.log_params(flatten(params))
-    except MlflowException as exc:
-        raise PrimerError(f"MLflow tracking at {uri} failed: {exc.message.splitlines()[0]}") from None
+    except Exception as exc:  # MlflowException, or the database driver's own errors
+        text = exc.message if isinstance(exc, MlflowException) else str(exc)
+        first = (text.strip().splitlines() or [type(exc).__name__])[0]
+        raise PrimerError(f"MLflow tracking at {uri} failed: {first}; check MLFLOW_TRACKING_URI.") from None
     return mlflow, run.info.run_id, uri
 
 

@@ -83,6 +83,18 @@ def policy_schema() -> dict:
     return {f.name: f.metadata["param"] for f in fields(AugmentPolicy)}
 
 
+def augment_schema() -> dict:
+    """The params schema of the whole `augment` section (read by augment and by training)."""
+    return {
+        "train_size": integer(8, 4096),
+        "eval_size": integer(8, 4096),
+        "draft_oversample": integer(0, 8),
+        "num_workers": integer(0, 1024),
+        "preview_images": integer(1, 32),
+        "policy": policy_schema(),
+    }
+
+
 class Cutout(torch.nn.Module):
     """The primer's cutout: `count` square masks of side `size` (clipped at the borders) set to 0,
     each centred on a uniformly drawn pixel."""

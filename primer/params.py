@@ -81,6 +81,10 @@ def text() -> Field:
     return Field(str)
 
 
+def flag() -> Field:
+    return Field(bool)
+
+
 def choice(*options: Any) -> Field:
     return Field(type(options[0]), choices=tuple(options))
 

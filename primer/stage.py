@@ -24,10 +24,12 @@ def stage_parser(doc: str) -> argparse.ArgumentParser:
 
 
 @contextmanager
-def open_stage(name: str, params_file: Path, schema: Schema) -> Iterator[tuple[dict, StageRun]]:
+def open_stage(
+    name: str, params_file: Path, schema: Schema, system_metrics: bool = False
+) -> Iterator[tuple[dict, StageRun]]:
     """Validate the stage's params (before any work), then open its tracking run."""
     params = load_params(params_file, schema)
-    with stage_run(name, params) as run:
+    with stage_run(name, params, system_metrics) as run:
         yield params, run
 
 

@@ -57,10 +57,22 @@ class StageRun:
         if self._mlflow:
             self._mlflow.set_tags({k: str(v) for k, v in tags.items()})
 
-    @property
-    def mlflow(self):
-        """The mlflow module itself, for the few calls that need it (model logging); None when off."""
-        return self._mlflow
+    def log_figure(self, figure, artifact_file: str) -> None:
+        if self._mlflow:
+            self._mlflow.log_figure(figure, artifact_file)
+
+    def log_pytorch_model(self, model, input_example) -> None:
+        """The model in MLflow's PyTorch flavour, with a signature inferred from `input_example`
+        (a numpy array the model takes) and the model's output on it."""
+        if not self._mlflow:
+            return
+        import torch
+        from mlflow.models import infer_signature
+
+        with torch.no_grad():
+            output = model(torch.from_numpy(input_example)).numpy()
+        signature = infer_signature(input_example, output)
+        self._mlflow.pytorch.log_model(model, name="model", signature=signature, input_example=input_example)
 
 
 def tracking_enabled() -> bool:
@@ -135,7 +147,7 @@ def _sigterm_raises() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _start(stage: str, params: dict):
+def _start(stage: str, params: dict, system_metrics: bool):
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -147,7 +159,7 @@ def _start(stage: str, params: dict):
         probe_server(uri)
     try:
         mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT)
-        run = mlflow.start_run(run_name=stage, tags=run_tags(stage))
+        run = mlflow.start_run(run_name=stage, tags=run_tags(stage), log_system_metrics=system_metrics or None)
         mlflow.log_params(flatten(params))
     except Exception as exc:  # MlflowException, or the database driver's own errors
         text = exc.message if isinstance(exc, MlflowException) else str(exc)
@@ -157,13 +169,16 @@ def _start(stage: str, params: dict):
 
 
 @contextmanager
-def stage_run(stage: str, params: dict) -> Iterator[StageRun]:
-    """One MLflow run for one stage execution; ends FINISHED, FAILED or KILLED, never left RUNNING."""
+def stage_run(stage: str, params: dict, system_metrics: bool = False) -> Iterator[StageRun]:
+    """One MLflow run for one stage execution; ends FINISHED, FAILED or KILLED, never left RUNNING.
+
+    `system_metrics` samples CPU, memory (and GPU when present) into the run while it is open.
+    """
     if not tracking_enabled():
         with _sigterm_raises():
             yield StageRun()
         return
-    mlflow, run_id, uri = _start(stage, params)
+    mlflow, run_id, uri = _start(stage, params, system_metrics)
     status = "FAILED"
     try:
         with _sigterm_raises():

@@ -5,7 +5,7 @@ test at augment.eval_size (its Resize((128, 128))), as memory-mappable uint8 arr
 split-file order, with int64 labels and meta.json (classes in label order, sizes, counts). JPEGs
 are decoded in draft mode at >= draft_oversample x the stored size (0 = full-size decode).
 The augmentation policy (augment.policy, 0 turns a step off) is applied at training time; this stage
-writes preview.png: real training images beside each enabled step.
+draws --preview: real training images beside each enabled step, and the policy as trained.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from primer.atomic import atomic_path
-from primer.augment_policy import AugmentPolicy, policy_schema
+from primer.augment_policy import AugmentPolicy, augment_schema
 from primer.errors import PrimerError
 from primer.image_arrays import write_image_array
 from primer.params import integer
@@ -27,17 +27,7 @@ from primer.split import SPLITS
 from primer.stage import cli, open_stage, stage_parser
 from primer.table import read_table
 
-SCHEMA = {
-    "seed": integer(0),
-    "augment": {
-        "train_size": integer(8, 4096),
-        "eval_size": integer(8, 4096),
-        "draft_oversample": integer(0, 8),
-        "num_workers": integer(0, 1024),
-        "preview_images": integer(0, 32),
-        "policy": policy_schema(),
-    },
-}
+SCHEMA = {"seed": integer(0), "augment": augment_schema()}
 
 
 def write_split(images: Path, rows: list[dict], classes: list[str], size: int, out: Path, split: str, p: dict) -> None:
@@ -52,7 +42,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = stage_parser(__doc__)
     parser.add_argument("--images", required=True, type=Path, help="class folders of raw images (fetch output)")
     parser.add_argument("--split", required=True, help="split CSV written by the split stage")
-    parser.add_argument("--out", required=True, type=Path, help="folder of arrays and preview to write")
+    parser.add_argument("--out", required=True, type=Path, help="folder of arrays to write")
+    parser.add_argument("--preview", required=True, type=Path, help="augmentation preview PNG to write")
     args = parser.parse_args(argv)
     with open_stage("augment", args.params, SCHEMA) as (params, run):
         p = params["augment"]
@@ -75,15 +66,14 @@ def main(argv: list[str] | None = None) -> None:
             seconds = time.perf_counter() - start
             meta = {"classes": classes, "counts": counts, "train_size": p["train_size"], "eval_size": p["eval_size"]}
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-            if p["preview_images"] and counts["train"]:
-                train = np.load(tmp / "train_images.npy", mmap_mode="r")
-                picks = sorted(random.Random(params["seed"]).sample(range(len(train)), min(p["preview_images"], len(train))))
-                augmentation_preview(train[picks], policy, tmp / "preview.png", params["seed"])
+        # The preview lives outside the arrays folder: redrawing it must not look like new training data.
+        train = np.load(args.out / "train_images.npy", mmap_mode="r")
+        picks = sorted(random.Random(params["seed"]).sample(range(len(train)), min(p["preview_images"], len(train))))
+        augmentation_preview(train[picks], policy, args.preview, params["seed"])
+        run.log_artifact(args.preview)
         total = sum(counts.values())
         disk = sum(f.stat().st_size for f in args.out.iterdir())
         run.log_metrics({**{f"images/{k}": v for k, v in counts.items()}, "images_per_s": total / seconds, "disk_mb": disk / 2**20})
-        if (args.out / "preview.png").exists():
-            run.log_artifact(args.out / "preview.png")
         print(f"augment: {total} images in {seconds:.1f}s ({total / seconds:.0f} img/s), {disk / 2**20:.0f} MiB", flush=True)
 
 

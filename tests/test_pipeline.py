@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 from conftest import REPO, photo, venv_env
 
 pytestmark = pytest.mark.slow
-STAGES = ["fetch", "verify", "split", "augment"]
+STAGES = ["fetch", "verify", "split", "augment", "train_cnn"]
 
 
 def copy_repo(dest: Path) -> Path:
@@ -75,7 +75,11 @@ def pipeline(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("e2e")
     repo = copy_repo(tmp / "repo")
     sources = tiny_sources(tmp)
-    set_params(repo, lambda p: p["fetch"].update(sources=sources))
+    def tiny(p):
+        p["fetch"].update(sources=sources)
+        p["train_cnn"].update(epochs=2, batch_size=8, log_every=1)
+
+    set_params(repo, tiny)
     env = {**venv_env(tmp), "PYTHONPATH": str(repo)}  # the copy's own primer package
     first = dvc(repo, env, "repro")
     return repo, env, first
@@ -94,7 +98,12 @@ def test_repro_runs_every_stage_and_writes_the_outputs(pipeline):
     assert train.shape == (16, 150, 150, 3) and train.dtype == np.uint8
     assert np.load(arrays / "val_images.npy", mmap_mode="r").shape == (2, 128, 128, 3)
     assert np.load(arrays / "train_labels.npy").tolist().count(1) == 8
-    assert (arrays / "preview.png").stat().st_size > 10_000
+    assert (repo / "data/augment_preview.png").stat().st_size > 10_000
+    metrics = json.loads((repo / "metrics/train_cnn.json").read_text())
+    assert metrics["epochs"] == 2 and 0 <= metrics["val/acc"] <= 1
+    assert (repo / "models/cnn.pt").is_file() and (repo / "plots/train_cnn/curves.png").is_file()
+    assert len((repo / "plots/train_cnn/curves.csv").read_text().splitlines()) == 3  # header + 2 epochs
+    assert (repo / "checkpoints/train_cnn.pt").is_file()
 
 
 def test_mlflow_holds_one_finished_run_per_stage(pipeline):
@@ -102,7 +111,7 @@ def test_mlflow_holds_one_finished_run_per_stage(pipeline):
     client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("primer").experiment_id])
     by_stage = {r.info.run_name: r for r in runs}
-    assert sorted(by_stage) == sorted(STAGES) and len(runs) == 4
+    assert sorted(by_stage) == sorted(STAGES) and len(runs) == len(STAGES)
     assert all(r.info.status == "FINISHED" for r in runs)
     assert by_stage["split"].data.params == {"seed": "42", "split.val_fraction": "0.1", "split.test_fraction": "0.1"}
     assert by_stage["verify"].data.metrics["kept/Cat"] == 10
@@ -110,12 +119,19 @@ def test_mlflow_holds_one_finished_run_per_stage(pipeline):
     assert by_stage["augment"].data.metrics["images/train"] == 16
     assert by_stage["fetch"].data.tags["git.dirty"] == "true"  # params.yaml was edited after the commit
     artifacts = {a.path for a in client.list_artifacts(by_stage["augment"].info.run_id)}
-    assert "preview.png" in artifacts
+    assert "augment_preview.png" in artifacts
+    train = by_stage["train_cnn"]
+    assert len(client.get_metric_history(train.info.run_id, "train/loss")) == 4  # 16 images / 8 per step x 2 epochs
+    assert len(client.get_metric_history(train.info.run_id, "val/acc")) == 2
+    assert "train/img_per_s" in train.data.metrics and "lr" in train.data.metrics
+    assert any(k.startswith("system/") for k in train.data.metrics)  # CPU / memory sampled during training
 
 
-def test_second_repro_runs_nothing_and_augment_params_rerun_only_augment(pipeline):
+def test_second_repro_runs_nothing_and_changes_rerun_only_what_they_affect(pipeline):
     repo, env, _ = pipeline
     assert ran(dvc(repo, env, "repro")) == []
-    set_params(repo, lambda p: p["augment"]["policy"].update(vflip=0.5))
+    set_params(repo, lambda p: p["augment"].update(preview_images=2))  # a new preview, the same arrays
     assert ran(dvc(repo, env, "repro")) == ["augment"]
+    set_params(repo, lambda p: p["augment"]["policy"].update(vflip=0.5))  # training augments differently
+    assert ran(dvc(repo, env, "repro")) == ["augment", "train_cnn"]
     assert "up to date" in dvc(repo, env, "status")

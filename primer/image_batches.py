@@ -1,0 +1,99 @@
+"""CNN data from the augment stage's arrays: seeded, sharded, augmented batches on the device."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from primer import distributed
+from primer.augment_policy import AugmentPolicy
+from primer.batch_augment import augment_batch, eval_batch
+from primer.errors import PrimerError
+from primer.split import SPLITS
+
+
+
+
+def load_arrays(folder: Path | str, train_size: int, eval_size: int) -> dict:
+    """{split: (images uint8 (N, S, S, 3), labels int64 (N,))} plus meta; stale or missing data is an error."""
+    folder = Path(folder)
+    meta_path = folder / "meta.json"
+    if not meta_path.is_file():
+        raise PrimerError(f"{folder} holds no augment outputs; run the augment stage first (dvc repro augment).")
+    meta = json.loads(meta_path.read_text())
+    if (meta["train_size"], meta["eval_size"]) != (train_size, eval_size):
+        raise PrimerError(
+            f"{folder} was made with train_size {meta['train_size']} / eval_size {meta['eval_size']}, but params.yaml "
+            f"now says {train_size} / {eval_size}; rerun the augment stage (dvc repro augment)."
+        )
+    data = {"meta": meta}
+    for split in SPLITS:
+        images = np.load(folder / f"{split}_images.npy", mmap_mode="r")
+        labels = np.load(folder / f"{split}_labels.npy")
+        if len(images) != meta["counts"][split] or len(labels) != len(images):
+            raise PrimerError(f"{folder}/{split}_images.npy does not match meta.json; rerun the augment stage (dvc repro augment).")
+        data[split] = (torch.from_numpy(np.array(images)), torch.from_numpy(labels))  # read into memory once
+    return data
+
+
+def data_identity(folder: Path | str) -> str:
+    """A hash of meta.json and the label arrays: changes whenever augment writes other data."""
+    digest = hashlib.sha1()
+    for name in ["meta.json"] + [f"{split}_labels.npy" for split in SPLITS]:
+        digest.update((Path(folder) / name).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _shard(order: torch.Tensor) -> torch.Tensor:
+    """This rank's share of `order`, equal in length on every rank."""
+    world = distributed.world()
+    return order[: len(order) - len(order) % world][distributed.rank() :: world]
+
+
+def train_batches(
+    images: torch.Tensor, labels: torch.Tensor, batch_size: int, policy: AugmentPolicy, seed: int, epoch: int,
+    device: torch.device, channels_last: bool,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Shuffled, augmented batches for one epoch; the same (seed, epoch) gives the same batches."""
+    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    order = _shard(torch.randperm(len(images), generator=generator))
+    per_rank = max(1, batch_size // distributed.world())  # the global batch stays `batch_size`
+    for start in range(0, len(order), per_rank):
+        index = order[start : start + per_rank]
+        x = augment_batch(images[index].to(device, non_blocking=True), policy, generator)  # (B, 3, c, c)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        yield x, labels[index].to(device, non_blocking=True)
+
+
+def eval_batches(
+    images: torch.Tensor, labels: torch.Tensor, batch_size: int, device: torch.device, channels_last: bool
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    order = torch.arange(len(images))[distributed.rank() :: distributed.world()]  # every image, once
+    for start in range(0, len(order), batch_size):
+        index = order[start : start + batch_size]
+        x = eval_batch(images[index].to(device, non_blocking=True))
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        yield x, labels[index].to(device, non_blocking=True)
+
+
+@torch.no_grad()
+def evaluate_binary(model: torch.nn.Module, batches, bf16: bool, device: torch.device, prefix: str = "val") -> dict:
+    """Mean BCE loss and accuracy (logit >= 0 means class 1), summed over ranks.
+
+    Pass the bare model (not its DDP wrapper): ranks may see different numbers of batches here.
+    """
+    sums = torch.zeros(3, device=device)  # loss * n, correct, n
+    for x, y in batches:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits, loss = model(x, y)
+        sums += torch.stack([loss.float() * len(y), ((logits >= 0).long() == y).sum().float(), torch.tensor(float(len(y)), device=device)])
+    sums = distributed.all_sum(sums)
+    n = sums[2].clamp(min=1)
+    return {f"{prefix}/loss": (sums[0] / n).item(), f"{prefix}/acc": (sums[1] / n).item()}

@@ -1,0 +1,1 @@
+"""The models of the primer. Every model honours one contract: `logits, loss = model(x, y=None)`."""

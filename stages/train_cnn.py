@@ -1,0 +1,148 @@
+"""Train the cat/dog CNN on the augment stage's arrays, augmenting each batch on the training device.
+
+train_cnn.model.arch 'primer' is the primer's CNNmodel (width 16 gives its 16-32-64-128 channels);
+'resnet' is a stronger from-scratch residual net. Optimizer, learning rate, epochs, batch size,
+gradient clipping, bf16 autocast and channels_last come from train_cnn; the augmentation policy and
+image sizes from augment. Writes the final model (a plain dict: state, model args, classes), metrics
+JSON, per-epoch curves (CSV for DVC plots, and a PNG) and logs them, the model and system metrics
+to MLflow. A checkpoint goes to --checkpoint every epoch, outside DVC's outputs so that `dvc repro`
+never deletes it: a killed run resumes from it; one made for other params or data is ignored.
+Several processes (DDP): set train_cnn.nproc (the stage relaunches itself under torchrun), or run
+`torchrun --nproc_per_node N stages/train_cnn.py ...` yourself. Only rank 0 logs and writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from primer import distributed
+from primer.atomic import atomic_path, write_text
+from primer.augment_policy import AugmentPolicy, augment_schema
+from primer.batch_augment import eval_batch
+from primer.checkpoint import fingerprint
+from primer.curves import plot_history, write_history_csv
+from primer.errors import PrimerError
+from primer.image_batches import data_identity, eval_batches, evaluate_binary, load_arrays, train_batches
+from primer.models.cnn import ARCHS, ProbabilityHead, build_cnn
+from primer.params import choice, flag, integer, load_params, number
+from primer.stage import cli, open_stage, stage_parser
+from primer.train import OPTIMIZERS, fit, make_optimizer, use_bf16
+
+SCHEMA = {
+    "seed": integer(0),
+    "augment": augment_schema(),
+    "train_cnn": {
+        "model": {"arch": choice(*ARCHS), "width": integer(1, 512)},
+        "optimizer": choice(*OPTIMIZERS),
+        "lr": number(1e-7, 10),
+        "weight_decay": number(0, 1),
+        "epochs": integer(1, 10_000),
+        "batch_size": integer(1, 65_536),
+        "grad_clip": number(0, 1e6),
+        "bf16": flag(),
+        "channels_last": flag(),
+        "log_every": integer(1),
+        "nproc": integer(1, 256),
+        "device": choice("auto", "cpu", "cuda"),
+    },
+}
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise PrimerError("params.yaml: train_cnn.device is 'cuda', but torch sees no CUDA device; use 'auto' or 'cpu'.")
+    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
+
+
+def relaunch_under_torchrun(nproc: int) -> None:
+    """Replace this process with `torchrun --standalone --nproc_per_node nproc` running this script."""
+    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", __file__]
+    os.execv(sys.executable, argv + sys.argv[1:])
+
+
+def save_model(path: Path, model: torch.nn.Module, model_args: dict, classes: list, history: list) -> None:
+    with atomic_path(path) as tmp:
+        torch.save({"model": model.state_dict(), "model_args": model_args, "classes": classes, "history": history}, tmp)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = stage_parser(__doc__)
+    parser.add_argument("--arrays", required=True, type=Path, help="augment stage output folder")
+    parser.add_argument("--checkpoint", required=True, type=Path, help="checkpoint file (kept between runs)")
+    parser.add_argument("--model", required=True, type=Path, help="final model file to write")
+    parser.add_argument("--metrics", required=True, type=Path, help="metrics JSON to write")
+    parser.add_argument("--curves", required=True, type=Path, help="per-epoch CSV to write (DVC plots)")
+    parser.add_argument("--curves-png", required=True, type=Path, help="training-curve PNG to write")
+    args = parser.parse_args(argv)
+    p = load_params(args.params, SCHEMA)["train_cnn"]  # fail on bad params before any launch or work
+    if p["nproc"] > 1 and not distributed.launched():
+        relaunch_under_torchrun(p["nproc"])
+    device = distributed.setup(pick_device(p["device"]))
+    if not distributed.is_main():
+        os.environ["PRIMER_TRACKING"] = "off"  # rank 0 alone logs
+    try:
+        with open_stage("train_cnn", args.params, SCHEMA, system_metrics=True) as (params, run):
+            train(args, params, run, device)
+    finally:
+        distributed.teardown()
+
+
+def train(args, params: dict, run, device: torch.device) -> None:
+    p, aug = params["train_cnn"], params["augment"]
+    seed = params["seed"]
+    torch.manual_seed(seed)
+    random.seed(seed)
+    data = load_arrays(args.arrays, aug["train_size"], aug["eval_size"])
+    policy = AugmentPolicy(**aug["policy"])
+    if policy.crop_size and policy.crop_size != aug["eval_size"]:
+        print(f"train_cnn: note: training crops are {policy.crop_size} px, evaluation images {aug['eval_size']} px", flush=True)
+    (train_x, train_y), (val_x, val_y) = data["train"], data["val"]
+    if device.type == "cuda":  # uint8 on the GPU: 25,000 images take ~1.7 GB
+        train_x, val_x = train_x.to(device), val_x.to(device)
+    model = build_cnn(**p["model"]).to(device)
+    if p["channels_last"]:
+        model = model.to(memory_format=torch.channels_last)
+    net = distributed.wrap(model, device)
+    optimizer = make_optimizer(net, p["optimizer"], p["lr"], p["weight_decay"])
+    bf16 = use_bf16(device, p["bf16"])
+    run.set_tags({"bf16": bf16, "world_size": distributed.world()})
+    history = fit(
+        net, optimizer,
+        batches=partial(_train_epoch, train_x, train_y, p, policy, seed, device),
+        evaluate=lambda _: evaluate_binary(model, eval_batches(val_x, val_y, p["batch_size"], device, p["channels_last"]), bf16, device),
+        epochs=p["epochs"], device=device, grad_clip=p["grad_clip"], bf16=bf16,
+        checkpoint=args.checkpoint,
+        fingerprint=fingerprint(model=p["model"], train=p, augment=aug, seed=seed, data=data_identity(args.arrays),
+                                world=distributed.world()),
+        model_args=p["model"], log=run.log_metrics, log_every=p["log_every"],
+        best_metric="val/acc", higher_is_better=True, unit="img", desc="train_cnn",
+    )
+    if not distributed.is_main():
+        return
+    final = history[-1]
+    classes = data["meta"]["classes"]
+    save_model(args.model, model, p["model"], classes, history)
+    summary = {k: v for k, v in final.items() if k != "epoch"} | {"epochs": final["epoch"], "best/val_acc": max(r["val/acc"] for r in history)}
+    write_text(args.metrics, json.dumps(summary, indent=2) + "\n")
+    write_history_csv(history, args.curves)
+    figure = plot_history(history, args.curves_png, f"train_cnn ({p['model']['arch']})")
+    run.log_figure(figure, "training_curves.png")
+    run.log_artifact(args.curves)
+    example = val_x[:2].cpu()
+    run.log_pytorch_model(ProbabilityHead(model.float().cpu()).eval(), eval_batch(example).numpy())
+    print(f"train_cnn: val/acc {final['val/acc']:.4f} after {final['epoch']} epochs -> {args.model}", flush=True)
+
+
+def _train_epoch(images, labels, p, policy, seed, device, epoch):
+    return train_batches(images, labels, p["batch_size"], policy, seed, epoch, device, p["channels_last"])
+
+
+if __name__ == "__main__":
+    raise SystemExit(cli(main))

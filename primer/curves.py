@@ -18,23 +18,23 @@ def write_history_csv(history: list[dict], path: Path | str) -> None:
     write_table(path, [{k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()} for row in history], columns)
 
 
-def plot_history(history: list[dict], path: Path | str, title: str):
-    """One panel per metric family (loss, accuracy/perplexity), x = epoch; returns the figure."""
+def plot_history(history: list[dict], path: Path | str, title: str, panels: dict[str, list[str]] | None = None):
+    """One panel per entry of `panels` (title -> metric keys), x = epoch; returns the figure.
+
+    By default: the losses in one panel, the other validation metrics (accuracy...) in a second.
+    """
+    if panels is None:
+        losses = [k for k in history[0] if k.endswith("loss")]
+        others = [k for k in history[0] if k.startswith("val/") and not k.endswith("loss")]
+        panels = {"loss": losses, **({", ".join(others): others} if others else {})}
     epochs = [row["epoch"] for row in history]
-    losses = [k for k in history[0] if k.endswith("loss")]
-    others = [k for k in history[0] if k.startswith("val/") and not k.endswith("loss")]
-    fig, axes = plt.subplots(1, 1 + bool(others), figsize=(5.5 * (1 + bool(others)), 3.6), squeeze=False)
-    for key in losses:
-        axes[0][0].plot(epochs, [row[key] for row in history], marker="o", label=key)
-    axes[0][0].set_xlabel("epoch")
-    axes[0][0].set_title("loss")
-    axes[0][0].legend()
-    if others:
-        for key in others:
-            axes[0][1].plot(epochs, [row[key] for row in history], marker="o", label=key)
-        axes[0][1].set_xlabel("epoch")
-        axes[0][1].set_title(", ".join(others))
-        axes[0][1].legend()
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 3.6), squeeze=False)
+    for ax, (name, keys) in zip(axes[0], panels.items()):
+        for key in keys:
+            ax.plot(epochs, [row[key] for row in history], marker="o" if len(epochs) <= 50 else None, label=key)
+        ax.set_xlabel("epoch")
+        ax.set_title(name)
+        ax.legend()
     fig.suptitle(title)
     fig.tight_layout()
     with atomic_path(path) as tmp:

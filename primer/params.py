@@ -93,7 +93,18 @@ def odd_kernel(high: int = 99) -> Field:
     return Field(int, 0, high, odd_or_zero=True)
 
 
-Schema = dict  # key -> Field | Schema
+@dataclass(frozen=True)
+class EachOf:
+    """A mapping of user-chosen names (e.g. model variants) to sections that share one schema."""
+
+    schema: dict
+
+
+def each_of(schema: dict) -> EachOf:
+    return EachOf(schema)
+
+
+Schema = dict  # key -> Field | EachOf | Schema
 
 
 def read_yaml(path: Path) -> dict:
@@ -129,6 +140,9 @@ def validate(values: Any, schema: Schema, where: str, file: str) -> dict:
         if isinstance(spec, dict):
             out[key] = validate(values[key], spec, name, file)
             continue
+        if isinstance(spec, EachOf):
+            out[key] = _validate_each(values[key], spec.schema, name, file)
+            continue
         checked = spec.check(values[key])
         if checked is None:
             raise PrimerError(f"{file}: '{name}' is {values[key]!r}, but it must be {spec.describe()}.")
@@ -136,8 +150,17 @@ def validate(values: Any, schema: Schema, where: str, file: str) -> dict:
     return out
 
 
-def _expect(spec: Field | Schema) -> str:
-    return "a section" if isinstance(spec, dict) else spec.describe()
+def _validate_each(values: Any, schema: dict, where: str, file: str) -> dict:
+    if not isinstance(values, dict) or not values:
+        raise PrimerError(f"{file}: '{where}' must be a mapping of names to sections, not {values!r}.")
+    for name in values:
+        if not (isinstance(name, str) and name.replace("_", "").isalnum()):
+            raise PrimerError(f"{file}: '{where}' has the name {name!r}; use letters, digits and '_' only.")
+    return {name: validate(section, schema, f"{where}.{name}", file) for name, section in values.items()}
+
+
+def _expect(spec) -> str:
+    return "a section" if isinstance(spec, (dict, EachOf)) else spec.describe()
 
 
 def load_params(path: Path | str, schema: Schema) -> dict:

@@ -23,6 +23,15 @@ def stage_parser(doc: str) -> argparse.ArgumentParser:
     return parser
 
 
+def add_training_outputs(parser: argparse.ArgumentParser) -> None:
+    """The arguments every training stage takes: its checkpoint and what it writes."""
+    parser.add_argument("--checkpoint", required=True, type=Path, help="checkpoint file (kept between runs)")
+    parser.add_argument("--model", required=True, type=Path, help="final model file to write")
+    parser.add_argument("--metrics", required=True, type=Path, help="metrics JSON to write")
+    parser.add_argument("--curves", required=True, type=Path, help="per-epoch CSV to write (DVC plots)")
+    parser.add_argument("--curves-png", required=True, type=Path, help="training-curve PNG to write")
+
+
 @contextmanager
 def open_stage(
     name: str, params_file: Path, schema: Schema, system_metrics: bool = False

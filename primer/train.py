@@ -2,7 +2,7 @@
 
 Models honour `logits, loss = model(x, y)`; data comes from `batches(epoch)`, an iterable of
 (x, y) already on the device (so augmentation and sharding stay with the data, and a resumed
-epoch draws the same batches); validation comes from `evaluate(model) -> {"val/...": value}`.
+epoch draws the same batches); validation comes from `evaluate(model, epoch) -> {"val/...": value}` (epoch counts from 1).
 Metrics go to `log(metrics, step)`, a plain function (MLflow's, or nothing). Checkpoints are written
 every epoch, and a matching one is resumed from.
 """
@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from primer import distributed
 from primer.checkpoint import load_matching, rng_state, save, set_rng_state
+from primer.errors import PrimerError
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 
@@ -27,6 +28,13 @@ def make_optimizer(model: torch.nn.Module, name: str, lr: float, weight_decay: f
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     return {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[name](params, lr=lr, weight_decay=weight_decay)
+
+
+def pick_device(name: str, key: str) -> torch.device:
+    """'auto' (CUDA when there is one), 'cpu' or 'cuda'; `key` names the param in the error."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise PrimerError(f"params.yaml: {key} is 'cuda', but torch sees no CUDA device; use 'auto' or 'cpu'.")
+    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
 
 
 def use_bf16(device: torch.device, wanted: bool) -> bool:
@@ -49,7 +57,7 @@ def fit(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     batches: Callable[[int], Iterable[tuple[torch.Tensor, torch.Tensor]]],
-    evaluate: Callable[[torch.nn.Module], dict],
+    evaluate: Callable[[torch.nn.Module, int], dict],
     epochs: int,
     *,
     device: torch.device,
@@ -58,6 +66,7 @@ def fit(
     checkpoint: Path | str | None = None,
     fingerprint: str = "",
     model_args: dict | None = None,
+    extra: dict | None = None,
     log: Callable[[dict, int], None] = lambda metrics, step: None,
     log_every: int = 10,
     best_metric: str = "val/loss",
@@ -66,7 +75,10 @@ def fit(
     unit: str = "img",
     desc: str = "train",
 ) -> list[dict]:
-    """Train for `epochs` (resuming a matching checkpoint); returns the per-epoch metrics."""
+    """Train for `epochs` (resuming a matching checkpoint); returns the per-epoch metrics.
+
+    `extra` (plain data, e.g. a vocabulary) is saved in every checkpoint beside the training state.
+    """
     start, step, best, history = 0, 0, None, []
     saved = load_matching(checkpoint, fingerprint) if checkpoint else None
     if saved is not None:
@@ -107,7 +119,7 @@ def fit(
         if grad_clip:
             metrics["train/grad_norm"] = float(torch.stack(norms).mean()) if norms else 0.0
         model.eval()
-        metrics.update(evaluate(model))
+        metrics.update(evaluate(model, epoch + 1))
         if best is None or (metrics[best_metric] > best if higher_is_better else metrics[best_metric] < best):
             best = metrics[best_metric]
         history.append({"epoch": epoch + 1, **metrics})
@@ -118,5 +130,5 @@ def fit(
             if checkpoint:
                 save(checkpoint, model=distributed.unwrap(model).state_dict(), optimizer=optimizer.state_dict(),
                      model_args=model_args or {}, epoch=epoch + 1, step=step, rng=rng_state(), best=best,
-                     history=history, fingerprint=fingerprint)
+                     history=history, fingerprint=fingerprint, **(extra or {}))
     return history

@@ -28,12 +28,11 @@ from primer.augment_policy import AugmentPolicy, augment_schema
 from primer.batch_augment import eval_batch
 from primer.checkpoint import fingerprint
 from primer.curves import plot_history, write_history_csv
-from primer.errors import PrimerError
 from primer.image_batches import data_identity, eval_batches, evaluate_binary, load_arrays, train_batches
 from primer.models.cnn import ARCHS, ProbabilityHead, build_cnn
 from primer.params import choice, flag, integer, load_params, number
-from primer.stage import cli, open_stage, stage_parser
-from primer.train import OPTIMIZERS, fit, make_optimizer, use_bf16
+from primer.stage import add_training_outputs, cli, open_stage, stage_parser
+from primer.train import OPTIMIZERS, fit, make_optimizer, pick_device, use_bf16
 
 SCHEMA = {
     "seed": integer(0),
@@ -55,12 +54,6 @@ SCHEMA = {
 }
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise PrimerError("params.yaml: train_cnn.device is 'cuda', but torch sees no CUDA device; use 'auto' or 'cpu'.")
-    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
-
-
 def relaunch_under_torchrun(nproc: int) -> None:
     """Replace this process with `torchrun --standalone --nproc_per_node nproc` running this script."""
     argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", __file__]
@@ -75,16 +68,12 @@ def save_model(path: Path, model: torch.nn.Module, model_args: dict, classes: li
 def main(argv: list[str] | None = None) -> None:
     parser = stage_parser(__doc__)
     parser.add_argument("--arrays", required=True, type=Path, help="augment stage output folder")
-    parser.add_argument("--checkpoint", required=True, type=Path, help="checkpoint file (kept between runs)")
-    parser.add_argument("--model", required=True, type=Path, help="final model file to write")
-    parser.add_argument("--metrics", required=True, type=Path, help="metrics JSON to write")
-    parser.add_argument("--curves", required=True, type=Path, help="per-epoch CSV to write (DVC plots)")
-    parser.add_argument("--curves-png", required=True, type=Path, help="training-curve PNG to write")
+    add_training_outputs(parser)
     args = parser.parse_args(argv)
     p = load_params(args.params, SCHEMA)["train_cnn"]  # fail on bad params before any launch or work
     if p["nproc"] > 1 and not distributed.launched():
         relaunch_under_torchrun(p["nproc"])
-    device = distributed.setup(pick_device(p["device"]))
+    device = distributed.setup(pick_device(p["device"], "train_cnn.device"))
     if not distributed.is_main():
         os.environ["PRIMER_TRACKING"] = "off"  # rank 0 alone logs
     try:
@@ -116,7 +105,7 @@ def train(args, params: dict, run, device: torch.device) -> None:
     history = fit(
         net, optimizer,
         batches=partial(_train_epoch, train_x, train_y, p, policy, seed, device),
-        evaluate=lambda _: evaluate_binary(model, eval_batches(val_x, val_y, p["batch_size"], device, p["channels_last"]), bf16, device),
+        evaluate=lambda _model, _epoch: evaluate_binary(model, eval_batches(val_x, val_y, p["batch_size"], device, p["channels_last"]), bf16, device),
         epochs=p["epochs"], device=device, grad_clip=p["grad_clip"], bf16=bf16,
         checkpoint=args.checkpoint,
         fingerprint=fingerprint(model=p["model"], train=p, augment=aug, seed=seed, data=data_identity(args.arrays),

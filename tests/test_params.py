@@ -90,3 +90,17 @@ def test_stage_exits_non_zero_with_one_sentence_before_any_work(tmp_path):
 def test_every_stage_explains_itself(script):
     result = subprocess.run([sys.executable, str(REPO / "stages" / f"{script}.py"), "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "--params" in result.stdout and len(result.stdout.splitlines()) > 8
+
+
+def test_named_variants_share_one_schema(tmp_path):
+    from primer.params import each_of
+
+    schema = {"v": each_of({"lr": number(0, 10), "layers": integer(1, 4)})}
+    ok = load_params(write(tmp_path, {"v": {"lstm": {"lr": 1, "layers": 1}, "deep_lstm": {"lr": 2, "layers": 2}}}), schema)
+    assert ok == {"v": {"lstm": {"lr": 1.0, "layers": 1}, "deep_lstm": {"lr": 2.0, "layers": 2}}}
+    with pytest.raises(PrimerError, match="'v.deep.layers' is 9, but it must be an integer from 1 to 4"):
+        load_params(write(tmp_path, {"v": {"deep": {"lr": 2, "layers": 9}}}), schema)
+    with pytest.raises(PrimerError, match="has the name 'a b'"):
+        load_params(write(tmp_path, {"v": {"a b": {"lr": 2, "layers": 1}}}), schema)
+    with pytest.raises(PrimerError, match="'v' must be a mapping of names"):
+        load_params(write(tmp_path, {"v": {}}), schema)

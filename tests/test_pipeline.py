@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 from conftest import REPO, photo, venv_env
 
 pytestmark = pytest.mark.slow
-STAGES = ["fetch", "verify", "split", "augment", "train_cnn"]
+STAGES = ["fetch", "verify", "split", "augment", "train_cnn", "train_lm@lstm", "train_lm@gru"]
 
 
 def copy_repo(dest: Path) -> Path:
@@ -42,7 +42,7 @@ def tiny_sources(root: Path) -> dict:
         zf.writestr("PetImages/Cat/Thumbs.db", b"\xd0\xcf\x11\xe0" + b"\0" * 100)
         zf.writestr("PetImages/Dog/666.jpg", b"")
     text = root / "timemachine.txt"
-    text.write_text("The Time Machine, by H. G. Wells\n" * 20)
+    text.write_text("The Time Traveller (for so it will be convenient to speak of him) was expounding a matter.\n" * 12)
     fra = root / "fra-eng.zip"
     with zipfile.ZipFile(fra, "w") as zf:
         zf.writestr("fra-eng/fra.txt", "Go.\tVa !\nHi.\tSalut !\n")
@@ -78,6 +78,12 @@ def pipeline(tmp_path_factory):
     def tiny(p):
         p["fetch"].update(sources=sources)
         p["train_cnn"].update(epochs=2, batch_size=8, log_every=1)
+        p["train_lm"].update(epochs=2, batch_size=4, num_steps=8, sample_every=1, log_every=5)
+        small = {"num_hiddens": 16, "num_layers": 1}
+        p["train_lm"]["variants"] = {
+            "lstm": {"model": {"cell": "lstm", "impl": "fused", **small}, "lr": 1.0},
+            "gru": {"model": {"cell": "gru", "impl": "scratch", **small}, "lr": 1.0},
+        }
 
     set_params(repo, tiny)
     env = {**venv_env(tmp), "PYTHONPATH": str(repo)}  # the copy's own primer package
@@ -104,6 +110,10 @@ def test_repro_runs_every_stage_and_writes_the_outputs(pipeline):
     assert (repo / "models/cnn.pt").is_file() and (repo / "plots/train_cnn/curves.png").is_file()
     assert len((repo / "plots/train_cnn/curves.csv").read_text().splitlines()) == 3  # header + 2 epochs
     assert (repo / "checkpoints/train_cnn.pt").is_file()
+    for variant in ("lstm", "gru"):
+        lm = json.loads((repo / f"metrics/lm/{variant}.json").read_text())
+        assert lm["epochs"] == 2 and lm["sample"].startswith("time traveller")
+        assert (repo / f"models/lm/{variant}.pt").is_file() and (repo / f"plots/lm/{variant}.png").is_file()
 
 
 def test_mlflow_holds_one_finished_run_per_stage(pipeline):
@@ -125,6 +135,9 @@ def test_mlflow_holds_one_finished_run_per_stage(pipeline):
     assert len(client.get_metric_history(train.info.run_id, "val/acc")) == 2
     assert "train/img_per_s" in train.data.metrics and "lr" in train.data.metrics
     assert any(k.startswith("system/") for k in train.data.metrics)  # CPU / memory sampled during training
+    lms = [by_stage["train_lm@lstm"], by_stage["train_lm@gru"]]
+    assert all(len(client.get_metric_history(r.info.run_id, "val/ppl")) == 2 for r in lms)  # same names: overlaid
+    assert {"samples/epoch_00001.txt", "samples/epoch_00002.txt"} <= {a.path for a in client.list_artifacts(lms[0].info.run_id, "samples")}
 
 
 def test_second_repro_runs_nothing_and_changes_rerun_only_what_they_affect(pipeline):
@@ -134,4 +147,6 @@ def test_second_repro_runs_nothing_and_changes_rerun_only_what_they_affect(pipel
     assert ran(dvc(repo, env, "repro")) == ["augment"]
     set_params(repo, lambda p: p["augment"]["policy"].update(vflip=0.5))  # training augments differently
     assert ran(dvc(repo, env, "repro")) == ["augment", "train_cnn"]
+    set_params(repo, lambda p: p["train_lm"]["variants"]["gru"].update(lr=0.5))  # one variant's params
+    assert ran(dvc(repo, env, "repro")) == ["train_lm@gru"]
     assert "up to date" in dvc(repo, env, "status")

@@ -1,0 +1,202 @@
+"""Character-level text for the language models: cleaning, vocabulary and minibatch iterators.
+
+Semantics follow d2l 0.17 (chapter 8): the Time Machine cleaning, `Vocab`, and the random and
+sequential minibatch samplers. Randomness comes from a `torch.Generator`, so a seed fixes a run.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+import torch
+
+from primer.errors import PrimerError
+
+UNK = "<unk>"
+_NON_LETTERS = re.compile("[^A-Za-z]+")
+
+
+def clean_lines(text: str) -> list[str]:
+    """Per line: each run of non-letters becomes one space, then strip and lowercase.
+
+    Empty lines are kept, as d2l's `read_time_machine` keeps them (they add no characters later).
+    Lines end at '\\n' only, as `readlines()` splits a file opened in text mode.
+    """
+    lines = text.split("\n")
+    if lines[-1] == "":  # a final newline ends the last line; it does not open a new one
+        lines.pop()
+    return [_NON_LETTERS.sub(" ", line).strip().lower() for line in lines]
+
+
+def load_corpus(path: Path | str) -> str:
+    """The cleaned characters of a UTF-8 text file, lines joined with no separator.
+
+    That is d2l's `tokenize(lines, 'char')` flattened: the space inside a line stays, but nothing
+    marks where one line ends and the next begins.
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise PrimerError(f"text file {path} does not exist; run the fetch stage first (dvc repro fetch).") from None
+    except OSError as err:
+        raise PrimerError(f"text file {path} cannot be read ({err.strerror}); point to a readable file.") from None
+    if b"\x00" in raw:
+        raise PrimerError(f"text file {path} contains NUL bytes, so it is binary; fetch the plain-text corpus.")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise PrimerError(f"text file {path} is not UTF-8 (bad byte at {err.start}); re-save it as UTF-8.") from None
+    text = text.replace("\r\n", "\n").replace("\r", "\n")  # what Python's universal newlines do on read
+    corpus = "".join(clean_lines(text))
+    if not corpus:
+        raise PrimerError(f"text file {path} has no letters A-Z after cleaning; use a file with English text.")
+    return corpus
+
+
+class Vocab:
+    """Token <-> index. `<unk>` is 0, then reserved tokens, then tokens by descending count.
+
+    Ties keep the order in which tokens were first seen (a stable sort over a Counter, as d2l);
+    tokens seen fewer than `min_freq` times are left out and map to `<unk>`.
+    """
+
+    def __init__(self, tokens: Iterable = (), min_freq: int = 0, reserved_tokens: Sequence[str] = ()):
+        tokens = list(tokens)
+        if tokens and isinstance(tokens[0], list):  # d2l accepts one token list per line
+            tokens = [token for line in tokens for token in line]
+        counts = sorted(Counter(tokens).items(), key=lambda item: item[1], reverse=True)
+        self.idx_to_token: list[str] = [UNK, *reserved_tokens]
+        self.token_to_idx: dict[str, int] = {token: i for i, token in enumerate(self.idx_to_token)}
+        for token, count in counts:
+            if count < min_freq:
+                break
+            if token not in self.token_to_idx:
+                self.token_to_idx[token] = len(self.idx_to_token)
+                self.idx_to_token.append(token)
+
+    @classmethod
+    def from_tokens(cls, idx_to_token: Sequence[str]) -> Vocab:
+        """Rebuild a vocab from its `idx_to_token` list (how a checkpoint stores it)."""
+        tokens = list(idx_to_token)
+        if not tokens or tokens[0] != UNK or len(set(tokens)) != len(tokens):
+            raise PrimerError(
+                f"a saved vocabulary must start with {UNK!r} and hold no duplicates, got {tokens[:5]}...; "
+                "re-create the checkpoint with this version of primer."
+            )
+        vocab = cls()
+        vocab.idx_to_token = tokens
+        vocab.token_to_idx = {token: i for i, token in enumerate(tokens)}
+        return vocab
+
+    def __len__(self) -> int:
+        return len(self.idx_to_token)
+
+    def __getitem__(self, tokens):
+        """Index of one token, or a list of indices for a list/tuple; unknown tokens give 0."""
+        if isinstance(tokens, (list, tuple)):
+            return [self[token] for token in tokens]
+        return self.token_to_idx.get(tokens, self.unk)
+
+    def to_tokens(self, indices):
+        """Token of one index, or a list of tokens for a list/tuple."""
+        if isinstance(indices, (list, tuple)):
+            return [self.idx_to_token[int(i)] for i in indices]
+        return self.idx_to_token[int(indices)]
+
+    @property
+    def unk(self) -> int:
+        return 0
+
+    def encode(self, text: str) -> list[int]:
+        """One index per character."""
+        return [self.token_to_idx.get(ch, 0) for ch in text]
+
+    def decode(self, indices: Iterable[int]) -> str:
+        """Tokens joined with no separator (`<unk>` is written out as such)."""
+        return "".join(self.idx_to_token[int(i)] for i in indices)
+
+
+def split_tail(ids, val_fraction: float):
+    """(train, val): the first share of `ids` and the last `round(len * val_fraction)` items.
+
+    The tail is contiguous and nothing is shuffled, so validation text never overlaps training text.
+    """
+    if not 0.0 <= val_fraction < 1.0:
+        raise PrimerError(f"val_fraction is {val_fraction}; set it to a share in [0, 1), e.g. 0.1.")
+    n_train = len(ids) - round(len(ids) * val_fraction)
+    return ids[:n_train], ids[n_train:]
+
+
+def num_batches(corpus_len: int, batch_size: int, num_steps: int, sequential: bool, offset: int = 0) -> int:
+    """Batches one epoch yields after dropping `offset` tokens from the start (d2l's counts)."""
+    usable = corpus_len - offset - 1  # the last token has no target
+    if sequential:
+        return (usable // batch_size) // num_steps
+    return (usable // num_steps) // batch_size
+
+
+def _check_sizes(corpus_len: int, batch_size: int, num_steps: int, sequential: bool) -> None:
+    if batch_size < 1 or num_steps < 1:
+        raise PrimerError(f"batch_size={batch_size} and num_steps={num_steps} must both be at least 1.")
+    largest_offset = num_steps if sequential else num_steps - 1
+    if num_batches(corpus_len, batch_size, num_steps, sequential, largest_offset) < 1:
+        raise PrimerError(
+            f"a corpus of {corpus_len} tokens is too short for one batch of batch_size={batch_size} x "
+            f"num_steps={num_steps}; lower num_steps or batch_size, or use a longer text."
+        )
+
+
+def _as_ids(corpus) -> torch.Tensor:
+    return torch.as_tensor(corpus, dtype=torch.long).reshape(-1)  # (N,)
+
+
+def _randint(high: int, generator: torch.Generator | None) -> int:
+    """A uniform integer in [0, high)."""
+    return int(torch.randint(high, (1,), generator=generator))
+
+
+def seq_data_iter_random(corpus, batch_size: int, num_steps: int, generator: torch.Generator | None = None):
+    """Batches of shuffled, non-overlapping subsequences: (X, Y), each (batch_size, num_steps) int64.
+
+    A random offset in [0, num_steps - 1] is dropped first, so epochs see different cuts; Y is X
+    shifted by one token; the last incomplete batch is dropped. Consecutive batches are unrelated.
+    """
+    corpus = _as_ids(corpus)
+    _check_sizes(len(corpus), batch_size, num_steps, sequential=False)
+    return _random_batches(corpus, batch_size, num_steps, generator)
+
+
+def _random_batches(corpus, batch_size, num_steps, generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    corpus = corpus[_randint(num_steps, generator):]
+    num_subseqs = (len(corpus) - 1) // num_steps
+    starts = torch.randperm(num_subseqs, generator=generator) * num_steps  # (num_subseqs,)
+    steps = torch.arange(num_steps)  # (T,)
+    for b in range(num_subseqs // batch_size):
+        positions = starts[b * batch_size:(b + 1) * batch_size, None] + steps  # (B, T)
+        yield corpus[positions], corpus[positions + 1]
+
+
+def seq_data_iter_sequential(corpus, batch_size: int, num_steps: int, generator: torch.Generator | None = None):
+    """Batches whose rows continue one another: row i of batch b+1 picks up where row i of batch b ended.
+
+    A random offset in [0, num_steps] (d2l's inclusive range) is dropped, the rest is trimmed to a
+    multiple of batch_size and cut into batch_size long rows, read num_steps columns at a time.
+    This is what lets a model carry its hidden state from one batch to the next.
+    """
+    corpus = _as_ids(corpus)
+    _check_sizes(len(corpus), batch_size, num_steps, sequential=True)
+    return _sequential_batches(corpus, batch_size, num_steps, generator)
+
+
+def _sequential_batches(corpus, batch_size, num_steps, generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    offset = _randint(num_steps + 1, generator)
+    num_tokens = (len(corpus) - offset - 1) // batch_size * batch_size
+    xs = corpus[offset:offset + num_tokens].reshape(batch_size, -1)  # (B, N/B)
+    ys = corpus[offset + 1:offset + 1 + num_tokens].reshape(batch_size, -1)  # (B, N/B)
+    for b in range(xs.shape[1] // num_steps):
+        cols = slice(b * num_steps, (b + 1) * num_steps)
+        yield xs[:, cols], ys[:, cols]

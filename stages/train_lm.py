@@ -1,0 +1,155 @@
+"""Train one character-level language model variant on The Time Machine (train_lm.variants.NAME).
+
+A variant names its model (`cell` rnn | lstm | gru, `num_hiddens`, `num_layers`, `impl` scratch |
+fused) and its SGD learning rate; the rest is shared: batch size and steps per subsequence (32 x 35
+as d2l), random or sequential minibatches, gradient clipping (the primer's remedy for exploding
+gradients), epochs. The tail `val_fraction` of the book is held out for validation perplexity. Every
+`sample_every` epochs the model continues `prefix` for `sample_chars` characters, logged as text.
+The vocabulary (derived from the corpus) is saved with the model and every checkpoint; a killed run
+resumes from --checkpoint. Each variant is one MLflow run, with the same metric names for all, so the
+MLflow compare view overlays their val/ppl curves.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+import torch
+
+from primer.atomic import atomic_path, write_text
+from primer.checkpoint import fingerprint
+from primer.curves import plot_history, write_history_csv
+from primer.errors import PrimerError
+from primer.models.rnn import RNNLM, generate
+from primer.params import choice, each_of, integer, number, text
+from primer.stage import add_training_outputs, cli, open_stage, stage_parser
+from primer.text import Vocab, load_corpus, seq_data_iter_random, seq_data_iter_sequential, split_tail
+from primer.train import fit, make_optimizer, pick_device
+
+VARIANT = {
+    "model": {"cell": choice("rnn", "lstm", "gru"), "num_hiddens": integer(1, 8192), "num_layers": integer(1, 16),
+              "impl": choice("scratch", "fused")},
+    "lr": number(1e-6, 100),
+}
+SCHEMA = {
+    "seed": integer(0),
+    "train_lm": {
+        "val_fraction": number(0.01, 0.5),
+        "batch_size": integer(1, 4096),
+        "num_steps": integer(1, 10_000),
+        "sampling": choice("random", "sequential"),
+        "epochs": integer(1, 100_000),
+        "grad_clip": number(0, 1e6),
+        "sample_every": integer(1),
+        "sample_chars": integer(1, 10_000),
+        "prefix": text(),
+        "log_every": integer(1),
+        "device": choice("auto", "cpu", "cuda"),
+        "variants": each_of(VARIANT),
+    },
+}
+
+
+def batches_for(model: RNNLM, ids: torch.Tensor, p: dict, seed: int, device: torch.device):
+    """epoch -> (X, Y) minibatches on the device; sequential sampling carries the state across them."""
+    sequential = p["sampling"] == "sequential"
+    make = seq_data_iter_sequential if sequential else seq_data_iter_random
+
+    def batches(epoch: int):
+        model.reset_state()
+        model.carry_state = sequential
+        generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
+        for x, y in make(ids, p["batch_size"], p["num_steps"], generator):
+            yield x.to(device), y.to(device)
+
+    return batches
+
+
+@torch.no_grad()
+def perplexity(model: RNNLM, ids: torch.Tensor, p: dict, device: torch.device) -> float:
+    """exp(mean cross-entropy) over the held-out ids, read in order with the state carried."""
+    carried = model.carry_state
+    model.reset_state()
+    model.carry_state = True
+    total, count = 0.0, 0
+    steps = max(1, min(p["num_steps"] * 8, (len(ids) - 1) // 2))  # long windows; room for the random offset
+    for x, y in seq_data_iter_sequential(ids, 1, steps, torch.Generator().manual_seed(0)):
+        _, loss = model(x.to(device), y.to(device))
+        total, count = total + loss.item() * y.numel(), count + y.numel()
+    model.reset_state()
+    model.carry_state = carried
+    return math.exp(total / max(count, 1))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = stage_parser(__doc__)
+    parser.add_argument("--variant", required=True, help="name under train_lm.variants")
+    parser.add_argument("--corpus", required=True, type=Path, help="the text (fetch output)")
+    add_training_outputs(parser)
+    args = parser.parse_args(argv)
+    with open_stage(f"train_lm@{args.variant}", args.params, SCHEMA, system_metrics=True) as (params, run):
+        train(args, params, run)
+
+
+def train(args, params: dict, run) -> None:
+    p, seed = params["train_lm"], params["seed"]
+    if args.variant not in p["variants"]:
+        raise PrimerError(f"params.yaml: no variant '{args.variant}' under train_lm.variants (have: {', '.join(p['variants'])}).")
+    variant = p["variants"][args.variant]
+    device = pick_device(p["device"], "train_lm.device")
+    torch.manual_seed(seed)
+    random.seed(seed)
+    corpus = load_corpus(args.corpus)
+    vocab = Vocab(corpus)
+    ids = torch.tensor(vocab.encode(corpus), dtype=torch.long)
+    train_ids, val_ids = split_tail(ids, p["val_fraction"])
+    sampler = seq_data_iter_sequential if p["sampling"] == "sequential" else seq_data_iter_random
+    sampler(train_ids, p["batch_size"], p["num_steps"], torch.Generator())  # too short a corpus fails here, before work
+    if len(val_ids) < 2:
+        raise PrimerError(f"{args.corpus} leaves only {len(val_ids)} character(s) for validation; raise train_lm.val_fraction.")
+    model_args = {"vocab_size": len(vocab), **variant["model"]}
+    model = RNNLM(**model_args).to(device)
+    optimizer = make_optimizer(model, "sgd", variant["lr"])
+    run.set_tags({"variant": args.variant, "vocab_size": len(vocab), "train_chars": len(train_ids), "val_chars": len(val_ids)})
+
+    def evaluate(_model, epoch: int) -> dict:
+        if epoch % p["sample_every"] == 0 or epoch == p["epochs"]:
+            sample = generate(model, vocab, p["prefix"], p["sample_chars"])
+            run.log_text(sample + "\n", f"samples/epoch_{epoch:05d}.txt")
+            print(f"train_lm@{args.variant} epoch {epoch}: {sample!r}", flush=True)
+        return {"val/ppl": perplexity(model, val_ids, p, device)}
+
+    def log(metrics: dict, step: int) -> None:
+        if "train/epoch_loss" in metrics:  # an epoch's summary: add its training perplexity
+            metrics = {**metrics, "train/ppl": math.exp(metrics["train/epoch_loss"])}
+        run.log_metrics(metrics, step)
+
+    history = fit(
+        model, optimizer, batches_for(model, train_ids, p, seed, device), evaluate, p["epochs"],
+        device=device, grad_clip=p["grad_clip"], checkpoint=args.checkpoint,
+        fingerprint=fingerprint(model=model_args, variant=variant, train={k: v for k, v in p.items() if k != "variants"},
+                                seed=seed, vocab=vocab.idx_to_token, chars=len(ids)),
+        model_args=model_args, extra={"vocab": vocab.idx_to_token}, log=log, log_every=p["log_every"],
+        best_metric="val/ppl", higher_is_better=False, count=torch.Tensor.numel, unit="tok", desc=f"train_lm@{args.variant}",
+    )
+    for row in history:
+        row["train/ppl"] = math.exp(row["train/epoch_loss"])
+    final = history[-1]
+    with atomic_path(args.model) as tmp:
+        torch.save({"model": model.state_dict(), "model_args": model_args, "vocab": vocab.idx_to_token, "history": history}, tmp)
+    sample = generate(model, vocab, p["prefix"], p["sample_chars"])
+    summary = {"train/ppl": final["train/ppl"], "val/ppl": final["val/ppl"], "best/val_ppl": min(r["val/ppl"] for r in history),
+               "train/tok_per_s": final["train/tok_per_s"], "epochs": final["epoch"], "sample": sample}
+    write_text(args.metrics, json.dumps(summary, indent=2) + "\n")
+    write_history_csv(history, args.curves)
+    figure = plot_history(history, args.curves_png, f"train_lm@{args.variant}", {"perplexity": ["train/ppl", "val/ppl"]})
+    run.log_figure(figure, "perplexity.png")
+    run.log_artifact(args.curves)
+    print(f"train_lm@{args.variant}: train ppl {final['train/ppl']:.2f}, val ppl {final['val/ppl']:.2f}; {sample!r}", flush=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(cli(main))

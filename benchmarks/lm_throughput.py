@@ -1,0 +1,139 @@
+"""Language-model training throughput: the primer's per-gate RNNs in d2l's loop vs ours, scratch and fused.
+
+For LSTM, GRU and RNN at hidden 256, batch 32, 35 steps, one process, on the same minibatches of the
+real Time Machine, training tokens/s of:
+  (a) the primer's way: its per-gate equations restated here (one-hot inputs, a separate matmul per
+      gate and time step, a Python loop), driven by d2l 0.17.6's RNNModelScratch and train_epoch_ch8
+      (SGD lr 1, clipping 1) — d2l installed with --no-deps, see benchmarks/requirements.txt;
+  (b) our scratch implementation (primer.models.rnn, impl=scratch) through primer.train.fit;
+  (c) our fused implementation (nn.LSTM/GRU/RNN) through primer.train.fit.
+Median of --repeats interleaved rounds. Last line: `ratio=X.XX` for LSTM (b)/(a).
+
+    python benchmarks/lm_throughput.py [--corpus ../shared/datasets/d2l/timemachine.txt] [--batches 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from pathlib import Path
+
+import torch
+from d2l import torch as d2l
+
+from primer.models.rnn import RNNLM
+from primer.text import Vocab, load_corpus, seq_data_iter_random
+from primer.train import fit, make_optimizer
+
+DEFAULT_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "d2l" / "timemachine.txt"
+B, T, H = 32, 35, 256
+
+
+def _normal(*shape):
+    return torch.randn(shape) * 0.01
+
+
+def _gate(v: int):
+    return _normal(v, H), _normal(H, H), torch.zeros(H)
+
+
+def primer_params(cell: str, v: int) -> list:
+    """The primer's parameters: per gate (W_x, W_h, b), then the output layer (W_hq, b_q)."""
+    gates = {"lstm": 4, "gru": 3, "rnn": 1}[cell]
+    params = [p for _ in range(gates) for p in _gate(v)] + [_normal(H, v), torch.zeros(v)]
+    return [p.requires_grad_() for p in params]
+
+
+def primer_state(cell: str):
+    def init(batch_size, num_hiddens, device):
+        zeros = torch.zeros((batch_size, num_hiddens), device=device)
+        return (zeros, zeros.clone()) if cell == "lstm" else (zeros,)
+    return init
+
+
+def primer_lstm(inputs, state, params):
+    W_xi, W_hi, b_i, W_xf, W_hf, b_f, W_xo, W_ho, b_o, W_xc, W_hc, b_c, W_hq, b_q = params
+    H_, C = state
+    outputs = []
+    for X in inputs:  # one time step: (B, V) one-hot
+        gate_in = torch.sigmoid(X @ W_xi + H_ @ W_hi + b_i)
+        gate_forget = torch.sigmoid(X @ W_xf + H_ @ W_hf + b_f)
+        gate_out = torch.sigmoid(X @ W_xo + H_ @ W_ho + b_o)
+        candidate = torch.tanh(X @ W_xc + H_ @ W_hc + b_c)
+        C = gate_forget * C + gate_in * candidate
+        H_ = gate_out * torch.tanh(C)
+        outputs.append(H_ @ W_hq + b_q)
+    return torch.cat(outputs, dim=0), (H_, C)
+
+
+def primer_gru(inputs, state, params):
+    W_xz, W_hz, b_z, W_xr, W_hr, b_r, W_xh, W_hh, b_h, W_hq, b_q = params
+    (H_,) = state
+    outputs = []
+    for X in inputs:
+        update = torch.sigmoid(X @ W_xz + H_ @ W_hz + b_z)
+        reset = torch.sigmoid(X @ W_xr + H_ @ W_hr + b_r)
+        candidate = torch.tanh(X @ W_xh + (reset * H_) @ W_hh + b_h)
+        H_ = update * H_ + (1 - update) * candidate
+        outputs.append(H_ @ W_hq + b_q)
+    return torch.cat(outputs, dim=0), (H_,)
+
+
+def primer_rnn(inputs, state, params):
+    W_xh, W_hh, b_h, W_hq, b_q = params
+    (H_,) = state
+    outputs = []
+    for X in inputs:
+        H_ = torch.tanh(X @ W_xh + H_ @ W_hh + b_h)
+        outputs.append(H_ @ W_hq + b_q)
+    return torch.cat(outputs, dim=0), (H_,)
+
+
+def d2l_rate(cell: str, v: int, batches: list) -> float:
+    """(a): tokens/s of d2l's train_epoch_ch8 over `batches` with the primer's equations."""
+    forward = {"lstm": primer_lstm, "gru": primer_gru, "rnn": primer_rnn}[cell]
+    cpu = torch.device("cpu")
+    net = d2l.RNNModelScratch(v, H, cpu, lambda vocab_size, num_hiddens, device: primer_params(cell, vocab_size),
+                              primer_state(cell), forward)
+    updater = lambda batch_size: d2l.sgd(net.params, 1.0, batch_size)  # noqa: E731
+    _, speed = d2l.train_epoch_ch8(net, batches, torch.nn.CrossEntropyLoss(), updater, cpu, use_random_iter=True)
+    return speed
+
+
+def our_rate(cell: str, impl: str, v: int, batches: list) -> float:
+    """(b) / (c): tokens/s of primer.train.fit over the same batches."""
+    model = RNNLM(v, cell, H, 1, impl)
+    history = fit(model, make_optimizer(model, "sgd", 1.0), lambda epoch: iter(batches), lambda m, e: {"val/loss": 0.0}, 1,
+                  device=torch.device("cpu"), grad_clip=1.0, log_every=10**9, count=torch.Tensor.numel, unit="tok")
+    return history[-1]["train/tok_per_s"]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
+    parser.add_argument("--batches", type=int, default=40)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    text = load_corpus(args.corpus)
+    vocab = Vocab(text)
+    ids = torch.tensor(vocab.encode(text))
+    batches = list(seq_data_iter_random(ids, B, T, torch.Generator().manual_seed(0)))[: args.batches]
+    rates: dict[tuple, list] = {}
+    for _ in range(args.repeats):
+        for cell in ("lstm", "gru", "rnn"):
+            rates.setdefault((cell, "a"), []).append(d2l_rate(cell, len(vocab), batches))
+            rates.setdefault((cell, "b"), []).append(our_rate(cell, "scratch", len(vocab), batches))
+            rates.setdefault((cell, "c"), []).append(our_rate(cell, "fused", len(vocab), batches))
+    med = {k: statistics.median(v) for k, v in rates.items()}
+    print(f"\n{args.batches} batches of {B}x{T} tokens, hidden {H}, vocab {len(vocab)}; CPU, "
+          f"{torch.get_num_threads()} threads; median of {args.repeats} rounds\n")
+    print("| cell | (a) primer eqs + d2l loop, tok/s | (b) ours scratch | (c) ours fused | (b)/(a) | (c)/(a) |")
+    print("|---|---|---|---|---|---|")
+    for cell in ("lstm", "gru", "rnn"):
+        a, b, c = med[(cell, "a")], med[(cell, "b")], med[(cell, "c")]
+        print(f"| {cell} | {a:,.0f} | {b:,.0f} | {c:,.0f} | {b / a:.2f} | {c / a:.2f} |")
+    print(f"ratio={med[('lstm', 'b')] / med[('lstm', 'a')]:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -57,9 +57,9 @@ def test_bad_files(tmp_path):
 
 
 def test_repo_params_pass_every_stage_schema():
-    from stages import augment, fetch, split, verify  # noqa: F401  (importable as modules)
+    from stages import augment, fetch, split, train_cnn, train_lm, verify
 
-    for module in (fetch, verify, split, augment):
+    for module in (fetch, verify, split, augment, train_cnn, train_lm):
         load_params(REPO / "params.yaml", module.SCHEMA)
 
 
@@ -86,7 +86,7 @@ def test_stage_exits_non_zero_with_one_sentence_before_any_work(tmp_path):
     assert not (tmp_path / "mlflow.db").exists()  # failed before tracking started
 
 
-@pytest.mark.parametrize("script", ["fetch", "verify", "split", "augment"])
+@pytest.mark.parametrize("script", ["fetch", "verify", "split", "augment", "train_cnn", "train_lm"])
 def test_every_stage_explains_itself(script):
     result = subprocess.run([sys.executable, str(REPO / "stages" / f"{script}.py"), "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "--params" in result.stdout and len(result.stdout.splitlines()) > 8

@@ -91,7 +91,8 @@ def fit(
     for epoch in range(start, epochs):
         model.train()
         began, seen, loss_sum, window_sum, window_n, norms = time.perf_counter(), 0, 0.0, 0.0, 0, []
-        bar = tqdm(batches(epoch), desc=f"{desc} epoch {epoch + 1}/{epochs}", unit="batch", disable=not distributed.is_main())
+        bar = tqdm(batches(epoch), desc=f"{desc} epoch {epoch + 1}/{epochs}", unit="batch", leave=False,
+                   disable=not distributed.is_main())  # the epoch's summary line is printed below
         for x, y in bar:
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 _, loss = model(x, y)

@@ -19,8 +19,9 @@ from primer.split import SPLITS
 
 
 
-def load_arrays(folder: Path | str, train_size: int, eval_size: int) -> dict:
-    """{split: (images uint8 (N, S, S, 3), labels int64 (N,))} plus meta; stale or missing data is an error."""
+def load_arrays(folder: Path | str, train_size: int, eval_size: int, splits=("train", "val")) -> dict:
+    """{split: (images uint8 (N, S, S, 3), labels int64 (N,))} for `splits`, plus meta; stale or missing
+    data is an error. Training reads only train and val: the test split stays on disk."""
     folder = Path(folder)
     meta_path = folder / "meta.json"
     if not meta_path.is_file():
@@ -32,7 +33,7 @@ def load_arrays(folder: Path | str, train_size: int, eval_size: int) -> dict:
             f"now says {train_size} / {eval_size}; rerun the augment stage (dvc repro augment)."
         )
     data = {"meta": meta}
-    for split in SPLITS:
+    for split in splits:
         images = np.load(folder / f"{split}_images.npy", mmap_mode="r")
         labels = np.load(folder / f"{split}_labels.npy")
         if len(images) != meta["counts"][split] or len(labels) != len(images):

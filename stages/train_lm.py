@@ -53,10 +53,14 @@ SCHEMA = {
 }
 
 
+def sampler(p: dict):
+    """d2l's minibatch iterator that train_lm.sampling names."""
+    return seq_data_iter_sequential if p["sampling"] == "sequential" else seq_data_iter_random
+
+
 def batches_for(model: RNNLM, ids: torch.Tensor, p: dict, seed: int, device: torch.device):
     """epoch -> (X, Y) minibatches on the device; sequential sampling carries the state across them."""
-    sequential = p["sampling"] == "sequential"
-    make = seq_data_iter_sequential if sequential else seq_data_iter_random
+    sequential, make = p["sampling"] == "sequential", sampler(p)
 
     def batches(epoch: int):
         model.reset_state()
@@ -106,8 +110,7 @@ def train(args, params: dict, run) -> None:
     vocab = Vocab(corpus)
     ids = torch.tensor(vocab.encode(corpus), dtype=torch.long)
     train_ids, val_ids = split_tail(ids, p["val_fraction"])
-    sampler = seq_data_iter_sequential if p["sampling"] == "sequential" else seq_data_iter_random
-    sampler(train_ids, p["batch_size"], p["num_steps"], torch.Generator())  # too short a corpus fails here, before work
+    sampler(p)(train_ids, p["batch_size"], p["num_steps"], torch.Generator())  # too short a corpus fails here, before work
     if len(val_ids) < 2:
         raise PrimerError(f"{args.corpus} leaves only {len(val_ids)} character(s) for validation; raise train_lm.val_fraction.")
     model_args = {"vocab_size": len(vocab), **variant["model"]}

@@ -1,6 +1,6 @@
 # Two entry points on a fresh machine (see README.md):
 #   make repro   set up .venv from requirements.lock and run the pipeline (dvc repro)
-#   make test    set up .venv from requirements.lock and run the test suite
+#   make test    set up .venv from requirements.lock + requirements-dev.lock and run the test suite
 VENV ?= .venv
 PY := $(VENV)/bin/python
 export DVC_NO_ANALYTICS := 1
@@ -14,9 +14,13 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
+$(VENV)/.dev-installed: $(VENV)/.installed requirements-dev.lock
+	$(PY) -m pip install -q -r requirements-dev.lock
+	touch $@
+
 setup: $(VENV)/.installed
 
-test: setup
+test: $(VENV)/.dev-installed
 	$(PY) -m pytest
 
 repro: setup

@@ -49,6 +49,16 @@ def shared_datasets() -> Path:
     return SHARED_DATASETS
 
 
+def require_tool(found, what: str, install: str):
+    """Skip when a system tool is missing (a laptop); fail instead under CI, which installs it."""
+    if found:
+        return found
+    message = f"{what} is not installed ({install}; .ci/run installs it)"
+    if os.environ.get("CI"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 def venv_env(tmp_path: Path) -> dict:
     """Environment for subprocesses: this interpreter's bin first on PATH, DVC quiet and local."""
     import sys

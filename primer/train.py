@@ -71,13 +71,14 @@ def fit(
     log_every: int = 10,
     best_metric: str = "val/loss",
     higher_is_better: bool = False,
-    count: Callable[[torch.Tensor], int] = len,
+    count: Callable[[torch.Tensor, torch.Tensor], int | torch.Tensor] = lambda x, y: len(x),
     unit: str = "img",
     desc: str = "train",
 ) -> list[dict]:
     """Train for `epochs` (resuming a matching checkpoint); returns the per-epoch metrics.
 
-    `extra` (plain data, e.g. a vocabulary) is saved in every checkpoint beside the training state.
+    `extra` (plain data, e.g. a vocabulary) is saved in every checkpoint beside the training state;
+    `count(x, y)` is how many `unit`s a batch holds (images, tokens), for the rate.
     """
     start, step, best, history = 0, 0, None, []
     saved = load_matching(checkpoint, fingerprint) if checkpoint else None
@@ -102,19 +103,19 @@ def fit(
                 norms.append(torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip))
             optimizer.step()
             step += 1
-            seen += count(x)
+            seen += count(x, y)  # may be a device tensor (tokens that are not padding): no sync per step
             loss_sum = loss_sum + loss.detach()
             window_sum, window_n = window_sum + loss.detach(), window_n + 1
             if step % log_every == 0:  # one host sync per window, not per step
                 window = _mean_over_ranks(window_sum, window_n)
                 log({"train/loss": window}, step)
-                rate = seen * distributed.world() / (time.perf_counter() - began)
+                rate = float(seen) * distributed.world() / (time.perf_counter() - began)
                 bar.set_postfix_str(f"loss {window:.4f}, {rate:.0f} {unit}/s")
                 window_sum, window_n = 0.0, 0
         seconds = time.perf_counter() - began
         metrics = {
             "train/epoch_loss": _mean_over_ranks(torch.as_tensor(loss_sum, device=device), bar.n),
-            f"train/{unit}_per_s": seen * distributed.world() / seconds,
+            f"train/{unit}_per_s": float(seen) * distributed.world() / seconds,
             "lr": optimizer.param_groups[0]["lr"],
         }
         if grad_clip:

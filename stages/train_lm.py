@@ -136,7 +136,7 @@ def train(args, params: dict, run) -> None:
         fingerprint=fingerprint(model=model_args, variant=variant, train={k: v for k, v in p.items() if k != "variants"},
                                 seed=seed, vocab=vocab.idx_to_token, chars=len(ids)),
         model_args=model_args, extra={"vocab": vocab.idx_to_token}, log=log, log_every=p["log_every"],
-        best_metric="val/ppl", higher_is_better=False, count=torch.Tensor.numel, unit="tok", desc=f"train_lm@{args.variant}",
+        best_metric="val/ppl", higher_is_better=False, count=lambda x, y: x.numel(), unit="tok", desc=f"train_lm@{args.variant}",
     )
     for row in history:
         row["train/ppl"] = math.exp(row["train/epoch_loss"])

@@ -1,0 +1,169 @@
+"""Train the primer's Transformer encoder-decoder to translate English to French (fra-eng).
+
+Pairs are preprocessed as d2l does (lowercase, a space before punctuation), split by English sentence
+into train / val / test (no test sentence is ever seen in training), turned into word ids with
+vocabularies built on the training split (min_freq; <unk> <pad> <bos> <eos>), and cut or padded to
+num_steps. Training goes through the shared loop: Adam, gradient clipping, cross-entropy over
+non-padding tokens (optional label smoothing), bf16 autocast on CUDA, a checkpoint every epoch that
+a killed run resumes from. At the end: corpus BLEU (sacrebleu) on the test split with beam search,
+d2l's BLEU (k=2) on its four sentences, a table of example translations and attention heatmaps
+(encoder self-attention and decoder cross-attention, per layer and head) -- all logged to MLflow.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+import torch
+
+from primer.atomic import atomic_path, write_text
+from primer.attention_plot import plot_attention
+from primer.checkpoint import fingerprint
+from primer.curves import plot_history, write_history_csv
+from primer.errors import PrimerError
+from primer.models.transformer import Seq2SeqTransformer
+from primer.params import choice, flag, integer, number, text
+from primer.sentence_pairs import BOS, EOS, PAD, load_translation_data
+from primer.stage import add_training_outputs, cli, open_stage, stage_parser
+from primer.table import write_table
+from primer.train import fit, make_optimizer, pick_device, use_bf16
+from primer.translation_eval import attention_maps, d2l_examples, mean_token_loss, test_bleu
+
+SCHEMA = {
+    "seed": integer(0),
+    "train_transformer": {
+        "num_pairs": integer(0),
+        "val_fraction": number(0.0, 0.5),
+        "test_fraction": number(0.001, 0.5),
+        "min_freq": integer(1),
+        "num_steps": integer(2, 1000),
+        "batch_size": integer(1, 65536),
+        "epochs": integer(1, 100_000),
+        "lr": number(1e-7, 10),
+        "grad_clip": number(0, 1e6),
+        "bf16": flag(),
+        "device": choice("auto", "cpu", "cuda"),
+        "log_every": integer(1),
+        "beam_size": integer(1, 64),
+        "examples": integer(0, 10_000),
+        "attention_sentence": text(),
+        "model": {
+            "num_hiddens": integer(2, 16384),
+            "num_heads": integer(1, 256),
+            "ffn_num_hiddens": integer(1, 65536),
+            "num_layers": integer(1, 64),
+            "dropout": number(0.0, 0.9),
+            "label_smoothing": number(0.0, 0.9),
+        },
+    },
+}
+
+
+def shuffled_batches(src: torch.Tensor, tgt: torch.Tensor, batch_size: int, seed: int, device: torch.device):
+    """epoch -> (src, tgt) batches in an order fixed by seed and epoch (so a resumed epoch is the same)."""
+
+    def batches(epoch: int):
+        order = torch.randperm(len(src), generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+        for start in range(0, len(order), batch_size):
+            rows = order[start:start + batch_size]
+            yield src[rows].to(device, non_blocking=True), tgt[rows].to(device, non_blocking=True)
+
+    return batches
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = stage_parser(__doc__)
+    parser.add_argument("--pairs", required=True, type=Path, help="tab-separated English-French file (fetch output)")
+    add_training_outputs(parser)
+    parser.add_argument("--translations", required=True, type=Path, help="CSV of example test translations to write")
+    parser.add_argument("--attention", required=True, type=Path, help="folder for the attention heatmap PNGs")
+    args = parser.parse_args(argv)
+    with open_stage("train_transformer", args.params, SCHEMA, system_metrics=True) as (params, run):
+        train(args, params, run)
+
+
+def train(args, params: dict, run) -> None:
+    p, seed = params["train_transformer"], params["seed"]
+    m = p["model"]
+    if m["num_hiddens"] % m["num_heads"]:
+        raise PrimerError(f"params.yaml: train_transformer.model.num_hiddens {m['num_hiddens']} must be divisible by "
+                          f"num_heads {m['num_heads']}.")
+    device = pick_device(p["device"], "train_transformer.device")
+    bf16 = use_bf16(device, p["bf16"])
+    torch.manual_seed(seed)
+    random.seed(seed)
+    data = load_translation_data(args.pairs, p["num_pairs"], p["val_fraction"], p["test_fraction"], p["min_freq"], p["num_steps"], seed)
+    sizes = {f"pairs/{name}": len(pairs) for name, pairs in data.splits.items()}
+    skipped = {f"skipped/{reason}": n for reason, n in sorted(data.skipped.items())}
+    run.log_metrics({**sizes, **skipped, "vocab/src": len(data.src_vocab), "vocab/tgt": len(data.tgt_vocab)})
+    print(f"train_transformer: {sizes}, skipped lines {dict(data.skipped) or 'none'}, "
+          f"vocab {len(data.src_vocab)} en / {len(data.tgt_vocab)} fr", flush=True)
+    tgt = data.tgt_vocab
+    model_args = {"src_vocab_size": len(data.src_vocab), "tgt_vocab_size": len(tgt), **m,
+                  "pad_id": tgt[PAD], "bos_id": tgt[BOS], "eos_id": tgt[EOS]}
+    model = Seq2SeqTransformer(**model_args).to(device)
+    optimizer = make_optimizer(model, "adam", p["lr"])
+    run.set_tags({"bf16": bf16, "parameters": sum(t.numel() for t in model.parameters())})
+    train_src, train_tgt = data.arrays["train"]
+    val_src, val_tgt = data.arrays["val"]
+    pad = model.pad_id
+
+    def evaluate(_model, _epoch: int) -> dict:
+        if not len(val_src):
+            return {}
+        loss = mean_token_loss(model, val_src, val_tgt, p["batch_size"], device, bf16)
+        return {"val/loss": loss, "val/ppl": math.exp(min(loss, 50.0))}
+
+    vocabs = {"src_vocab": data.src_vocab.idx_to_token, "tgt_vocab": tgt.idx_to_token}
+    history = fit(
+        model, optimizer, shuffled_batches(train_src, train_tgt, p["batch_size"], seed, device), evaluate, p["epochs"],
+        device=device, grad_clip=p["grad_clip"], bf16=bf16, checkpoint=args.checkpoint,
+        fingerprint=fingerprint(model=model_args, train={k: v for k, v in p.items() if k not in ("model", "examples", "attention_sentence", "beam_size")},
+                                seed=seed, vocabs=vocabs, pairs=len(train_src)),
+        model_args=model_args, extra=vocabs, log=run.log_metrics, log_every=p["log_every"],
+        best_metric="val/loss" if len(val_src) else "train/epoch_loss",
+        count=lambda x, y: (y != pad).sum(), unit="tok", desc="train_transformer",
+    )
+    with atomic_path(args.model) as tmp:
+        torch.save({"model": model.state_dict(), "model_args": model_args, **vocabs, "history": history}, tmp)
+    run.log_artifact(args.model, "model")
+    report(args, p, model, data, history, device, run)
+
+
+def report(args, p: dict, model: Seq2SeqTransformer, data, history: list[dict], device: torch.device, run) -> None:
+    """Test BLEU, d2l's four sentences, example translations, attention heatmaps, curves."""
+    steps, beam = p["num_steps"], p["beam_size"]
+    bleu, rows = test_bleu(model, data.splits["test"], data.src_vocab, data.tgt_vocab, steps, beam, device)
+    examples = d2l_examples(model, data.src_vocab, data.tgt_vocab, steps, beam, device)
+    final = history[-1]
+    summary = {
+        "train/loss": final["train/epoch_loss"], "val/loss": final.get("val/loss"), "train/tok_per_s": final["train/tok_per_s"],
+        "test/bleu": bleu, "test/sentences": len(rows), "d2l/bleu_k2_mean": sum(e["bleu_k2"] for e in examples) / len(examples),
+        "epochs": final["epoch"], "beam_size": beam, "d2l_examples": examples,
+    }
+    run.log_metrics({"test/bleu": bleu, "d2l/bleu_k2_mean": summary["d2l/bleu_k2_mean"]}, final["epoch"])
+    write_text(args.metrics, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    write_table(args.translations, rows[: p["examples"]], ["source", "translation", "references"])
+    run.log_artifact(args.translations)
+    run.log_text("\n".join(f"{e['source']} => {e['translation']} (bleu {e['bleu_k2']:.3f})" for e in examples) + "\n",
+                 "d2l_examples.txt")
+    maps = attention_maps(model, p["attention_sentence"], data.src_vocab, data.tgt_vocab, steps, device)
+    args.attention.mkdir(parents=True, exist_ok=True)
+    for key, title, rows_of in (("encoder", "encoder self-attention", "source"), ("cross", "decoder cross-attention", "output")):
+        figure = plot_attention(maps[key], maps[rows_of], maps["source"], args.attention / f"{key}.png",
+                                f"{title}: {p['attention_sentence']!r}")
+        run.log_figure(figure, f"attention/{key}.png")
+    write_history_csv(history, args.curves)
+    panels = {"loss": [k for k in ("train/epoch_loss", "val/loss") if k in history[0]]}
+    run.log_figure(plot_history(history, args.curves_png, "train_transformer", panels), "curves.png")
+    run.log_artifact(args.curves)
+    for e in examples:
+        print(f"train_transformer: {e['source']!r} => {e['translation']!r}, bleu {e['bleu_k2']:.3f}", flush=True)
+    print(f"train_transformer: test BLEU {bleu:.2f} on {len(rows)} sentences (beam {beam})", flush=True)
+
+
+if __name__ == "__main__":
+    raise SystemExit(cli(main))

@@ -1,0 +1,44 @@
+# The pipeline on an NVIDIA GPU (`docker compose up`, see README.md "On a GPU host"); the mlflow
+# service of docker-compose.yml runs from this image too.
+#
+# A slim Python base, not nvidia/cuda: the torch 2.15.0 / torchvision 0.29.2 wheels pinned in
+# requirements.lock are PyPI's CUDA builds and bring the CUDA runtime, cuBLAS, cuDNN and NCCL with
+# them as nvidia-* wheels (pinned in the lock too). The image needs no CUDA toolkit, only the host's
+# NVIDIA driver, which the NVIDIA Container Toolkit mounts in when a service reserves a GPU.
+FROM python:3.11-slim-bookworm
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    DVC_NO_ANALYTICS=1 \
+    NVIDIA_VISIBLE_DEVICES=all \
+    NVIDIA_DRIVER_CAPABILITIES=compute,utility
+
+# git: DVC works inside a git checkout, and every MLflow run is tagged with the commit.
+# The repo is bind-mounted at /app by docker-compose.yml, owned by the host user: mark it safe.
+# Not pinning apt versions (DL3008): bookworm's security updates replace them, which would break the
+# build; the base image tag pins the Debian release.
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends git \
+ && rm -rf /var/lib/apt/lists/* \
+ && git config --system --add safe.directory /app
+
+# A non-root user; build with --build-arg USER_UID=$(id -u) when the bind-mounted repo is not owned
+# by uid 1000. /mlartifacts is where docker-compose.yml mounts the MLflow artifact volume: a new
+# named volume takes this folder's owner.
+ARG USER_UID=1000
+RUN useradd --create-home --uid "${USER_UID}" primer \
+ && install -d -o primer -g primer /app /mlartifacts
+WORKDIR /app
+
+# Dependencies first, from the same lock as `make` and .ci/run, so that editing the code reuses
+# this layer (~6 GB with the CUDA wheels).
+COPY requirements.lock ./
+RUN pip install --no-cache-dir -r requirements.lock
+
+COPY --chown=primer:primer . .
+RUN pip install --no-cache-dir --no-deps -e .
+
+USER ${USER_UID}
+CMD ["dvc", "repro"]

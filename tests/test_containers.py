@@ -1,0 +1,168 @@
+"""The container files, checked without a Docker engine: compose config, hadolint, lock file, ports,
+build context; and `python -m primer.doctor`, the image's GPU check."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from conftest import REPO, require_tool
+
+VENV_BIN = Path(sys.executable).parent
+
+
+def venv_tool(name: str, install: str) -> str:
+    return require_tool(shutil.which(name, path=str(VENV_BIN)), name, install)
+
+
+def compose_config(env_file: Path) -> subprocess.CompletedProcess:
+    compose = venv_tool("docker-compose", "pip install -r requirements-dev.lock")
+    env = {k: v for k, v in os.environ.items() if k != "POSTGRES_PASSWORD"}  # the env file alone decides
+    return subprocess.run(
+        [compose, "-f", "docker-compose.yml", "--env-file", str(env_file), "config", "--format", "json"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
+    )
+
+
+def test_compose_accepts_the_file_and_the_pipeline_reserves_every_gpu(tmp_path):
+    env_file = tmp_path / ".env"
+    shutil.copy(REPO / ".env.example", env_file)
+    result = compose_config(env_file)
+    assert result.returncode == 0, result.stderr
+    services = json.loads(result.stdout)["services"]
+    assert set(services) == {"db", "mlflow", "pipeline"}
+    devices = services["pipeline"]["deploy"]["resources"]["reservations"]["devices"]
+    assert any(d["driver"] == "nvidia" and "gpu" in d["capabilities"] and d["count"] == -1 for d in devices)
+    assert services["pipeline"]["environment"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
+    assert services["pipeline"]["depends_on"]["mlflow"]["condition"] == "service_healthy"
+    assert services["mlflow"]["depends_on"]["db"]["condition"] == "service_healthy"
+    assert services["mlflow"]["build"]["context"] == services["pipeline"]["build"]["context"] == str(REPO)
+    example = dict(re.findall(r"^(\w+)=(.*)$", (REPO / ".env.example").read_text(), flags=re.M))
+    assert services["db"]["environment"]["POSTGRES_PASSWORD"] == example["POSTGRES_PASSWORD"]
+    assert services["mlflow"]["environment"]["PGPASSWORD"] == example["POSTGRES_PASSWORD"]
+
+
+def test_compose_without_the_password_names_the_env_file(tmp_path):
+    empty = tmp_path / ".env"
+    empty.write_text("")
+    result = compose_config(empty)
+    assert result.returncode != 0
+    assert "set POSTGRES_PASSWORD in .env" in result.stderr
+
+
+def test_mlflow_is_published_on_loopback_only(tmp_path):
+    env_file = tmp_path / ".env"
+    shutil.copy(REPO / ".env.example", env_file)
+    services = json.loads(compose_config(env_file).stdout)["services"]
+    ports = services["mlflow"]["ports"]
+    assert ports and all(p["host_ip"] == "127.0.0.1" for p in ports)
+    assert [(p["published"], p["target"]) for p in ports] == [("5000", 5000)]
+    assert "ports" not in services["db"] and "ports" not in services["pipeline"]
+
+
+def test_env_file_with_the_secrets_is_not_committed():
+    if not (REPO / ".git").exists():
+        return
+    git = require_tool(shutil.which("git"), "git", "apt-get install git")
+    assert subprocess.run([git, "check-ignore", "-q", ".env"], cwd=REPO).returncode == 0
+    assert subprocess.run([git, "check-ignore", "-q", ".env.example"], cwd=REPO).returncode == 1
+
+
+def test_hadolint_finds_nothing_and_every_ignore_has_a_reason():
+    hadolint = venv_tool("hadolint", "pip install -r requirements-dev.lock")
+    result = subprocess.run([hadolint, "Dockerfile"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and result.stdout.strip() == "", result.stdout + result.stderr
+    lines = (REPO / "Dockerfile").read_text().splitlines()
+    for i, line in enumerate(lines):
+        if "hadolint ignore=" in line:
+            assert i > 0 and lines[i - 1].startswith("#") and len(lines[i - 1]) > 20, f"no reason above: {line}"
+
+
+def pip_lock_files(text: str) -> list[str]:
+    """The files a shell text installs with `pip install ... -r FILE`."""
+    return re.findall(r"pip install\b[^\n]*?\s-r\s+(\S+)", text)
+
+
+def makefile_recipe(text: str, target: str) -> str:
+    match = re.search(rf"^{re.escape(target)}:.*\n((?:\t.*\n)+)", text, flags=re.M)
+    assert match, f"Makefile has no recipe for {target}"
+    return match.group(1)
+
+
+def test_image_installs_the_lock_that_ci_and_make_install():
+    dockerfile = (REPO / "Dockerfile").read_text()
+    makefile = (REPO / "Makefile").read_text()
+    ci = (REPO / ".ci/run").read_text()
+    make_locks = pip_lock_files(makefile_recipe(makefile, "$(VENV)/.installed"))
+    # .ci/run installs through `make test`, whose prerequisite is the .installed recipe
+    ci_locks = pip_lock_files(ci) or (make_locks if re.search(r"^\s*make test\s*$", ci, flags=re.M) else [])
+    image_locks = pip_lock_files(dockerfile)
+    assert image_locks == make_locks == ci_locks == ["requirements.lock"]
+    # the dependency layer comes before the source, and the package goes in without dependencies
+    steps = ("COPY requirements.lock", "-r requirements.lock", "COPY --chown", "--no-deps -e .")
+    order = [dockerfile.index(s) for s in steps]
+    assert order == sorted(order)
+    users = re.findall(r"^USER\s+(\S+)", dockerfile, flags=re.M)
+    assert users and users[-1] not in ("root", "0")
+    assert re.search(r'^CMD \["dvc", "repro"\]$', dockerfile, flags=re.M)
+    assert re.search(r"^\s*DVC_NO_ANALYTICS=1", dockerfile, flags=re.M)
+
+
+def dockerignore_rules(text: str) -> list[tuple[bool, re.Pattern]]:
+    """(is_exception, regex) per line, translated as Docker does: `**` spans folders, `*` does not."""
+    rules = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        negate = line.startswith("!")
+        pattern = line.lstrip("!").strip("/")
+        regex = ""
+        for token in re.split(r"(\*\*/|\*\*|\*|\?)", pattern):
+            regex += {"**/": "(?:.*/)?", "**": ".*", "*": "[^/]*", "?": "[^/]"}.get(token, re.escape(token))
+        rules.append((negate, re.compile(regex)))
+    return rules
+
+
+def excluded(path: str, rules) -> bool:
+    """Docker's rule: the last pattern matching the path or one of its parent folders decides."""
+    parts = path.split("/")
+    prefixes = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+    verdict = False
+    for negate, regex in rules:
+        if any(regex.fullmatch(p) for p in prefixes):
+            verdict = not negate
+    return verdict
+
+
+def test_dockerignore_keeps_data_stores_and_environments_out():
+    rules = dockerignore_rules((REPO / ".dockerignore").read_text())
+    for path in ("mlflow.db", "data/raw/petimages/Cat/0.jpg", "data/arrays/train_images.npy", ".venv/bin/python",
+                 "mlruns/0/meta.yaml", "models/cnn.pt", "checkpoints/train_cnn.pt", ".dvc/cache/files/md5/ab/cd",
+                 "primer/__pycache__/x.pyc", ".env"):
+        assert excluded(path, rules), f".dockerignore lets {path} into the build context"
+    for path in ("requirements.lock", "pyproject.toml", "primer/doctor.py", "stages/train_cnn.py", "dvc.yaml",
+                 "params.yaml", ".dvc/config", "data/README.md"):
+        assert not excluded(path, rules), f".dockerignore keeps {path}, which the image needs, out"
+
+
+def test_doctor_reports_torch_cuda_and_cpus():
+    result = subprocess.run([sys.executable, "-m", "primer.doctor"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    report = dict(line.split(": ", 1) for line in result.stdout.splitlines())
+    assert report["torch"] == torch.__version__
+    assert report["cuda available"] == str(torch.cuda.is_available())
+    assert report["torch.version.cuda"] == str(torch.version.cuda)
+    assert report["cpus"] == str(len(os.sched_getaffinity(0)))
+    gpus = [key for key in report if key.startswith("gpu ")]
+    assert len(gpus) == (torch.cuda.device_count() if torch.cuda.is_available() else 0)
+    help_text = subprocess.run([sys.executable, "-m", "primer.doctor", "--help"],
+                               capture_output=True, text=True, timeout=120)
+    assert help_text.returncode == 0 and "usage: python -m primer.doctor" in help_text.stdout

@@ -147,6 +147,23 @@ def _sigterm_raises() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
+def _experiment_id(mlflow, name: str) -> str:
+    """The experiment's id, creating it if needed. Two stages starting at once (dvc repro -j, or two
+    variants) may both try to create it: the loser looks it up again instead of failing, and the run
+    is started with the explicit id so it can never fall back to the Default experiment."""
+    from mlflow.exceptions import MlflowException
+
+    for _ in range(3):
+        found = mlflow.get_experiment_by_name(name)
+        if found is not None:
+            return found.experiment_id
+        try:
+            return mlflow.create_experiment(name)
+        except MlflowException:  # created meanwhile by the other process
+            continue
+    raise MlflowException(f"experiment '{name}' could neither be found nor created")
+
+
 def _start(stage: str, params: dict, system_metrics: bool):
     import mlflow
     from mlflow.exceptions import MlflowException
@@ -158,8 +175,9 @@ def _start(stage: str, params: dict, system_metrics: bool):
     if uri.startswith(("http://", "https://")):
         probe_server(uri)
     try:
-        mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT)
-        run = mlflow.start_run(run_name=stage, tags=run_tags(stage), log_system_metrics=system_metrics or None)
+        experiment_id = _experiment_id(mlflow, os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT)
+        run = mlflow.start_run(experiment_id=experiment_id, run_name=stage, tags=run_tags(stage),
+                               log_system_metrics=system_metrics or None)
         mlflow.log_params(flatten(params))
     except Exception as exc:  # MlflowException, or the database driver's own errors
         text = exc.message if isinstance(exc, MlflowException) else str(exc)

@@ -104,7 +104,18 @@ def each_of(schema: dict) -> EachOf:
     return EachOf(schema)
 
 
-Schema = dict  # key -> Field | EachOf | Schema
+@dataclass(frozen=True)
+class SomeOf:
+    """Some keys of a section another stage owns: these are checked, the others are that stage's business."""
+
+    schema: dict
+
+
+def some_of(schema: dict) -> SomeOf:
+    return SomeOf(schema)
+
+
+Schema = dict  # key -> Field | EachOf | SomeOf | Schema
 
 
 def read_yaml(path: Path) -> dict:
@@ -123,13 +134,13 @@ def read_yaml(path: Path) -> dict:
     return data
 
 
-def validate(values: Any, schema: Schema, where: str, file: str) -> dict:
+def validate(values: Any, schema: Schema, where: str, file: str, partial: bool = False) -> dict:
     """Check `values` against `schema`; `where` is the dotted key prefix used in messages."""
     dotted = f"'{where}'" if where else "the top level"
     if not isinstance(values, dict):
         raise PrimerError(f"{file}: {dotted} must be a mapping of keys, not {values!r}.")
     unknown = sorted(set(values) - set(schema))
-    if unknown and where:  # other top-level sections belong to other stages
+    if unknown and where and not partial:  # other top-level sections belong to other stages
         key = f"{where}.{unknown[0]}"
         raise PrimerError(f"{file}: unknown key '{key}'; allowed keys in '{where}' are: {', '.join(schema)}.")
     out = {}
@@ -142,6 +153,9 @@ def validate(values: Any, schema: Schema, where: str, file: str) -> dict:
             continue
         if isinstance(spec, EachOf):
             out[key] = _validate_each(values[key], spec.schema, name, file)
+            continue
+        if isinstance(spec, SomeOf):
+            out[key] = validate(values[key], spec.schema, name, file, partial=True)
             continue
         checked = spec.check(values[key])
         if checked is None:
@@ -160,7 +174,7 @@ def _validate_each(values: Any, schema: dict, where: str, file: str) -> dict:
 
 
 def _expect(spec) -> str:
-    return "a section" if isinstance(spec, (dict, EachOf)) else spec.describe()
+    return "a section" if isinstance(spec, (dict, EachOf, SomeOf)) else spec.describe()
 
 
 def load_params(path: Path | str, schema: Schema) -> dict:

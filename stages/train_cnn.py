@@ -60,9 +60,10 @@ def relaunch_under_torchrun(nproc: int) -> None:
     os.execv(sys.executable, argv + sys.argv[1:])
 
 
-def save_model(path: Path, model: torch.nn.Module, model_args: dict, classes: list, history: list) -> None:
+def save_model(path: Path, model: torch.nn.Module, model_args: dict, classes: list, history: list, run_id: str) -> None:
     with atomic_path(path) as tmp:
-        torch.save({"model": model.state_dict(), "model_args": model_args, "classes": classes, "history": history}, tmp)
+        torch.save({"model": model.state_dict(), "model_args": model_args, "classes": classes, "history": history,
+                    "mlflow_run_id": run_id}, tmp)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -117,7 +118,7 @@ def train(args, params: dict, run, device: torch.device) -> None:
         return
     final = history[-1]
     classes = data["meta"]["classes"]
-    save_model(args.model, model, p["model"], classes, history)
+    save_model(args.model, model, p["model"], classes, history, run.run_id or "")
     summary = {k: v for k, v in final.items() if k != "epoch"} | {"epochs": final["epoch"], "best/val_acc": max(r["val/acc"] for r in history)}
     write_text(args.metrics, json.dumps(summary, indent=2) + "\n")
     write_history_csv(history, args.curves)

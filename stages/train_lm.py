@@ -23,7 +23,7 @@ from primer.atomic import atomic_path, write_text
 from primer.checkpoint import fingerprint
 from primer.curves import plot_history, write_history_csv
 from primer.errors import PrimerError
-from primer.models.rnn import RNNLM, generate
+from primer.models.rnn import RNNLM, generate, perplexity
 from primer.params import choice, each_of, integer, number, text
 from primer.stage import add_training_outputs, cli, open_stage, stage_parser
 from primer.text import Vocab, load_corpus, seq_data_iter_random, seq_data_iter_sequential, split_tail
@@ -72,22 +72,6 @@ def batches_for(model: RNNLM, ids: torch.Tensor, p: dict, seed: int, device: tor
     return batches
 
 
-@torch.no_grad()
-def perplexity(model: RNNLM, ids: torch.Tensor, p: dict, device: torch.device) -> float:
-    """exp(mean cross-entropy) over the held-out ids, read in order with the state carried."""
-    carried = model.carry_state
-    model.reset_state()
-    model.carry_state = True
-    total, count = 0.0, 0
-    steps = max(1, min(p["num_steps"] * 8, (len(ids) - 1) // 2))  # long windows; room for the random offset
-    for x, y in seq_data_iter_sequential(ids, 1, steps, torch.Generator().manual_seed(0)):
-        _, loss = model(x.to(device), y.to(device))
-        total, count = total + loss.item() * y.numel(), count + y.numel()
-    model.reset_state()
-    model.carry_state = carried
-    return math.exp(total / max(count, 1))
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = stage_parser(__doc__)
     parser.add_argument("--variant", required=True, help="name under train_lm.variants")
@@ -123,7 +107,7 @@ def train(args, params: dict, run) -> None:
             sample = generate(model, vocab, p["prefix"], p["sample_chars"])
             run.log_text(sample + "\n", f"samples/epoch_{epoch:05d}.txt")
             print(f"train_lm@{args.variant} epoch {epoch}: {sample!r}", flush=True)
-        return {"val/ppl": perplexity(model, val_ids, p, device)}
+        return {"val/ppl": perplexity(model, val_ids, p["num_steps"], device)}
 
     def log(metrics: dict, step: int) -> None:
         if "train/epoch_loss" in metrics:  # an epoch's summary: add its training perplexity
@@ -142,7 +126,8 @@ def train(args, params: dict, run) -> None:
         row["train/ppl"] = math.exp(row["train/epoch_loss"])
     final = history[-1]
     with atomic_path(args.model) as tmp:
-        torch.save({"model": model.state_dict(), "model_args": model_args, "vocab": vocab.idx_to_token, "history": history}, tmp)
+        torch.save({"model": model.state_dict(), "model_args": model_args, "vocab": vocab.idx_to_token, "history": history,
+                    "mlflow_run_id": run.run_id or ""}, tmp)
     sample = generate(model, vocab, p["prefix"], p["sample_chars"])
     summary = {"train/ppl": final["train/ppl"], "val/ppl": final["val/ppl"], "best/val_ppl": min(r["val/ppl"] for r in history),
                "train/tok_per_s": final["train/tok_per_s"], "epochs": final["epoch"], "sample": sample}

@@ -128,7 +128,8 @@ def train(args, params: dict, run) -> None:
         count=lambda x, y: (y != pad).sum(), unit="tok", desc="train_transformer",
     )
     with atomic_path(args.model) as tmp:
-        torch.save({"model": model.state_dict(), "model_args": model_args, **vocabs, "history": history}, tmp)
+        torch.save({"model": model.state_dict(), "model_args": model_args, **vocabs, "history": history,
+                    "mlflow_run_id": run.run_id or ""}, tmp)
     run.log_artifact(args.model, "model")
     report(args, p, model, data, history, device, run)
 

@@ -57,9 +57,9 @@ def test_bad_files(tmp_path):
 
 
 def test_repo_params_pass_every_stage_schema():
-    from stages import augment, fetch, split, train_cnn, train_lm, verify
+    from stages import augment, evaluate, fetch, split, train_basics, train_cnn, train_lm, train_transformer, verify
 
-    for module in (fetch, verify, split, augment, train_cnn, train_lm):
+    for module in (fetch, verify, split, augment, train_cnn, train_lm, train_transformer, train_basics, evaluate):
         load_params(REPO / "params.yaml", module.SCHEMA)
 
 

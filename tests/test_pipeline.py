@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 from conftest import REPO, photo, venv_env
 
 pytestmark = pytest.mark.slow
-STAGES = ["fetch", "verify", "split", "augment", "train_cnn", "train_lm@lstm", "train_lm@gru"]
+STAGES = ["fetch", "verify", "split", "augment", "train_cnn", "train_lm@lstm", "train_lm@gru", "train_transformer", "train_basics", "evaluate"]
 
 
 def copy_repo(dest: Path) -> Path:
@@ -45,7 +45,7 @@ def tiny_sources(root: Path) -> dict:
     text.write_text("The Time Traveller (for so it will be convenient to speak of him) was expounding a matter.\n" * 12)
     fra = root / "fra-eng.zip"
     with zipfile.ZipFile(fra, "w") as zf:
-        zf.writestr("fra-eng/fra.txt", "Go.\tVa !\nHi.\tSalut !\n")
+        zf.writestr("fra-eng/fra.txt", "".join(f"I see {i}.\tJe vois {i}.\nGo {i}!\tVa {i} !\n" for i in range(30)))
     sha = lambda p: hashlib.sha1(p.read_bytes()).hexdigest()  # noqa: E731
     return {
         "petimages": {"url": str(pets), "sha1": sha(pets), "member": "PetImages"},
@@ -79,6 +79,8 @@ def pipeline(tmp_path_factory):
         p["fetch"].update(sources=sources)
         p["train_cnn"].update(epochs=2, batch_size=8, log_every=1)
         p["train_lm"].update(epochs=2, batch_size=4, num_steps=8, sample_every=1, log_every=5)
+        p["train_transformer"].update(epochs=2, batch_size=8, val_fraction=0.2, test_fraction=0.2, min_freq=1, beam_size=2)
+        p["train_transformer"]["model"].update(num_hiddens=16, ffn_num_hiddens=32)
         small = {"num_hiddens": 16, "num_layers": 1}
         p["train_lm"]["variants"] = {
             "lstm": {"model": {"cell": "lstm", "impl": "fused", **small}, "lr": 1.0},
@@ -114,6 +116,20 @@ def test_repro_runs_every_stage_and_writes_the_outputs(pipeline):
         lm = json.loads((repo / f"metrics/lm/{variant}.json").read_text())
         assert lm["epochs"] == 2 and lm["sample"].startswith("time traveller")
         assert (repo / f"models/lm/{variant}.pt").is_file() and (repo / f"plots/lm/{variant}.png").is_file()
+    translation = json.loads((repo / "metrics/train_transformer.json").read_text())
+    assert translation["epochs"] == 2 and translation["test/sentences"] > 0 and len(translation["d2l_examples"]) == 4
+    assert (repo / "models/transformer.pt").is_file() and (repo / "metrics/translations.csv").is_file()
+    assert {p.name for p in (repo / "plots/train_transformer/attention").iterdir()} == {"encoder.png", "cross.png"}
+    evaluation = json.loads((repo / "metrics/evaluate.json").read_text())
+    assert evaluation["cnn/test_images"] == 2 and {"lm/lstm/test_ppl", "lm/gru/test_ppl"} <= set(evaluation)
+    assert "data:image/png;base64," in (repo / "report.html").read_text()
+
+
+def test_dvc_metrics_show_lists_the_evaluation(pipeline):
+    repo, env, _ = pipeline
+    shown = dvc(repo, env, "metrics", "show")
+    for name in ("metrics/evaluate.json", "cnn/test_acc", "transformer/test_bleu", "lm/gru/test_ppl", "metrics/train_cnn.json"):
+        assert name in shown, name
 
 
 def test_mlflow_holds_one_finished_run_per_stage(pipeline):
@@ -144,9 +160,13 @@ def test_second_repro_runs_nothing_and_changes_rerun_only_what_they_affect(pipel
     repo, env, _ = pipeline
     assert ran(dvc(repo, env, "repro")) == []
     set_params(repo, lambda p: p["augment"].update(preview_images=2))  # a new preview, the same arrays
-    assert ran(dvc(repo, env, "repro")) == ["augment"]
+    assert ran(dvc(repo, env, "repro")) == ["augment", "evaluate"]  # the report shows the preview
     set_params(repo, lambda p: p["augment"]["policy"].update(vflip=0.5))  # training augments differently
-    assert ran(dvc(repo, env, "repro")) == ["augment", "train_cnn"]
+    assert ran(dvc(repo, env, "repro")) == ["augment", "train_cnn", "evaluate"]
     set_params(repo, lambda p: p["train_lm"]["variants"]["gru"].update(lr=0.5))  # one variant's params
-    assert ran(dvc(repo, env, "repro")) == ["train_lm@gru"]
+    assert ran(dvc(repo, env, "repro")) == ["train_lm@gru", "evaluate"]
+    set_params(repo, lambda p: p["train_transformer"].update(beam_size=1))
+    assert ran(dvc(repo, env, "repro")) == ["train_transformer", "evaluate"]
+    set_params(repo, lambda p: p["evaluate"].update(examples=3))
+    assert ran(dvc(repo, env, "repro")) == ["evaluate"]
     assert "up to date" in dvc(repo, env, "status")

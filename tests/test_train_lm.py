@@ -61,7 +61,9 @@ def test_every_variant_trains_two_epochs(tmp_path, corpus, variant):
 
 def lm_fit(tmp_path, epochs: int, checkpoint=None, hook=None, sampling: str = "sequential"):
     """fit() wired as the train_lm stage wires it (its own batches and perplexity), on a tiny corpus."""
-    from stages.train_lm import batches_for, perplexity
+    from stages.train_lm import batches_for
+
+    from primer.models.rnn import perplexity
 
     from primer.checkpoint import fingerprint
     from primer.text import Vocab, split_tail
@@ -82,7 +84,7 @@ def lm_fit(tmp_path, epochs: int, checkpoint=None, hook=None, sampling: str = "s
             yield batch
 
     return fit(model, make_optimizer(model, "sgd", 1.0), interrupted,
-               lambda m, e: {"val/ppl": perplexity(model, val_ids, p, torch.device("cpu"))}, epochs,
+               lambda m, e: {"val/ppl": perplexity(model, val_ids, p["num_steps"], torch.device("cpu"))}, epochs,
                device=torch.device("cpu"), grad_clip=1.0, checkpoint=checkpoint, fingerprint=fingerprint(e=epochs),
                extra={"vocab": vocab.idx_to_token}, best_metric="val/ppl", count=lambda x, y: x.numel(), unit="tok")
 

@@ -14,11 +14,14 @@ when R is the same for every hidden unit.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from primer.errors import PrimerError
+from primer.text import seq_data_iter_sequential
 
 CELLS = ("rnn", "lstm", "gru")
 IMPLS = ("scratch", "fused")
@@ -192,3 +195,19 @@ def generate(model: RNNLM, vocab, prefix: str, num_chars: int) -> str:
         return prefix + vocab.decode(generated)
     finally:
         model.state, model.carry_state = saved
+
+
+@torch.no_grad()
+def perplexity(model: RNNLM, ids: torch.Tensor, num_steps: int, device: torch.device) -> float:
+    """exp(mean cross-entropy) over the held-out ids, read in order with the state carried."""
+    carried = model.carry_state
+    model.reset_state()
+    model.carry_state = True
+    total, count = 0.0, 0
+    steps = max(1, min(num_steps * 8, (len(ids) - 1) // 2))  # long windows; room for the random offset
+    for x, y in seq_data_iter_sequential(ids, 1, steps, torch.Generator().manual_seed(0)):
+        _, loss = model(x.to(device), y.to(device))
+        total, count = total + loss.item() * y.numel(), count + y.numel()
+    model.reset_state()
+    model.carry_state = carried
+    return math.exp(total / max(count, 1))

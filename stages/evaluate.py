@@ -1,0 +1,179 @@
+"""Evaluate every trained model on held-out data and write one report of the whole run.
+
+CNN: test-split accuracy, precision, recall, ROC AUC, confusion matrix and a grid of misclassified
+test photos. Language models: perplexity of each final model on the held-out tail of the book (no
+checkpoint is picked by it, so it is a test set) and one sample each. Transformer: corpus BLEU on its
+test split and example translations with attention maps. Writes metrics.json (DVC metrics), the
+confusion matrix as DVC's confusion-template CSV, and report.html: one self-contained page (images
+inlined) with the data summary, augmentation preview, curves and all of the above. Everything is
+logged to one MLflow run tagged with the run ids of the training runs it evaluated.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from primer.atomic import write_text
+from primer.attention_plot import plot_attention
+from primer.binary_metrics import binary_report
+from primer.errors import PrimerError
+from primer.image_batches import eval_batches, load_arrays
+from primer.misclassified import plot_misclassified
+from primer.models.cnn import build_cnn
+from primer.models.rnn import RNNLM, generate, perplexity
+from primer.models.transformer import Seq2SeqTransformer
+from primer.params import choice, integer, number, some_of, text
+from primer.report import image, paragraph, table, write_report
+from primer.sentence_pairs import read_pairs, split_pairs
+from primer.stage import cli, open_stage, stage_parser
+from primer.table import write_table
+from primer.text import Vocab, load_corpus, split_tail
+from primer.train import pick_device
+from primer.translation_eval import attention_maps, d2l_examples, test_bleu
+
+SCHEMA = {
+    "seed": integer(0),
+    "augment": some_of({"train_size": integer(1), "eval_size": integer(1)}),  # the keys that shape what is evaluated
+    "train_lm": some_of({"val_fraction": number(0.01, 0.5), "num_steps": integer(1), "prefix": text(), "sample_chars": integer(1)}),
+    "train_transformer": some_of({"num_pairs": integer(0), "val_fraction": number(0, 0.5), "test_fraction": number(0.001, 0.5),
+                                  "num_steps": integer(2), "beam_size": integer(1), "attention_sentence": text()}),
+    "evaluate": {"batch_size": integer(1, 65536), "misclassified": integer(0, 400), "examples": integer(0, 10_000),
+                 "device": choice("auto", "cpu", "cuda")},
+}
+
+
+def load_model(path: Path, what: str) -> dict:
+    if not path.is_file():
+        raise PrimerError(f"{what} model {path} does not exist; run its training stage first (dvc repro).")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+@torch.no_grad()
+def evaluate_cnn(args, params: dict, device: torch.device, batch_size: int):
+    """(report, test images, test labels, P(class 1) per image)."""
+    saved = load_model(args.cnn_model, "CNN")
+    model = build_cnn(**saved["model_args"])
+    model.load_state_dict(saved["model"])
+    model.to(device).eval()
+    data = load_arrays(args.arrays, params["augment"]["train_size"], params["augment"]["eval_size"], splits=("test",))
+    images, labels = data["test"]
+    probabilities = torch.cat([torch.sigmoid(model(x)[0].float()).cpu()
+                               for x, _ in eval_batches(images, labels, batch_size, device, channels_last=False)])
+    report = binary_report(labels, probabilities) | {"classes": saved["classes"], "run_id": saved.get("mlflow_run_id", "")}
+    return report, images, labels, probabilities
+
+
+def evaluate_lms(args, p: dict, device: torch.device) -> list[dict]:
+    corpus = load_corpus(args.corpus)
+    rows = []
+    for path in sorted(args.lm_models.glob("*.pt")):
+        saved = load_model(path, "language")
+        vocab = Vocab.from_tokens(saved["vocab"])
+        model = RNNLM(**saved["model_args"])
+        model.load_state_dict(saved["model"])
+        model.to(device).eval()
+        _, heldout = split_tail(torch.tensor(vocab.encode(corpus)), p["val_fraction"])
+        history = saved["history"]
+        rows.append({"variant": path.stem, "cell": saved["model_args"]["cell"], "layers": saved["model_args"]["num_layers"],
+                     "impl": saved["model_args"]["impl"], "epochs": history[-1]["epoch"],
+                     "train_ppl": history[-1]["train/ppl"], "test_ppl": perplexity(model, heldout, p["num_steps"], device),
+                     "best_val_ppl": min(r["val/ppl"] for r in history),
+                     "sample": generate(model, vocab, p["prefix"], p["sample_chars"]), "run_id": saved.get("mlflow_run_id", "")})
+    if not rows:
+        raise PrimerError(f"{args.lm_models} holds no language models (*.pt); run the train_lm stages first.")
+    return rows
+
+
+def evaluate_transformer(args, p: dict, seed: int, device: torch.device, examples: int) -> dict:
+    saved = load_model(args.transformer_model, "Transformer")
+    model = Seq2SeqTransformer(**saved["model_args"])
+    model.load_state_dict(saved["model"])
+    model.to(device).eval()
+    src_vocab, tgt_vocab = Vocab.from_tokens(saved["src_vocab"]), Vocab.from_tokens(saved["tgt_vocab"])
+    test = split_pairs(read_pairs(args.pairs, p["num_pairs"]).pairs, p["val_fraction"], p["test_fraction"], seed)["test"]
+    bleu, rows = test_bleu(model, test, src_vocab, tgt_vocab, p["num_steps"], p["beam_size"], device)
+    maps = attention_maps(model, p["attention_sentence"], src_vocab, tgt_vocab, p["num_steps"], device)
+    return {"bleu": bleu, "sentences": len(rows), "examples": rows[:examples], "maps": maps,
+            "d2l": d2l_examples(model, src_vocab, tgt_vocab, p["num_steps"], p["beam_size"], device),
+            "run_id": saved.get("mlflow_run_id", "")}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = stage_parser(__doc__)
+    for flag, what in [("--arrays", "augment stage output folder"), ("--cnn-model", "train_cnn's model file"),
+                       ("--lm-models", "folder of train_lm model files"), ("--corpus", "The Time Machine text"),
+                       ("--transformer-model", "train_transformer's model file"), ("--pairs", "fra-eng pairs file"),
+                       ("--verify-summary", "verify stage summary JSON"), ("--preview", "augmentation preview PNG"),
+                       ("--cnn-curves", "train_cnn's curve PNG"), ("--lm-plots", "folder of train_lm curve PNGs"),
+                       ("--basics-plot", "train_basics figure"),
+                       ("--metrics", "metrics JSON to write"), ("--confusion", "confusion-matrix CSV to write"),
+                       ("--plots", "folder for the PNGs this stage draws"), ("--report", "report HTML to write")]:
+        parser.add_argument(flag, required=True, type=Path, help=what)
+    args = parser.parse_args(argv)
+    with open_stage("evaluate", args.params, SCHEMA) as (params, run):
+        evaluate(args, params, run)
+
+
+def evaluate(args, params: dict, run) -> None:
+    e = params["evaluate"]
+    device = pick_device(e["device"], "evaluate.device")
+    cnn, test_images, test_labels, probabilities = evaluate_cnn(args, params, device, e["batch_size"])
+    lms = evaluate_lms(args, params["train_lm"], device)
+    tf = evaluate_transformer(args, params["train_transformer"], params["seed"], device, e["examples"])
+    classes = cnn["classes"]
+    predicted = (probabilities >= 0.5).long()
+    write_table(args.confusion, [{"actual": classes[int(t)], "predicted": classes[int(p)]} for t, p in zip(test_labels, predicted)],
+                ["actual", "predicted"])  # one row per test image: DVC's confusion template counts them
+    args.plots.mkdir(parents=True, exist_ok=True)
+    grid = plot_misclassified(test_images, test_labels, probabilities, classes, e["misclassified"], args.plots / "misclassified.png")
+    maps = tf["maps"]
+    for key, title, rows_of in (("encoder", "encoder self-attention", "source"), ("cross", "decoder cross-attention", "output")):
+        run.log_figure(plot_attention(maps[key], maps[rows_of], maps["source"], args.plots / f"attention_{key}.png", title),
+                       f"attention_{key}.png")
+    metrics = {"cnn/test_acc": cnn["accuracy"], "cnn/test_precision": cnn["precision"], "cnn/test_recall": cnn["recall"],
+               "cnn/test_roc_auc": cnn["roc_auc"], "cnn/test_images": len(test_images),
+               **{f"lm/{r['variant']}/test_ppl": r["test_ppl"] for r in lms},
+               "transformer/test_bleu": tf["bleu"], "transformer/test_sentences": tf["sentences"],
+               "transformer/d2l_bleu_k2_mean": sum(d["bleu_k2"] for d in tf["d2l"]) / len(tf["d2l"])}
+    write_text(args.metrics, json.dumps(metrics, indent=2) + "\n")
+    run.log_metrics({k: v for k, v in metrics.items() if v == v})  # NaN (one-class test set) is not logged
+    run.log_figure(grid, "misclassified.png")
+    run.set_tags({"evaluated.train_cnn": cnn["run_id"], "evaluated.train_transformer": tf["run_id"],
+                  **{f"evaluated.train_lm.{r['variant']}": r["run_id"] for r in lms}})
+    write_html(args, params, cnn, lms, tf)
+    run.log_artifact(args.report)
+    run.log_artifact(args.confusion)
+    print(f"evaluate: CNN test acc {cnn['accuracy']:.3f} (AUC {cnn['roc_auc']:.3f}); "
+          + ", ".join(f"{r['variant']} ppl {r['test_ppl']:.2f}" for r in lms)
+          + f"; Transformer test BLEU {tf['bleu']:.2f} -> {args.report}", flush=True)
+
+
+def write_html(args, params: dict, cnn: dict, lms: list[dict], tf: dict) -> None:
+    summary = json.loads(args.verify_summary.read_text()) if args.verify_summary.is_file() else {}
+    (tn, fp), (fn, tp) = cnn["confusion"]
+    c0, c1 = cnn["classes"]
+    sections = [
+        ("Data", table([{"count": k, "value": v} for k, v in summary.items()]) + image(args.preview, "augmentation preview")),
+        ("Basics: the primer's regressions", image(args.basics_plot, "train_basics figure")),
+        ("CNN", table([{"metric": k, "value": cnn[k]} for k in ("accuracy", "precision", "recall", "roc_auc")])
+         + table([{"": f"true {c0}", f"predicted {c0}": tn, f"predicted {c1}": fp},
+                  {"": f"true {c1}", f"predicted {c0}": fn, f"predicted {c1}": tp}])
+         + image(args.cnn_curves, "CNN training curves") + paragraph("Misclassified test images (true class, P(" + c1 + ")):")
+         + image(args.plots / "misclassified.png", "misclassified test images")),
+        ("Language models", table([{k: v for k, v in r.items() if k not in ("sample", "run_id")} for r in lms])
+         + table([{"variant": r["variant"], "sample": r["sample"]} for r in lms])
+         + "".join(image(args.lm_plots / f"{r['variant']}.png", f"{r['variant']} perplexity") for r in lms)),
+        ("Transformer", paragraph(f"Test BLEU {tf['bleu']:.2f} on {tf['sentences']} held-out English sentences "
+                                  f"(beam {params['train_transformer']['beam_size']}).")
+         + table(tf["d2l"]) + table(tf["examples"])
+         + image(args.plots / "attention_encoder.png", "encoder self-attention")
+         + image(args.plots / "attention_cross.png", "decoder cross-attention")),
+    ]
+    write_report(args.report, "primer: evaluation report", sections)
+
+
+if __name__ == "__main__":
+    raise SystemExit(cli(main))

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from primer.errors import PrimerError
-from primer.text import Vocab
+from primer.text import Vocab, read_text_file
 
 PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
 RESERVED = (PAD, BOS, EOS)
@@ -50,20 +50,9 @@ def read_pairs(path: Path | str, num_pairs: int = 0) -> PairsFile:
     counted under its reason and skipped, never a crash.
     """
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise PrimerError(f"sentence-pair file {path} does not exist; run the fetch stage first (dvc repro fetch).") from None
-    except OSError as err:
-        raise PrimerError(f"sentence-pair file {path} cannot be read ({err.strerror}).") from None
-    if b"\x00" in raw:
-        raise PrimerError(f"sentence-pair file {path} contains NUL bytes, so it is binary; fetch the fra-eng text.")
-    try:
-        text = preprocess_nmt(raw.decode("utf-8"))
-    except UnicodeDecodeError as err:
-        raise PrimerError(f"sentence-pair file {path} is not UTF-8 (bad byte at {err.start}); re-save it as UTF-8.") from None
+    text = preprocess_nmt(read_text_file(path, "sentence-pair file", "the fra-eng text"))
     pairs, skipped = [], Counter()
-    for line in text.replace("\r\n", "\n").split("\n"):
+    for line in text.split("\n"):
         if not line.strip():
             continue
         parts = line.split("\t")

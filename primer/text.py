@@ -31,6 +31,24 @@ def clean_lines(text: str) -> list[str]:
     return [_NON_LETTERS.sub(" ", line).strip().lower() for line in lines]
 
 
+def read_text_file(path: Path, kind: str, what_to_fetch: str) -> str:
+    """A UTF-8 text file with universal newlines; a missing, unreadable, binary or non-UTF-8 file is a
+    PrimerError naming it (`kind` says what the file is, `what_to_fetch` what it should be)."""
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise PrimerError(f"{kind} {path} does not exist; run the fetch stage first (dvc repro fetch).") from None
+    except OSError as err:
+        raise PrimerError(f"{kind} {path} cannot be read ({err.strerror}); point to a readable file.") from None
+    if b"\x00" in raw:
+        raise PrimerError(f"{kind} {path} contains NUL bytes, so it is binary; fetch {what_to_fetch}.")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise PrimerError(f"{kind} {path} is not UTF-8 (bad byte at {err.start}); re-save it as UTF-8.") from None
+    return text.replace("\r\n", "\n").replace("\r", "\n")  # what Python's universal newlines do on read
+
+
 def load_corpus(path: Path | str) -> str:
     """The cleaned characters of a UTF-8 text file, lines joined with no separator.
 
@@ -38,19 +56,7 @@ def load_corpus(path: Path | str) -> str:
     marks where one line ends and the next begins.
     """
     path = Path(path)
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise PrimerError(f"text file {path} does not exist; run the fetch stage first (dvc repro fetch).") from None
-    except OSError as err:
-        raise PrimerError(f"text file {path} cannot be read ({err.strerror}); point to a readable file.") from None
-    if b"\x00" in raw:
-        raise PrimerError(f"text file {path} contains NUL bytes, so it is binary; fetch the plain-text corpus.")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise PrimerError(f"text file {path} is not UTF-8 (bad byte at {err.start}); re-save it as UTF-8.") from None
-    text = text.replace("\r\n", "\n").replace("\r", "\n")  # what Python's universal newlines do on read
+    text = read_text_file(path, "text file", "the plain-text corpus")
     corpus = "".join(clean_lines(text))
     if not corpus:
         raise PrimerError(f"text file {path} has no letters A-Z after cleaning; use a file with English text.")

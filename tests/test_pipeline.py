@@ -130,6 +130,11 @@ def test_dvc_metrics_show_lists_the_evaluation(pipeline):
     shown = dvc(repo, env, "metrics", "show")
     for name in ("metrics/evaluate.json", "cnn/test_acc", "transformer/test_bleu", "lm/gru/test_ppl", "metrics/train_cnn.json"):
         assert name in shown, name
+    plots = json.loads(subprocess.run(["dvc", "plots", "show", "--json"], cwd=repo, env=env, capture_output=True,
+                                      text=True, timeout=300).stdout)["data"]
+    overlaid = {row["filename"] for row in plots["lm_val_ppl"][0]["content"]["data"]["values"]}
+    assert overlaid == {"lstm.csv", "gru.csv"}  # one chart, both variants (the other listed variants are absent here)
+    assert "plots/evaluate/confusion.csv" in plots and "plots/evaluate/figures/misclassified.png" in plots
 
 
 def test_mlflow_holds_one_finished_run_per_stage(pipeline):

@@ -4,6 +4,7 @@ attention weights of one sentence. Used by train_transformer at its end and by e
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from primer.bleu import corpus_bleu, sentence_bleu
 from primer.decoding import greedy_decode, translate
@@ -18,15 +19,16 @@ D2L_EXAMPLES = [("go .", "va !"), ("i lost .", "j'ai perdu ."), ("he's calm .", 
 @torch.no_grad()
 def mean_token_loss(model: Seq2SeqTransformer, src: torch.Tensor, tgt: torch.Tensor, batch_size: int,
                     device: torch.device, bf16: bool = False) -> float:
-    """Cross-entropy per non-padding target token over all rows, with teacher forcing."""
+    """Cross-entropy (no label smoothing) per non-padding target token over all rows, teacher forced."""
     model.eval()
     total, tokens = 0.0, 0
     for start in range(0, len(src), batch_size):
         x, y = src[start:start + batch_size].to(device), tgt[start:start + batch_size].to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            _, loss = model(x, y)
-        n = int((y != model.pad_id).sum())
-        total, tokens = total + float(loss) * n, tokens + n
+            logits, _ = model(x, y)
+        # plain cross-entropy: label smoothing belongs to training, so val/ppl stays a perplexity
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=model.pad_id, reduction="sum")
+        total, tokens = total + float(loss), tokens + int((y != model.pad_id).sum())
     return total / max(tokens, 1)
 
 

@@ -145,3 +145,16 @@ def test_heads_that_do_not_divide_the_width_are_one_sentence(tmp_path):
     done, _ = run_stage(tmp_path, params, pairs)
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 1 and len(lines) == 1 and "num_heads 3" in lines[0] and "num_hiddens 16" in lines[0]
+
+
+def test_validation_loss_is_plain_cross_entropy_even_with_label_smoothing():
+    from primer.translation_eval import mean_token_loss
+
+    torch.manual_seed(0)
+    model = Seq2SeqTransformer(9, 11, 16, 2, 16, 1, 0.0, label_smoothing=0.3).eval()
+    src, tgt = torch.randint(4, 9, (5, 6)), torch.randint(4, 11, (5, 6))
+    tgt[:2, 4:] = model.pad_id
+    logits, smoothed = model(src, tgt)
+    plain = torch.nn.functional.cross_entropy(logits[tgt != model.pad_id], tgt[tgt != model.pad_id])
+    got = mean_token_loss(model, src, tgt, batch_size=2, device=torch.device("cpu"))
+    assert got == pytest.approx(float(plain), rel=1e-5) and abs(got - float(smoothed)) > 1e-3

@@ -29,3 +29,20 @@ def plot_attention(weights, query_tokens: list[str], key_tokens: list[str], path
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=90)
     return fig
+
+
+MAPS = (("encoder", "encoder self-attention", "source"), ("cross", "decoder cross-attention", "output"))
+
+
+def plot_attention_maps(maps: dict, folder: Path, prefix: str = "") -> dict:
+    """Both heatmaps of `translation_eval.attention_maps` as folder/PREFIXencoder.png and PREFIXcross.png.
+
+    Returns {file name: figure}, for logging.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    sentence = " ".join(maps["source"])
+    figures = {}
+    for key, title, queries in MAPS:
+        name = f"{prefix}{key}.png"
+        figures[name] = plot_attention(maps[key], maps[queries], maps["source"], folder / name, f"{title}: {sentence!r}")
+    return figures

@@ -23,17 +23,9 @@ def roc_auc(labels: torch.Tensor, scores: torch.Tensor) -> float:
 
 def _average_ranks(values: torch.Tensor) -> torch.Tensor:
     """1-based ranks, tied values sharing the mean of their ranks."""
-    order = values.argsort(stable=True)
-    ranks = torch.empty_like(values)
-    sorted_values = values[order]
-    start = 0
-    while start < len(values):
-        end = start
-        while end + 1 < len(values) and sorted_values[end + 1] == sorted_values[start]:
-            end += 1
-        ranks[order[start:end + 1]] = (start + end) / 2 + 1
-        start = end + 1
-    return ranks
+    _, group, counts = torch.unique(values, sorted=True, return_inverse=True, return_counts=True)
+    last = counts.cumsum(0).double()  # the rank of each distinct value's last copy
+    return (last - (counts - 1) / 2)[group]
 
 
 def binary_report(labels: torch.Tensor, probabilities: torch.Tensor) -> dict:

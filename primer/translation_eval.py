@@ -21,15 +21,15 @@ def mean_token_loss(model: Seq2SeqTransformer, src: torch.Tensor, tgt: torch.Ten
                     device: torch.device, bf16: bool = False) -> float:
     """Cross-entropy (no label smoothing) per non-padding target token over all rows, teacher forced."""
     model.eval()
-    total, tokens = 0.0, 0
+    total, tokens = torch.zeros((), device=device), torch.zeros((), device=device, dtype=torch.long)
     for start in range(0, len(src), batch_size):
         x, y = src[start:start + batch_size].to(device), tgt[start:start + batch_size].to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             logits, _ = model(x, y)
         # plain cross-entropy: label smoothing belongs to training, so val/ppl stays a perplexity
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=model.pad_id, reduction="sum")
-        total, tokens = total + float(loss), tokens + int((y != model.pad_id).sum())
-    return total / max(tokens, 1)
+        total += F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=model.pad_id, reduction="sum")
+        tokens += (y != model.pad_id).sum()
+    return (total / tokens.clamp(min=1)).item()
 
 
 def translate_sentences(model: Seq2SeqTransformer, sentences: list[str], src_vocab: Vocab, tgt_vocab: Vocab,

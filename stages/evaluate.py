@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from primer.atomic import write_text
-from primer.attention_plot import plot_attention
+from primer.attention_plot import plot_attention_maps
 from primer.binary_metrics import binary_report
 from primer.errors import PrimerError
 from primer.image_batches import eval_batches, load_arrays
@@ -129,10 +129,8 @@ def evaluate(args, params: dict, run) -> None:
                 ["actual", "predicted"])  # one row per test image: DVC's confusion template counts them
     args.plots.mkdir(parents=True, exist_ok=True)
     grid = plot_misclassified(test_images, test_labels, probabilities, classes, e["misclassified"], args.plots / "misclassified.png")
-    maps = tf["maps"]
-    for key, title, rows_of in (("encoder", "encoder self-attention", "source"), ("cross", "decoder cross-attention", "output")):
-        run.log_figure(plot_attention(maps[key], maps[rows_of], maps["source"], args.plots / f"attention_{key}.png", title),
-                       f"attention_{key}.png")
+    for name, figure in plot_attention_maps(tf["maps"], args.plots, prefix="attention_").items():
+        run.log_figure(figure, name)
     metrics = {"cnn/test_acc": cnn["accuracy"], "cnn/test_precision": cnn["precision"], "cnn/test_recall": cnn["recall"],
                "cnn/test_roc_auc": cnn["roc_auc"], "cnn/test_images": len(test_images),
                **{f"lm/{r['variant']}/test_ppl": r["test_ppl"] for r in lms},

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from primer.atomic import atomic_path, write_text
-from primer.attention_plot import plot_attention
+from primer.attention_plot import plot_attention_maps
 from primer.checkpoint import fingerprint
 from primer.curves import plot_history, write_history_csv
 from primer.errors import PrimerError
@@ -63,13 +63,17 @@ SCHEMA = {
 
 
 def shuffled_batches(src: torch.Tensor, tgt: torch.Tensor, batch_size: int, seed: int, device: torch.device):
-    """epoch -> (src, tgt) batches in an order fixed by seed and epoch (so a resumed epoch is the same)."""
+    """epoch -> (src, tgt) batches in an order fixed by seed and epoch (so a resumed epoch is the same).
+
+    The id arrays go to the device once (160k pairs x 10 steps is ~26 MB); batches are gathered there.
+    """
+    src, tgt = src.to(device), tgt.to(device)
 
     def batches(epoch: int):
         order = torch.randperm(len(src), generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
         for start in range(0, len(order), batch_size):
-            rows = order[start:start + batch_size]
-            yield src[rows].to(device, non_blocking=True), tgt[rows].to(device, non_blocking=True)
+            rows = order[start:start + batch_size].to(src.device)
+            yield src[rows], tgt[rows]
 
     return batches
 
@@ -152,11 +156,8 @@ def report(args, p: dict, model: Seq2SeqTransformer, data, history: list[dict], 
     run.log_text("\n".join(f"{e['source']} => {e['translation']} (bleu {e['bleu_k2']:.3f})" for e in examples) + "\n",
                  "d2l_examples.txt")
     maps = attention_maps(model, p["attention_sentence"], data.src_vocab, data.tgt_vocab, steps, device)
-    args.attention.mkdir(parents=True, exist_ok=True)
-    for key, title, rows_of in (("encoder", "encoder self-attention", "source"), ("cross", "decoder cross-attention", "output")):
-        figure = plot_attention(maps[key], maps[rows_of], maps["source"], args.attention / f"{key}.png",
-                                f"{title}: {p['attention_sentence']!r}")
-        run.log_figure(figure, f"attention/{key}.png")
+    for name, figure in plot_attention_maps(maps, args.attention).items():
+        run.log_figure(figure, f"attention/{name}")
     write_history_csv(history, args.curves)
     panels = {"loss": [k for k in ("train/epoch_loss", "val/loss") if k in history[0]]}
     run.log_figure(plot_history(history, args.curves_png, "train_transformer", panels), "curves.png")

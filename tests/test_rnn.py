@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from primer.errors import PrimerError
+from primer.models.bptt import recurrence
 from primer.models.rnn import RNNLM, generate, scratch_to_fused_state_dict
 from primer.text import Vocab
 
@@ -171,6 +172,52 @@ def test_scratch_follows_the_primer_equations(cell, layers):
         assert torch.allclose(model.state[0][i], h, atol=1e-5)
         if cell == "lstm":
             assert torch.allclose(model.state[1][i], c, atol=1e-5)
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+@pytest.mark.parametrize("layers", [1, 2])
+def test_scratch_gradients_equal_autograd_through_the_primer_equations(cell, layers):
+    """The hand-written backward (primer.models.bptt) against autograd on the step-by-step equations."""
+    model = scratch_model(cell, layers)
+    x, y = batch(6)
+    weights = torch.randn(B, H, generator=torch.Generator().manual_seed(7))
+
+    def loss_of(logits, final_h):  # the final state feeds the loss too, so its gradient path is checked
+        return F.cross_entropy(logits.reshape(-1, V), y.reshape(-1)) + (final_h * weights).sum()
+
+    logits, _ = model(x)
+    loss_of(logits, model_final_h(model, x)).backward()
+    ours = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    expected, finals = primer_equations(model, x)
+    loss_of(expected, finals[-1][0]).backward()
+    for n, p in model.named_parameters():
+        assert torch.allclose(ours[n], p.grad, atol=1e-5, rtol=1e-4), n
+
+
+def model_final_h(model: RNNLM, x: torch.Tensor) -> torch.Tensor:
+    """The last layer's final hidden state, with its graph (RNNLM.state is detached)."""
+    hs = x.T
+    for layer in model.layers:
+        hs, final = layer(hs, tuple(torch.zeros(x.shape[0], H) for _ in range(2 if model.cell == "lstm" else 1)))
+    return final[0]
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_hand_written_backward_passes_gradcheck(cell):
+    """Numerical gradients in float64 for every input: projections, W_h and the initial state."""
+    g = torch.Generator().manual_seed(8)
+    gates = {"rnn": 1, "lstm": 4, "gru": 3}[cell]
+    gx = torch.randn(4, 2, gates * 3, dtype=torch.float64, generator=g).requires_grad_()
+    W_h = (torch.randn(3, gates * 3, dtype=torch.float64, generator=g) * 0.7).requires_grad_()
+    state = [torch.randn(2, 3, dtype=torch.float64, generator=g).requires_grad_()
+             for _ in range(2 if cell == "lstm" else 1)]
+
+    def run(gx, W_h, *state):
+        hs, final = recurrence(cell, gx, W_h, state)
+        return (hs, *final)
+
+    assert torch.autograd.gradcheck(run, (gx, W_h, *state))
 
 
 def test_scratch_init_is_the_primers():

@@ -3,7 +3,8 @@
 `RNNLM(impl="scratch")` keeps the primer's per-gate tensors (W_x*, W_h*, b_* per layer; W_hq, b_q)
 and its init (normal * 0.01, zero biases); `impl="fused"` uses `nn.RNN` / `nn.LSTM` / `nn.GRU`
 (cuDNN on a GPU) with PyTorch's default init, uniform(-1/sqrt(H), 1/sqrt(H)), plus an `nn.Linear`
-head. Inputs are one-hot, as in the primer. Contract: `logits, loss = model(x, y=None)`.
+head. The scratch layers loop over time in `primer.models.bptt`, whose backward is written
+by hand. Inputs are one-hot, as in the primer. Contract: `logits, loss = model(x, y=None)`.
 
 `scratch_to_fused_state_dict` loads scratch weights into a fused model. The outputs then agree
 exactly for "rnn" and "lstm". For "gru" they do not in general: the primer computes
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from primer.errors import PrimerError
+from primer.models.bptt import recurrence
 from primer.text import seq_data_iter_sequential
 
 CELLS = ("rnn", "lstm", "gru")
@@ -29,31 +31,6 @@ IMPLS = ("scratch", "fused")
 GATES = {"rnn": ("h",), "lstm": ("i", "f", "o", "c"), "gru": ("z", "r", "h")}
 # The same gates in the order PyTorch stacks them: LSTM (i, f, g, o), GRU (r, z, n).
 TORCH_ORDER = {"rnn": ("h",), "lstm": ("i", "f", "c", "o"), "gru": ("r", "z", "h")}
-
-
-def _rnn_step(gx: torch.Tensor, state: tuple, W_h: torch.Tensor, H: int) -> tuple:
-    (h,) = state
-    return (torch.tanh(torch.addmm(gx, h, W_h)),)  # H = tanh(X W_xh + H W_hh + b_h)
-
-
-def _lstm_step(gx: torch.Tensor, state: tuple, W_h: torch.Tensor, H: int) -> tuple:
-    h, c = state
-    gates = torch.addmm(gx, h, W_h)  # (B, 4H): i, f, o, c~ pre-activations
-    i, f, o = torch.sigmoid(gates[:, :3 * H]).chunk(3, dim=1)
-    c_tilde = torch.tanh(gates[:, 3 * H:])
-    c = f * c + i * c_tilde
-    return o * torch.tanh(c), c
-
-
-def _gru_step(gx: torch.Tensor, state: tuple, W_h: torch.Tensor, H: int) -> tuple:
-    (h,) = state
-    z, r = torch.sigmoid(torch.addmm(gx[:, :2 * H], h, W_h[:, :2 * H])).chunk(2, dim=1)
-    # R resets H before W_hh multiplies it, so the candidate needs a second matmul per step.
-    h_tilde = torch.tanh(torch.addmm(gx[:, 2 * H:], r * h, W_h[:, 2 * H:]))
-    return (z * h + (1 - z) * h_tilde,)
-
-
-STEPS = {"rnn": _rnn_step, "lstm": _lstm_step, "gru": _gru_step}
 
 
 class ScratchLayer(nn.Module):
@@ -78,11 +55,7 @@ class ScratchLayer(nn.Module):
         else:
             gx = inputs @ W_x + b  # all time steps in one matmul: (T, B, G*H)
         W_h = self._stacked("W_h")  # (H, G*H): one matmul per step for every gate
-        step, outputs = STEPS[self.cell], []
-        for gx_t in gx:  # the recurrence is the only loop over time
-            state = step(gx_t, state, W_h, self.num_hiddens)
-            outputs.append(state[0])
-        return torch.stack(outputs), state
+        return recurrence(self.cell, gx, W_h, state)  # the loop over time, with a hand-written backward
 
 
 class RNNLM(nn.Module):

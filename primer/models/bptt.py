@@ -41,6 +41,7 @@ def _lstm_forward(gx, W_h, state):
     T, B, H = gx.shape[0], gx.shape[1], h0.shape[-1]
     acts = gx.new_empty(T, B, 4 * H)  # per step: I, F, O (sigmoid) and C~ (tanh), the primer's order
     hs, cs = gx.new_empty(T + 1, B, H), gx.new_empty(T + 1, B, H)
+    tanh_cs = gx.new_empty(T, B, H)  # tanh(C) per step, kept for the backward pass
     hs[0], cs[0] = h0, c0
     for t in range(T):
         a = torch.addmm(gx[t], hs[t], W_h)
@@ -48,12 +49,12 @@ def _lstm_forward(gx, W_h, state):
         torch.tanh(a[:, 3 * H:], out=acts[t, :, 3 * H:])
         i, f, o, c_tilde = acts[t].chunk(4, dim=1)
         torch.addcmul(f * cs[t], i, c_tilde, out=cs[t + 1])  # C = F * C + I * C~
-        torch.mul(o, torch.tanh(cs[t + 1]), out=hs[t + 1])  # H = O * tanh(C)
-    return hs, (hs[-1].clone(), cs[-1].clone()), (hs, cs, acts)
+        torch.mul(o, torch.tanh(cs[t + 1], out=tanh_cs[t]), out=hs[t + 1])  # H = O * tanh(C)
+    return hs, (hs[-1].clone(), cs[-1].clone()), (hs, cs, tanh_cs, acts)
 
 
 def _lstm_backward(W_h, saved, d_out, d_final):
-    hs, cs, acts = saved
+    hs, cs, tanh_cs, acts = saved
     dh_next, dc_next = d_final
     da = torch.empty_like(acts)
     W_hT = W_h.T.contiguous()  # a contiguous copy: ~25% faster per-step matmul than the transposed view
@@ -61,7 +62,7 @@ def _lstm_backward(W_h, saved, d_out, d_final):
         i, f, o, c_tilde = acts[t].chunk(4, dim=1)
         di, df, do, dc_tilde = da[t].chunk(4, dim=1)
         dh = d_out[t] + dh_next
-        tc = torch.tanh(cs[t + 1])
+        tc = tanh_cs[t]
         dc = torch.addcmul(dc_next, dh * o, 1 - tc * tc)
         torch.mul(dc * c_tilde, i * (1 - i), out=di)
         torch.mul(dc * cs[t], f * (1 - f), out=df)
@@ -116,7 +117,7 @@ class _Recurrence(torch.autograd.Function):
     @staticmethod
     def forward(ctx, cell, gx, W_h, *state):
         forward, _ = _CELLS[cell]
-        hs, final, saved = forward(gx.detach(), W_h.detach(), [s.detach() for s in state])
+        hs, final, saved = forward(gx, W_h, state)  # autograd does not record inside forward
         ctx.cell = cell
         ctx.save_for_backward(W_h, *saved)
         return (hs[1:], *final)

@@ -42,8 +42,8 @@ class AugmentPolicy:
     def __post_init__(self):
         if self.blur_sigma_min > self.blur_sigma_max:
             raise PrimerError(
-                f"params.yaml: augment.policy.blur_sigma_min ({self.blur_sigma_min:g}) is above "
-                f"blur_sigma_max ({self.blur_sigma_max:g}); swap them."
+                f"'augment.policy.blur_sigma_min' ({self.blur_sigma_min:g}) is above "
+                f"'blur_sigma_max' ({self.blur_sigma_max:g}); swap them."
             )
 
     def steps(self, always: bool = False) -> list[tuple[str, object]]:
@@ -93,6 +93,17 @@ def augment_schema() -> dict:
         "preview_images": integer(1, 32),
         "policy": policy_schema(),
     }
+
+
+def check_augment(aug: dict) -> AugmentPolicy:
+    """The `augment` section's checks across keys; returns its policy."""
+    policy = AugmentPolicy(**aug["policy"])
+    if policy.crop_size > aug["train_size"]:
+        raise PrimerError(
+            f"'augment.policy.crop_size' ({policy.crop_size}) is larger than 'augment.train_size' "
+            f"({aug['train_size']}), the stored training images; lower the crop or raise the size."
+        )
+    return policy
 
 
 class Cutout(torch.nn.Module):

@@ -10,6 +10,14 @@ from primer.errors import PrimerError
 SPLITS = ("train", "val", "test")
 
 
+def check_fractions(val_fraction: float, test_fraction: float) -> None:
+    if val_fraction + test_fraction >= 1:
+        raise PrimerError(
+            f"'split.val_fraction' + 'split.test_fraction' is {val_fraction + test_fraction:g}; it must be below 1 "
+            "to leave images for training."
+        )
+
+
 def stratified_split(rows: list[dict], val_fraction: float, test_fraction: float, seed: int) -> list[dict]:
     """Return the rows, in their input order, each with a `split` column.
 
@@ -17,10 +25,7 @@ def stratified_split(rows: list[dict], val_fraction: float, test_fraction: float
     and cut into val, test and train shares, so each split keeps the class balance. Same rows and
     seed, same result.
     """
-    if val_fraction + test_fraction >= 1:
-        raise PrimerError(
-            f"params.yaml: split.val_fraction + split.test_fraction is {val_fraction + test_fraction:g}; it must be below 1."
-        )
+    check_fractions(val_fraction, test_fraction)
     by_label: dict[str, list[int]] = defaultdict(list)
     for i, row in enumerate(rows):
         by_label[row["label"]].append(i)

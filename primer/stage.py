@@ -32,12 +32,26 @@ def add_training_outputs(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--curves-png", required=True, type=Path, help="training-curve PNG to write")
 
 
+def load_checked(params_file: Path, schema: Schema, check: Callable[[dict], None] | None = None) -> dict:
+    """The stage's params, validated key by key and then by `check(params)`, the stage's checks across
+    keys (or against its inputs); a `PrimerError` from `check` is prefixed with the params file read."""
+    params = load_params(params_file, schema)
+    if check is not None:
+        try:
+            check(params)
+        except PrimerError as exc:
+            raise PrimerError(f"{params_file}: {exc}") from None
+    return params
+
+
 @contextmanager
 def open_stage(
-    name: str, params_file: Path, schema: Schema, system_metrics: bool = False
+    name: str, params_file: Path, schema: Schema, system_metrics: bool = False,
+    check: Callable[[dict], None] | None = None,
 ) -> Iterator[tuple[dict, StageRun]]:
-    """Validate the stage's params (before any work), then open its tracking run."""
-    params = load_params(params_file, schema)
+    """Validate the stage's params (before any work, and before a tracking run exists to hold a
+    failure), then open its tracking run."""
+    params = load_checked(params_file, schema, check)
     with stage_run(name, params, system_metrics) as run:
         yield params, run
 

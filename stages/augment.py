@@ -18,8 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from primer.atomic import atomic_path
-from primer.augment_policy import AugmentPolicy, augment_schema
-from primer.errors import PrimerError
+from primer.augment_policy import AugmentPolicy, augment_schema, check_augment
 from primer.image_arrays import write_image_array
 from primer.params import integer
 from primer.preview import augmentation_preview
@@ -45,14 +44,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True, type=Path, help="folder of arrays to write")
     parser.add_argument("--preview", required=True, type=Path, help="augmentation preview PNG to write")
     args = parser.parse_args(argv)
-    with open_stage("augment", args.params, SCHEMA) as (params, run):
+    with open_stage("augment", args.params, SCHEMA, check=lambda params: check_augment(params["augment"])) as (params, run):
         p = params["augment"]
         policy = AugmentPolicy(**p["policy"])
-        if policy.crop_size > p["train_size"]:
-            raise PrimerError(
-                f"params.yaml: augment.policy.crop_size ({policy.crop_size}) is larger than "
-                f"augment.train_size ({p['train_size']}); lower the crop or raise the size."
-            )
         rows = read_table(args.split, ["path", "label", "split"], "split")
         classes = sorted({r["label"] for r in rows})
         counts = {}

@@ -8,7 +8,7 @@ manifest order: the same manifest and seed give a byte-identical file.
 from __future__ import annotations
 
 from primer.params import integer, number
-from primer.split import split_counts, stratified_split
+from primer.split import check_fractions, split_counts, stratified_split
 from primer.stage import cli, open_stage, stage_parser
 from primer.table import read_table, write_table
 
@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--manifest", required=True, help="manifest CSV written by the verify stage")
     parser.add_argument("--out", required=True, help="split CSV to write")
     args = parser.parse_args(argv)
-    with open_stage("split", args.params, SCHEMA) as (params, run):
+    with open_stage("split", args.params, SCHEMA, check=lambda params: check_fractions(**params["split"])) as (params, run):
         rows = read_table(args.manifest, COLUMNS[:-1], "verify")
         rows = stratified_split(rows, seed=params["seed"], **params["split"])
         write_table(args.out, rows, COLUMNS)

@@ -24,14 +24,14 @@ import torch
 
 from primer import distributed
 from primer.atomic import atomic_path, write_text
-from primer.augment_policy import AugmentPolicy, augment_schema
+from primer.augment_policy import AugmentPolicy, augment_schema, check_augment
 from primer.batch_augment import eval_batch
 from primer.checkpoint import fingerprint
 from primer.curves import plot_history, write_history_csv
 from primer.image_batches import data_identity, eval_batches, evaluate_binary, load_arrays, train_batches
 from primer.models.cnn import ARCHS, ProbabilityHead, build_cnn
-from primer.params import choice, flag, integer, load_params, number
-from primer.stage import add_training_outputs, cli, open_stage, stage_parser
+from primer.params import choice, flag, integer, number
+from primer.stage import add_training_outputs, cli, load_checked, open_stage, stage_parser
 from primer.train import OPTIMIZERS, fit, make_optimizer, pick_device, use_bf16
 
 SCHEMA = {
@@ -66,19 +66,24 @@ def save_model(path: Path, model: torch.nn.Module, model_args: dict, classes: li
                     "mlflow_run_id": run_id}, tmp)
 
 
+def check_params(params: dict) -> None:
+    check_augment(params["augment"])
+    pick_device(params["train_cnn"]["device"], "train_cnn.device")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = stage_parser(__doc__)
     parser.add_argument("--arrays", required=True, type=Path, help="augment stage output folder")
     add_training_outputs(parser)
     args = parser.parse_args(argv)
-    p = load_params(args.params, SCHEMA)["train_cnn"]  # fail on bad params before any launch or work
+    p = load_checked(args.params, SCHEMA, check_params)["train_cnn"]  # fail on bad params before any launch or work
     if p["nproc"] > 1 and not distributed.launched():
         relaunch_under_torchrun(p["nproc"])
     device = distributed.setup(pick_device(p["device"], "train_cnn.device"))
     if not distributed.is_main():
         os.environ["PRIMER_TRACKING"] = "off"  # rank 0 alone logs
     try:
-        with open_stage("train_cnn", args.params, SCHEMA, system_metrics=True) as (params, run):
+        with open_stage("train_cnn", args.params, SCHEMA, system_metrics=True, check=check_params) as (params, run):
             train(args, params, run, device)
     finally:
         distributed.teardown()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import random
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -78,25 +79,34 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--corpus", required=True, type=Path, help="the text (fetch output)")
     add_training_outputs(parser)
     args = parser.parse_args(argv)
-    with open_stage(f"train_lm@{args.variant}", args.params, SCHEMA, system_metrics=True) as (params, run):
-        train(args, params, run)
+    corpus = load_corpus(args.corpus)
+    with open_stage(f"train_lm@{args.variant}", args.params, SCHEMA, system_metrics=True,
+                    check=partial(check_params, args.variant, args.corpus, len(corpus))) as (params, run):
+        train(args, params, run, corpus)
 
 
-def train(args, params: dict, run) -> None:
+def check_params(variant: str, corpus_file: Path, corpus_chars: int, params: dict) -> None:
+    """The variant exists, the device too, and the corpus is long enough for these params."""
+    p = params["train_lm"]
+    if variant not in p["variants"]:
+        raise PrimerError(f"no variant '{variant}' under 'train_lm.variants' (have: {', '.join(p['variants'])}); "
+                          "add it or pick one of those.")
+    pick_device(p["device"], "train_lm.device")
+    train_ids, val_ids = split_tail(torch.zeros(corpus_chars, dtype=torch.long), p["val_fraction"])
+    sampler(p)(train_ids, p["batch_size"], p["num_steps"], torch.Generator())  # too short a corpus fails here
+    if len(val_ids) < 2:
+        raise PrimerError(f"{corpus_file} leaves only {len(val_ids)} character(s) for validation; raise 'train_lm.val_fraction'.")
+
+
+def train(args, params: dict, run, corpus: str) -> None:
     p, seed = params["train_lm"], params["seed"]
-    if args.variant not in p["variants"]:
-        raise PrimerError(f"params.yaml: no variant '{args.variant}' under train_lm.variants (have: {', '.join(p['variants'])}).")
     variant = p["variants"][args.variant]
     device = pick_device(p["device"], "train_lm.device")
     torch.manual_seed(seed)
     random.seed(seed)
-    corpus = load_corpus(args.corpus)
     vocab = Vocab(corpus)
     ids = torch.tensor(vocab.encode(corpus), dtype=torch.long)
     train_ids, val_ids = split_tail(ids, p["val_fraction"])
-    sampler(p)(train_ids, p["batch_size"], p["num_steps"], torch.Generator())  # too short a corpus fails here, before work
-    if len(val_ids) < 2:
-        raise PrimerError(f"{args.corpus} leaves only {len(val_ids)} character(s) for validation; raise train_lm.val_fraction.")
     model_args = {"vocab_size": len(vocab), **variant["model"]}
     model = RNNLM(**model_args).to(device)
     optimizer = make_optimizer(model, "sgd", variant["lr"])

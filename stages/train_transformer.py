@@ -85,16 +85,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--translations", required=True, type=Path, help="CSV of example test translations to write")
     parser.add_argument("--attention", required=True, type=Path, help="folder for the attention heatmap PNGs")
     args = parser.parse_args(argv)
-    with open_stage("train_transformer", args.params, SCHEMA, system_metrics=True) as (params, run):
+    with open_stage("train_transformer", args.params, SCHEMA, system_metrics=True, check=check_params) as (params, run):
         train(args, params, run)
+
+
+def check_params(params: dict) -> None:
+    p = params["train_transformer"]
+    m = p["model"]
+    if m["num_hiddens"] % m["num_heads"]:
+        raise PrimerError(f"'train_transformer.model.num_hiddens' ({m['num_hiddens']}) must be divisible by "
+                          f"'train_transformer.model.num_heads' ({m['num_heads']}); change one of them.")
+    pick_device(p["device"], "train_transformer.device")
 
 
 def train(args, params: dict, run) -> None:
     p, seed = params["train_transformer"], params["seed"]
     m = p["model"]
-    if m["num_hiddens"] % m["num_heads"]:
-        raise PrimerError(f"params.yaml: train_transformer.model.num_hiddens {m['num_hiddens']} must be divisible by "
-                          f"num_heads {m['num_heads']}.")
     device = pick_device(p["device"], "train_transformer.device")
     bf16 = use_bf16(device, p["bf16"])
     torch.manual_seed(seed)

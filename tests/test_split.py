@@ -35,7 +35,7 @@ def test_each_class_is_cut_by_the_fractions():
 
 
 def test_fractions_must_leave_training_data():
-    with pytest.raises(PrimerError, match="val_fraction \\+ split.test_fraction is 1"):
+    with pytest.raises(PrimerError, match="val_fraction' \\+ 'split.test_fraction' is 1"):
         stratified_split(manifest(10, 10), 0.5, 0.5, seed=0)
     with pytest.raises(PrimerError, match="class 'Dog' has only 2 image"):
         stratified_split(manifest(10, 2), 0.4, 0.4, seed=0)

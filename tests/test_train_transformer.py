@@ -144,7 +144,8 @@ def test_heads_that_do_not_divide_the_width_are_one_sentence(tmp_path):
     params.write_text(yaml.safe_dump(p))
     done, _ = run_stage(tmp_path, params, pairs)
     lines = done.stderr.strip().splitlines()
-    assert done.returncode == 1 and len(lines) == 1 and "num_heads 3" in lines[0] and "num_hiddens 16" in lines[0]
+    assert done.returncode == 1 and len(lines) == 1 and "num_heads' (3)" in lines[0] and "num_hiddens' (16)" in lines[0]
+    assert lines[0].startswith(f"train_transformer: error: {params}: ")
 
 
 def test_validation_loss_is_plain_cross_entropy_even_with_label_smoothing():

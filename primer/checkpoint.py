@@ -6,11 +6,13 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import warnings
 from pathlib import Path
 
 import torch
 
 from primer.atomic import atomic_path
+from primer.errors import PrimerError
 
 
 def fingerprint(**parts) -> str:
@@ -37,15 +39,46 @@ def save(path: Path | str, **checkpoint) -> None:
         torch.save(checkpoint, tmp)
 
 
+def _why_unreadable(path: Path, exc: Exception) -> str:
+    """A few words on why torch.load failed on `path`. Never torch's own text: it advises loading an
+    untrusted file with weights_only=False."""
+    if path.stat().st_size == 0:
+        return "an empty file"
+    if "Unsupported global" in str(exc):  # a class or function that weights_only refuses to import
+        return "holds objects other than tensors and plain data"
+    with open(path, "rb") as f:
+        is_zip = f.read(4) == b"PK\x03\x04"  # what torch.save writes since PyTorch 1.6
+    return "truncated or corrupt" if is_zip else "not a PyTorch file"
+
+
+def _load(path: Path):
+    with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": noise on a file that fails anyway
+        warnings.simplefilter("ignore")
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_torch_file(path: Path | str, fix: str):
+    """torch.load(path) with weights_only=True, on the CPU; an unreadable file is a PrimerError naming it and `fix`."""
+    path = Path(path)
+    try:
+        return _load(path)
+    except Exception as exc:
+        raise PrimerError(f"{path} is unreadable ({_why_unreadable(path, exc)}); {fix}.") from None
+
+
 def load_matching(path: Path | str, expected_fingerprint: str) -> dict | None:
     """The checkpoint at `path` if it exists and was made for `expected_fingerprint`, else None."""
     path = Path(path)
     if not path.is_file():
         return None
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = _load(path)
     except Exception as exc:  # unreadable or from an incompatible version: start fresh
-        print(f"checkpoint {path} is unreadable ({exc}); training starts fresh", flush=True)
+        print(f"checkpoint {path} is unreadable ({_why_unreadable(path, exc)}); training starts fresh", flush=True)
+        return None
+    if not isinstance(checkpoint, dict):
+        print(f"checkpoint {path} holds a {type(checkpoint).__name__}, not a checkpoint dict; training starts fresh",
+              flush=True)
         return None
     if checkpoint.get("fingerprint") != expected_fingerprint:
         print(f"checkpoint {path} was made for other model args, params or data; training starts fresh", flush=True)

@@ -17,6 +17,37 @@ from primer.errors import PrimerError
 from primer.split import SPLITS
 
 
+RERUN_AUGMENT = "rerun `dvc repro augment`"
+
+
+def _read_meta(path: Path, splits) -> dict:
+    """meta.json as augment writes it: classes, counts per split, train_size, eval_size."""
+    try:
+        meta = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError):  # JSONDecodeError is a ValueError
+        reason = "an empty file" if path.stat().st_size == 0 else "not valid JSON"
+        raise PrimerError(f"{path} is truncated or corrupt ({reason}); {RERUN_AUGMENT}.") from None
+    if not isinstance(meta, dict):
+        kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(type(meta), "a number")
+        missing = f"it holds {kind}, not a JSON object"
+    else:
+        counts = meta.get("counts") if isinstance(meta.get("counts"), dict) else {}
+        lacks = [k for k in ("classes", "train_size", "eval_size") if k not in meta]
+        lacks += [f"counts.{split}" for split in splits if split not in counts]
+        missing = "it lacks " + ", ".join(lacks) if lacks else ""
+    if missing:
+        raise PrimerError(f"{path} is not the augment stage's summary ({missing}); {RERUN_AUGMENT}.")
+    return meta
+
+
+def _read_npy(path: Path, mmap_mode: str | None = None) -> np.ndarray:
+    try:
+        return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
+    except FileNotFoundError:
+        raise PrimerError(f"{path} is missing; {RERUN_AUGMENT}.") from None
+    except (ValueError, EOFError, OSError):  # "mmap length is greater than file size", "No data left in file", ...
+        reason = "an empty file" if path.stat().st_size == 0 else "shorter than its header says or not a NumPy array"
+        raise PrimerError(f"{path} is truncated or corrupt ({reason}); {RERUN_AUGMENT}.") from None
 
 
 def load_arrays(folder: Path | str, train_size: int, eval_size: int, splits=("train", "val")) -> dict:
@@ -26,16 +57,16 @@ def load_arrays(folder: Path | str, train_size: int, eval_size: int, splits=("tr
     meta_path = folder / "meta.json"
     if not meta_path.is_file():
         raise PrimerError(f"{folder} holds no augment outputs; run the augment stage first (dvc repro augment).")
-    meta = json.loads(meta_path.read_text())
+    meta = _read_meta(meta_path, splits)
     if (meta["train_size"], meta["eval_size"]) != (train_size, eval_size):
         raise PrimerError(
-            f"{folder} was made with train_size {meta['train_size']} / eval_size {meta['eval_size']}, but params.yaml "
-            f"now says {train_size} / {eval_size}; rerun the augment stage (dvc repro augment)."
+            f"{folder} was made with train_size {meta['train_size']} / eval_size {meta['eval_size']}, but the params "
+            f"now say {train_size} / {eval_size}; rerun the augment stage (dvc repro augment)."
         )
     data = {"meta": meta}
     for split in splits:
-        images = np.load(folder / f"{split}_images.npy", mmap_mode="r")
-        labels = np.load(folder / f"{split}_labels.npy")
+        images = _read_npy(folder / f"{split}_images.npy", mmap_mode="r")
+        labels = _read_npy(folder / f"{split}_labels.npy")
         if len(images) != meta["counts"][split] or len(labels) != len(images):
             raise PrimerError(f"{folder}/{split}_images.npy does not match meta.json; rerun the augment stage (dvc repro augment).")
         data[split] = (torch.from_numpy(np.array(images)), torch.from_numpy(labels))  # read into memory once
@@ -46,7 +77,10 @@ def data_identity(folder: Path | str) -> str:
     """A hash of meta.json and the label arrays: changes whenever augment writes other data."""
     digest = hashlib.sha1()
     for name in ["meta.json"] + [f"{split}_labels.npy" for split in SPLITS]:
-        digest.update((Path(folder) / name).read_bytes())
+        path = Path(folder) / name
+        if not path.is_file():
+            raise PrimerError(f"{path} is missing; {RERUN_AUGMENT}.")
+        digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
 
 

@@ -19,6 +19,7 @@ import torch
 from primer.atomic import write_text
 from primer.attention_plot import plot_attention_maps
 from primer.binary_metrics import binary_report
+from primer.checkpoint import load_torch_file
 from primer.errors import PrimerError
 from primer.image_batches import eval_batches, load_arrays
 from primer.misclassified import plot_misclassified
@@ -45,19 +46,52 @@ SCHEMA = {
 }
 
 
-def load_model(path: Path, what: str) -> dict:
+MODEL_FILES = {  # kind: (keys its training stage saves and evaluate reads, the model's constructor, that stage)
+    "CNN model": ({"model", "model_args", "classes"}, build_cnn, "train_cnn"),
+    "language model": ({"model", "model_args", "vocab", "history"}, RNNLM, "train_lm@{stem}"),
+    "Transformer model": ({"model", "model_args", "src_vocab", "tgt_vocab"}, Seq2SeqTransformer, "train_transformer"),
+}
+
+
+def load_model(path: Path, kind: str) -> tuple[dict, torch.nn.Module]:
+    """The dict a training stage saved at `path` and its model rebuilt from it, on the CPU in eval mode.
+
+    A missing, unreadable, other-kind or mismatched file is a PrimerError naming it and the stage to rerun.
+    """
+    keys, build, stage = MODEL_FILES[kind]
     if not path.is_file():
-        raise PrimerError(f"{what} model {path} does not exist; run its training stage first (dvc repro).")
-    return torch.load(path, map_location="cpu", weights_only=True)
+        raise PrimerError(f"{kind} {path} does not exist; run its training stage first (dvc repro).")
+    fix = f"rerun `dvc repro {stage.format(stem=path.stem)}`"
+    saved = load_torch_file(path, fix)
+    if not isinstance(saved, dict) or not keys <= saved.keys():
+        raise PrimerError(f"{path} is not a {kind} file ({_what_it_holds(saved, keys)}); {fix}.")
+    try:
+        model = build(**saved["model_args"])
+    except TypeError as exc:  # an argument this code's model does not take, or lacks
+        raise PrimerError(f"{path} does not match the current {kind} code ({exc}); {fix}.") from None
+    except (ValueError, KeyError, PrimerError):  # a value it does not accept, e.g. an unknown arch
+        raise PrimerError(f"{path} does not match the current {kind} code (its model_args hold a value it rejects); "
+                          f"{fix}.") from None
+    try:
+        model.load_state_dict(saved["model"])
+    except (RuntimeError, TypeError, AttributeError):  # missing, unexpected or mis-shaped weights
+        raise PrimerError(f"{path} does not match the current {kind} code (its weights do not fit the model "
+                          f"its model_args build); {fix}.") from None
+    return saved, model.eval()
+
+
+def _what_it_holds(saved, keys: set) -> str:
+    if not isinstance(saved, dict):
+        return f"it holds a {type(saved).__name__}"
+    other = next((kind for kind, (its_keys, _, _) in MODEL_FILES.items() if its_keys <= saved.keys()), None)
+    return f"it holds a {other}" if other else "it lacks " + ", ".join(sorted(keys - saved.keys()))
 
 
 @torch.no_grad()
 def evaluate_cnn(args, params: dict, device: torch.device, batch_size: int):
     """(report, test images, test labels, P(class 1) per image)."""
-    saved = load_model(args.cnn_model, "CNN")
-    model = build_cnn(**saved["model_args"])
-    model.load_state_dict(saved["model"])
-    model.to(device).eval()
+    saved, model = load_model(args.cnn_model, "CNN model")
+    model.to(device)
     data = load_arrays(args.arrays, params["augment"]["train_size"], params["augment"]["eval_size"], splits=("test",))
     images, labels = data["test"]
     probabilities = torch.cat([torch.sigmoid(model(x)[0].float()).cpu()
@@ -70,11 +104,9 @@ def evaluate_lms(args, p: dict, device: torch.device) -> list[dict]:
     corpus = load_corpus(args.corpus)
     rows = []
     for path in sorted(args.lm_models.glob("*.pt")):
-        saved = load_model(path, "language")
+        saved, model = load_model(path, "language model")
         vocab = Vocab.from_tokens(saved["vocab"])
-        model = RNNLM(**saved["model_args"])
-        model.load_state_dict(saved["model"])
-        model.to(device).eval()
+        model.to(device)
         _, heldout = split_tail(torch.tensor(vocab.encode(corpus)), p["val_fraction"])
         history = saved["history"]
         rows.append({"variant": path.stem, "cell": saved["model_args"]["cell"], "layers": saved["model_args"]["num_layers"],
@@ -88,10 +120,8 @@ def evaluate_lms(args, p: dict, device: torch.device) -> list[dict]:
 
 
 def evaluate_transformer(args, p: dict, seed: int, device: torch.device, examples: int) -> dict:
-    saved = load_model(args.transformer_model, "Transformer")
-    model = Seq2SeqTransformer(**saved["model_args"])
-    model.load_state_dict(saved["model"])
-    model.to(device).eval()
+    saved, model = load_model(args.transformer_model, "Transformer model")
+    model.to(device)
     src_vocab, tgt_vocab = Vocab.from_tokens(saved["src_vocab"]), Vocab.from_tokens(saved["tgt_vocab"])
     test = split_pairs(read_pairs(args.pairs, p["num_pairs"]).pairs, p["val_fraction"], p["test_fraction"], seed)["test"]
     bleu, rows = test_bleu(model, test, src_vocab, tgt_vocab, p["num_steps"], p["beam_size"], device)
@@ -113,7 +143,8 @@ def main(argv: list[str] | None = None) -> None:
                        ("--plots", "folder for the PNGs this stage draws"), ("--report", "report HTML to write")]:
         parser.add_argument(flag, required=True, type=Path, help=what)
     args = parser.parse_args(argv)
-    with open_stage("evaluate", args.params, SCHEMA) as (params, run):
+    check = lambda params: pick_device(params["evaluate"]["device"], "evaluate.device")  # noqa: E731
+    with open_stage("evaluate", args.params, SCHEMA, check=check) as (params, run):
         evaluate(args, params, run)
 
 

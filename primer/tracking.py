@@ -1,14 +1,20 @@
 """MLflow tracking for stage runs: the only module of the library that imports mlflow.
 
 Each stage execution is one run in experiment `primer` (or `MLFLOW_EXPERIMENT_NAME`), named after
-the stage. The default store is MLflow's own: `sqlite:///mlflow.db` in the working directory, which
-is the repo root when DVC runs the stage. `MLFLOW_TRACKING_URI` points it at a server instead, and
-`PRIMER_TRACKING=off` turns tracking off (the stages then run the same, logging nothing).
+the stage. The default store is `mlflow.db` (artifacts in `mlartifacts/`) at the root of the main
+repository, however DVC runs the stage: in the workspace, from a subfolder, or in the temporary copy
+under `.dvc/tmp/exps/` that `dvc exp run --temp` and `--queue` use. `MLFLOW_TRACKING_URI` points it
+at a server instead, and `PRIMER_TRACKING=off` turns tracking off (the stages then run the same,
+logging nothing). A run whose process died without closing it (SIGKILL, a lost server) is closed as
+KILLED the next time the same stage starts on the same host against the same store.
 """
 
 from __future__ import annotations
 
+import logging
+import operator
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -30,36 +36,56 @@ class Terminated(BaseException):
     """Raised in the main thread on SIGTERM so that the run ends KILLED and temp files are removed."""
 
 
-class StageRun:
-    """What a stage logs to; every method is a no-op when tracking is off."""
+class TrackingLost(PrimerError):
+    """The tracking store stopped answering in the middle of a stage."""
 
-    def __init__(self, mlflow_module=None, run_id: str | None = None):
+
+class StageRun:
+    """What a stage logs to; every method is a no-op when tracking is off.
+
+    A store that fails mid-stage raises `TrackingLost` (one sentence naming the URI) from the call
+    that met it; the run is then left for the next start of the stage to close.
+    """
+
+    def __init__(self, mlflow_module=None, run_id: str | None = None, uri: str = ""):
         self._mlflow = mlflow_module
         self.run_id = run_id
+        self.uri = uri
+        self.lost = False
 
     @property
     def enabled(self) -> bool:
         return self._mlflow is not None
 
+    def _call(self, method: str, /, *args, **kwargs) -> None:
+        if not self._mlflow:
+            return
+        if self.lost:
+            raise TrackingLost(self._lost_message("it already failed once"))
+        try:
+            operator.attrgetter(method)(self._mlflow)(*args, **kwargs)
+        except Exception as exc:  # MlflowException, requests' or the database driver's errors
+            self.lost = True
+            raise TrackingLost(self._lost_message(_short_reason(exc))) from None
+
+    def _lost_message(self, reason: str) -> str:
+        return (f"MLflow tracking at {self.uri} stopped answering mid-stage ({reason}); start it again and rerun "
+                "the stage (training resumes from its last checkpoint), or unset MLFLOW_TRACKING_URI.")
+
     def log_metrics(self, metrics: dict, step: int | None = None) -> None:
-        if self._mlflow:
-            self._mlflow.log_metrics({k: float(v) for k, v in metrics.items()}, step=step)
+        self._call("log_metrics", {k: float(v) for k, v in metrics.items()}, step=step)
 
     def log_artifact(self, path: Path | str, artifact_path: str | None = None) -> None:
-        if self._mlflow:
-            self._mlflow.log_artifact(str(path), artifact_path)
+        self._call("log_artifact", str(path), artifact_path)
 
     def log_text(self, text: str, artifact_file: str) -> None:
-        if self._mlflow:
-            self._mlflow.log_text(text, artifact_file)
+        self._call("log_text", text, artifact_file)
 
     def set_tags(self, tags: dict) -> None:
-        if self._mlflow:
-            self._mlflow.set_tags({k: str(v) for k, v in tags.items()})
+        self._call("set_tags", {k: str(v) for k, v in tags.items()})
 
     def log_figure(self, figure, artifact_file: str) -> None:
-        if self._mlflow:
-            self._mlflow.log_figure(figure, artifact_file)
+        self._call("log_figure", figure, artifact_file)
 
     def log_pytorch_model(self, model, input_example) -> None:
         """The model in MLflow's PyTorch flavour, with a signature inferred from `input_example`
@@ -72,7 +98,7 @@ class StageRun:
         with torch.no_grad():
             output = model(torch.from_numpy(input_example)).numpy()
         signature = infer_signature(input_example, output)
-        self._mlflow.pytorch.log_model(model, name="model", signature=signature, input_example=input_example)
+        self._call("pytorch.log_model", model, name="model", signature=signature, input_example=input_example)
 
 
 def tracking_enabled() -> bool:
@@ -122,12 +148,87 @@ def torch_device_name() -> str:
     return "cpu"
 
 
+def process_start(pid: int) -> str:
+    """When process `pid` started (clock ticks since boot, from /proc), so that a reused pid is not
+    taken for the process that tagged a run; "" where /proc is missing or the process is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return ""
+    return stat.rsplit(")", 1)[1].split()[19]  # field 22; the name in (...) may hold spaces
+
+
+def process_alive(pid: int, started: str) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        pass
+    return not started or not Path("/proc").is_dir() or process_start(pid) == started
+
+
 def run_tags(stage: str) -> dict:
-    tags = {"stage": stage, "host": socket.gethostname(), "torch.device": torch_device_name()}
+    tags = {"stage": stage, "host": socket.gethostname(), "torch.device": torch_device_name(),
+            "primer.pid": str(os.getpid()), "primer.pid_start": process_start(os.getpid())}
     tags.update(git_state())
     if os.environ.get("DVC_EXP_NAME"):
         tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
     return tags
+
+
+def repo_root(start: Path | None = None) -> Path:
+    """The main repository's root. DVC names it in DVC_ROOT for every stage it runs (for `--temp` and
+    `--queue` too, whose copies live in ROOT/.dvc/tmp/exps/); without it, a path in such a copy maps
+    back to ROOT, else the nearest folder up from `start` (default: the working directory) that holds
+    `.dvc` or `dvc.yaml` is the root, and `start` itself outside any repository."""
+    if os.environ.get("DVC_ROOT") and Path(os.environ["DVC_ROOT"]).is_dir():
+        return Path(os.environ["DVC_ROOT"]).resolve()
+    start = (start or Path.cwd()).resolve()
+    parts = start.parts
+    for i in range(len(parts) - 2):
+        if parts[i : i + 3] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:i])
+    for folder in (start, *start.parents):
+        if (folder / ".dvc").is_dir() or (folder / "dvc.yaml").is_file():
+            return folder
+    return start
+
+
+def default_store(root: Path) -> tuple[str, str]:
+    """(tracking URI, artifact location) of the default store at `root`."""
+    return f"sqlite:///{root / 'mlflow.db'}", (root / "mlartifacts").as_uri()
+
+
+def close_orphans(mlflow, experiment_id: str, stage: str) -> None:
+    """Close as KILLED the runs of `stage` on this host still RUNNING whose process is gone."""
+    client = mlflow.MlflowClient()
+    host = socket.gethostname().replace("'", "")
+    running = client.search_runs(
+        [experiment_id], f"attributes.status = 'RUNNING' and tags.stage = '{stage}' and tags.host = '{host}'"
+    )
+    for found in running:
+        pid, started = found.data.tags.get("primer.pid", ""), found.data.tags.get("primer.pid_start", "")
+        if not pid.isdigit() or process_alive(int(pid), started):
+            continue
+        why = (f"process {pid} on {host} ended without closing this run (killed with SIGKILL, or its tracking "
+               f"store stopped answering); closed by the next {stage} run")
+        client.set_tag(found.info.run_id, "primer.closed_because", why)
+        client.set_terminated(found.info.run_id, "KILLED")
+        print(f"{stage}: closed orphaned MLflow run {found.info.run_id} as KILLED ({why})", file=sys.stderr)
+
+
+def _short_reason(exc: BaseException) -> str:
+    """The root cause in a few words ("[Errno 111] Connection refused", "Read timed out"), not the chain
+    of wrappers requests and MLflow put around it."""
+    text = _first_line(exc)
+    found = re.search(r"\[Errno -?\d+\] [^\"')(]+|Read timed out|database is locked|no such table: \w+", text)
+    return found.group(0).strip().rstrip(".") if found else (text if len(text) <= 160 else text[:157] + "...")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = getattr(exc, "message", None) or str(exc)
+    return (text.strip().splitlines() or [type(exc).__name__])[0]
 
 
 @contextmanager
@@ -147,7 +248,7 @@ def _sigterm_raises() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _experiment_id(mlflow, name: str) -> str:
+def _experiment_id(mlflow, name: str, artifact_location: str | None) -> str:
     """The experiment's id, creating it if needed. Two stages starting at once (dvc repro -j, or two
     variants) may both try to create it: the loser looks it up again instead of failing, and the run
     is started with the explicit id so it can never fall back to the Default experiment."""
@@ -158,7 +259,7 @@ def _experiment_id(mlflow, name: str) -> str:
         if found is not None:
             return found.experiment_id
         try:
-            return mlflow.create_experiment(name)
+            return mlflow.create_experiment(name, artifact_location=artifact_location)
         except MlflowException:  # created meanwhile by the other process
             continue
     raise MlflowException(f"experiment '{name}' could neither be found nor created")
@@ -166,23 +267,26 @@ def _experiment_id(mlflow, name: str) -> str:
 
 def _start(stage: str, params: dict, system_metrics: bool):
     import mlflow
-    from mlflow.exceptions import MlflowException
 
     # Bounded retries: a server that dies mid-stage fails the stage in seconds, not minutes.
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "2")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-    uri = mlflow.get_tracking_uri()
+    uri, artifacts = os.environ.get("MLFLOW_TRACKING_URI"), None
+    if not uri:
+        uri, artifacts = default_store(repo_root())
+    mlflow.set_tracking_uri(uri)
     if uri.startswith(("http://", "https://")):
         probe_server(uri)
     try:
-        experiment_id = _experiment_id(mlflow, os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT)
+        experiment_id = _experiment_id(mlflow, os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT, artifacts)
+        close_orphans(mlflow, experiment_id, stage)
+        # The system-metrics thread's start/stop notes are noise, and a lost server is reported once, by the stage.
+        logging.getLogger("mlflow.system_metrics").setLevel(logging.ERROR)
         run = mlflow.start_run(experiment_id=experiment_id, run_name=stage, tags=run_tags(stage),
                                log_system_metrics=system_metrics or None)
         mlflow.log_params(flatten(params))
     except Exception as exc:  # MlflowException, or the database driver's own errors
-        text = exc.message if isinstance(exc, MlflowException) else str(exc)
-        first = (text.strip().splitlines() or [type(exc).__name__])[0]
-        raise PrimerError(f"MLflow tracking at {uri} failed: {first}; check MLFLOW_TRACKING_URI.") from None
+        raise PrimerError(f"MLflow tracking at {uri} failed: {_first_line(exc)}; check MLFLOW_TRACKING_URI.") from None
     return mlflow, run.info.run_id, uri
 
 
@@ -191,6 +295,7 @@ def stage_run(stage: str, params: dict, system_metrics: bool = False) -> Iterato
     """One MLflow run for one stage execution; ends FINISHED, FAILED or KILLED, never left RUNNING.
 
     `system_metrics` samples CPU, memory (and GPU when present) into the run while it is open.
+    A run whose store stops answering cannot be closed now; the stage's next start closes it.
     """
     if not tracking_enabled():
         with _sigterm_raises():
@@ -198,17 +303,28 @@ def stage_run(stage: str, params: dict, system_metrics: bool = False) -> Iterato
         return
     mlflow, run_id, uri = _start(stage, params, system_metrics)
     status = "FAILED"
+    tracked = StageRun(mlflow, run_id, uri)
     try:
         with _sigterm_raises():
-            yield StageRun(mlflow, run_id)
+            yield tracked
         status = "FINISHED"
     except (KeyboardInterrupt, Terminated):
         status = "KILLED"
         raise
     finally:
-        try:
-            mlflow.end_run(status=status)
-        except Exception as exc:  # the server may be gone; the stage's own outcome matters more
-            print(f"warning: could not close MLflow run {run_id} at {uri}: {exc}", file=sys.stderr)
-        else:
-            print(f"{stage}: MLflow run {run_id} {status} ({uri})", file=sys.stderr)
+        _end(mlflow, tracked, stage, status)
+
+
+def _end(mlflow, tracked: StageRun, stage: str, status: str) -> None:
+    if tracked.lost:  # one quick try (it also stops the system-metrics thread), and no second message
+        os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+        os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "2"
+        logging.getLogger("mlflow").setLevel(logging.CRITICAL)
+    try:
+        mlflow.end_run(status=status)
+    except Exception as exc:  # the server may be gone; the stage's own outcome matters more
+        if not tracked.lost:
+            print(f"warning: could not close MLflow run {tracked.run_id} at {tracked.uri} ({_first_line(exc)}); "
+                  f"the next {stage} run closes it", file=sys.stderr)
+    else:
+        print(f"{stage}: MLflow run {tracked.run_id} {status} ({tracked.uri})", file=sys.stderr)

@@ -4,7 +4,9 @@ Models honour `logits, loss = model(x, y)`; data comes from `batches(epoch)`, an
 (x, y) already on the device (so augmentation and sharding stay with the data, and a resumed
 epoch draws the same batches); validation comes from `evaluate(model, epoch) -> {"val/...": value}` (epoch counts from 1).
 Metrics go to `log(metrics, step)`, a plain function (MLflow's, or nothing). Checkpoints are written
-every epoch, and a matching one is resumed from.
+every epoch, and a matching one is resumed from. A `log` that fails mid-epoch (a tracking server that
+died) is not called again; its error is raised once the epoch's checkpoint is written, so nothing
+trained is lost and a rerun resumes.
 """
 
 from __future__ import annotations
@@ -31,9 +33,10 @@ def make_optimizer(model: torch.nn.Module, name: str, lr: float, weight_decay: f
 
 
 def pick_device(name: str, key: str) -> torch.device:
-    """'auto' (CUDA when there is one), 'cpu' or 'cuda'; `key` names the param in the error."""
+    """'auto' (CUDA when there is one), 'cpu' or 'cuda'; `key` names the param in the error (stages call
+    it in their params check, so that the error also names the params file)."""
     if name == "cuda" and not torch.cuda.is_available():
-        raise PrimerError(f"params.yaml: {key} is 'cuda', but torch sees no CUDA device; use 'auto' or 'cpu'.")
+        raise PrimerError(f"'{key}' is 'cuda', but torch sees no CUDA device; use 'auto' or 'cpu'.")
     return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
 
 
@@ -81,6 +84,15 @@ def fit(
     `count(x, y)` is how many `unit`s a batch holds (images, tokens), for the rate.
     """
     start, step, best, history = 0, 0, None, []
+    failed: list[BaseException] = []  # the first error of `log`: raised after the epoch's checkpoint
+
+    def log_once(metrics: dict, at: int) -> None:
+        if failed:
+            return
+        try:
+            log(metrics, at)
+        except Exception as exc:
+            failed.append(exc)
     saved = load_matching(checkpoint, fingerprint) if checkpoint else None
     if saved is not None:
         distributed.unwrap(model).load_state_dict(saved["model"])
@@ -108,7 +120,7 @@ def fit(
             window_sum, window_n = window_sum + loss.detach(), window_n + 1
             if step % log_every == 0:  # one host sync per window, not per step
                 window = _mean_over_ranks(window_sum, window_n)
-                log({"train/loss": window}, step)
+                log_once({"train/loss": window}, step)
                 rate = float(seen) * distributed.world() / (time.perf_counter() - began)
                 bar.set_postfix_str(f"loss {window:.4f}, {rate:.0f} {unit}/s")
                 window_sum, window_n = 0.0, 0
@@ -125,7 +137,6 @@ def fit(
         if best is None or (metrics[best_metric] > best if higher_is_better else metrics[best_metric] < best):
             best = metrics[best_metric]
         history.append({"epoch": epoch + 1, **metrics})
-        log(metrics, step)
         if distributed.is_main():
             summary = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k.startswith("val/"))
             print(f"{desc} epoch {epoch + 1}/{epochs}: loss {metrics['train/epoch_loss']:.4f}, {summary}", flush=True)
@@ -133,4 +144,7 @@ def fit(
                 save(checkpoint, model=distributed.unwrap(model).state_dict(), optimizer=optimizer.state_dict(),
                      model_args=model_args or {}, epoch=epoch + 1, step=step, rng=rng_state(), best=best,
                      history=history, fingerprint=fingerprint, **(extra or {}))
+        log_once(metrics, step)
+        if failed:
+            raise failed[0]
     return history

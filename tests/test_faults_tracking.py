@@ -1,0 +1,191 @@
+"""Tracking faults: runs killed with SIGKILL, a tracking server that dies mid-stage, and where the
+default store is when a stage runs from a subfolder (DVC's queued and temporary experiments are in
+test_faults_experiments.py). Servers listen on 127.0.0.1 only."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from primer.tracking import repo_root, stage_run
+
+from conftest import REPO, tiny_cnn_params, venv_env, write_tiny_arrays
+
+OPEN_A_RUN = textwrap.dedent("""
+    import os, signal, sys, time
+    from primer.tracking import stage_run
+    with stage_run(sys.argv[1], {"a": 1}) as run:
+        run.log_metrics({"x": 1.0}, step=1)
+        print("open", flush=True)
+        if sys.argv[2] == "die":
+            os.kill(os.getpid(), signal.SIGKILL)
+        time.sleep(120)
+""")
+
+
+def open_run(tmp_path: Path, stage: str, then: str) -> subprocess.Popen:
+    """A process that opens a run of `stage`, then dies by SIGKILL (`then` = "die") or sleeps."""
+    script = tmp_path / "open_run.py"
+    script.write_text(OPEN_A_RUN)
+    proc = subprocess.Popen([sys.executable, str(script), stage, then], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            text=True, cwd=tmp_path)
+    assert proc.stdout.readline().strip() == "open"
+    return proc
+
+
+def runs_by_status(uri: str) -> dict:
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("primer")
+    return {r.info.run_id: r for r in client.search_runs([experiment.experiment_id])}
+
+
+def test_sigkilled_run_is_closed_as_killed_by_the_next_run_of_its_stage(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("PRIMER_TRACKING", "on")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    alive = open_run(tmp_path, "train_lm@rnn", "sleep")
+    killed = open_run(tmp_path, "train_lm@rnn", "die")
+    assert killed.wait(timeout=30) == -signal.SIGKILL
+    other_stage = open_run(tmp_path, "train_cnn", "die")
+    other_stage.wait(timeout=30)
+    try:
+        before = runs_by_status(uri)
+        assert sorted(r.info.status for r in before.values()) == ["RUNNING"] * 3
+        with stage_run("train_lm@rnn", {"a": 2}) as run:
+            new_id = run.run_id
+        after = runs_by_status(uri)
+        by_pid = {(r.data.tags["stage"], r.data.tags["primer.pid"]): r for r in after.values() if r.info.run_id != new_id}
+        closed = by_pid[("train_lm@rnn", str(killed.pid))]
+        assert closed.info.status == "KILLED" and closed.info.end_time is not None
+        assert f"process {killed.pid} on {socket.gethostname()} ended without closing this run" in closed.data.tags["primer.closed_because"]
+        assert by_pid[("train_lm@rnn", str(alive.pid))].info.status == "RUNNING"  # its process still works
+        assert by_pid[("train_cnn", str(other_stage.pid))].info.status == "RUNNING"  # closed by the next train_cnn
+        assert after[new_id].info.status == "FINISHED"
+    finally:
+        alive.kill()
+        alive.wait()
+
+
+def test_reused_pid_does_not_keep_an_orphan_open(tmp_path, monkeypatch):
+    """A run tagged with a live pid but another start time belonged to a process that is gone."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("PRIMER_TRACKING", "on")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    client = MlflowClient(uri)
+    tags = {"stage": "split", "host": socket.gethostname(), "primer.pid": str(os.getpid()), "primer.pid_start": "1"}
+    stale = client.create_run(client.create_experiment("primer"), tags=tags).info.run_id
+    with stage_run("split", {}):
+        pass
+    assert runs_by_status(uri)[stale].info.status == "KILLED"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(tmp_path: Path, port: int, env: dict) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+           "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination", str(tmp_path / "artifacts")]
+    log = open(tmp_path / "server.log", "a")
+    server = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and server.poll() is None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                return server
+        except OSError:
+            time.sleep(0.3)
+    stop(server)
+    pytest.fail(f"mlflow server did not start: {(tmp_path / 'server.log').read_text()[-2000:]}")
+
+
+def stop(server: subprocess.Popen, sig=signal.SIGKILL) -> None:
+    try:
+        os.killpg(server.pid, sig)
+    except ProcessLookupError:
+        pass
+    server.wait(timeout=30)
+
+
+@pytest.mark.slow
+def test_tracking_server_dying_mid_stage_is_one_sentence_and_the_rerun_resumes(tmp_path):
+    write_tiny_arrays(tmp_path / "arrays", n_train=96)
+    params = tiny_cnn_params(REPO / "params.yaml", tmp_path / "params.yaml", epochs=40, log_every=2)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**venv_env(tmp_path), "MLFLOW_TRACKING_URI": url, "TQDM_DISABLE": "1", "OMP_NUM_THREADS": "1",
+           "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    env.pop("MLFLOW_EXPERIMENT_NAME", None)
+    checkpoint = tmp_path / "ckpt.pt"
+    cmd = [sys.executable, str(REPO / "stages" / "train_cnn.py"), "--params", str(params), "--arrays", str(tmp_path / "arrays"),
+           "--checkpoint", str(checkpoint), "--model", str(tmp_path / "cnn.pt"), "--metrics", str(tmp_path / "m.json"),
+           "--curves", str(tmp_path / "c.csv"), "--curves-png", str(tmp_path / "c.png")]
+    server = start_server(tmp_path, port, env)
+    try:
+        stage = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 120
+        while not checkpoint.exists() and stage.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert checkpoint.exists(), stage.communicate()[1][-3000:]
+        stop(server)  # the server dies mid-stage
+        _, stderr = stage.communicate(timeout=180)
+    finally:
+        stop(server)
+    errors = [line for line in stderr.splitlines() if "error" in line.lower()]
+    assert stage.returncode == 1, stderr[-3000:]
+    assert "Traceback" not in stderr and "WARNING" not in stderr, stderr[-3000:]
+    assert len(errors) == 1 and errors[0].startswith(f"train_cnn: error: MLflow tracking at {url} stopped answering"), errors
+    epochs_done = torch.load(checkpoint, weights_only=True)["epoch"]
+    assert 1 <= epochs_done < 40
+
+    server = start_server(tmp_path, port, env)  # back again, same store
+    try:
+        rerun = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    finally:
+        stop(server, signal.SIGTERM)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"resumed from {checkpoint} after epoch {epochs_done}" in rerun.stdout
+    assert "closed orphaned MLflow run" in rerun.stderr
+    runs = runs_by_status(f"sqlite:///{tmp_path / 'server.db'}")
+    assert sorted(r.info.status for r in runs.values()) == ["FINISHED", "KILLED"]
+
+
+def test_stage_started_from_a_subfolder_logs_to_the_root_store(tmp_path):
+    repo = tmp_path / "repo"
+    (repo / ".dvc").mkdir(parents=True)
+    (repo / "docs").mkdir()
+    env = {**venv_env(tmp_path), "TQDM_DISABLE": "1"}
+    env.pop("DVC_ROOT", None)
+    env.pop("MLFLOW_EXPERIMENT_NAME", None)
+    done = subprocess.run([sys.executable, str(REPO / "stages" / "train_basics.py"), "--params", str(REPO / "params.yaml"),
+                           "--metrics", "m.json", "--plot", "p.png"], cwd=repo / "docs", env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert not (repo / "docs" / "mlflow.db").exists() and not (repo / "docs" / "mlruns").exists()
+    runs = runs_by_status(f"sqlite:///{repo / 'mlflow.db'}")
+    assert [r.info.run_name for r in runs.values()] == ["train_basics"]
+    assert list((repo / "mlartifacts").rglob("train_basics.png"))
+
+
+def test_repo_root_maps_a_dvc_experiment_copy_back_to_the_main_repository(tmp_path, monkeypatch):
+    monkeypatch.delenv("DVC_ROOT", raising=False)
+    copy = tmp_path / "repo" / ".dvc" / "tmp" / "exps" / "tmpab12" / "stages"
+    copy.mkdir(parents=True)
+    assert repo_root(copy) == tmp_path / "repo"
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    assert repo_root(copy) == tmp_path

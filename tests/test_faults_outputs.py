@@ -1,0 +1,73 @@
+"""Output faults: a stage killed with SIGKILL while writing leaves a temp folder, which the next run
+removes (a live writer's temp stays), and temp names are git-ignored."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import yaml
+
+from conftest import REPO, write_class_folders
+
+DIE_AFTER_FIRST_ARRAY = textwrap.dedent("""
+    import os, signal, sys
+    from primer.stage import cli
+    from stages import augment
+
+    real = augment.write_image_array
+    def write_then_die(*args):
+        real(*args)
+        os.kill(os.getpid(), signal.SIGKILL)  # kill -9 with the first array written into the temp folder
+    augment.write_image_array = write_then_die
+    sys.exit(cli(augment.main))
+""")
+
+
+def augment_inputs(tmp_path: Path) -> list[str]:
+    images = write_class_folders(tmp_path / "images", per_class=4)
+    rows = ["path,label,split"] + [f"{c}/{i}.jpg,{c},{s}" for c in ("Cat", "Dog") for i, s in enumerate(["train", "train", "val", "test"])]
+    (tmp_path / "split.csv").write_text("\n".join(rows) + "\n")
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["augment"].update(train_size=40, eval_size=32, num_workers=1, preview_images=2)
+    params["augment"]["policy"].update(crop_size=32)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    return ["--params", str(tmp_path / "params.yaml"), "--images", str(images), "--split", str(tmp_path / "split.csv"),
+            "--out", str(tmp_path / "data" / "arrays"), "--preview", str(tmp_path / "data" / "preview.png")]
+
+
+def temps(folder: Path) -> list[Path]:
+    return sorted(folder.glob(".arrays.*.tmp"))
+
+
+def test_augment_killed_mid_write_leaves_a_temp_that_its_next_run_removes(tmp_path):
+    args = augment_inputs(tmp_path)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PRIMER_TRACKING": "off"}
+    script = tmp_path / "die.py"
+    script.write_text(DIE_AFTER_FIRST_ARRAY)
+    killed = subprocess.run([sys.executable, str(script), *args], cwd=tmp_path, env=env, capture_output=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL
+    data = tmp_path / "data"
+    [left] = temps(data)
+    assert (left / "train_images.npy").is_file() and not (data / "arrays").exists()
+    ignored = subprocess.run(["git", "check-ignore", "--no-index", "-q", f"data/{left.name}/train_images.npy"], cwd=REPO)
+    assert ignored.returncode == 0, f"{left.name} is not git-ignored"
+
+    writer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])  # a live writer's temp
+    live = data / f".arrays.{writer.pid}.abc.tmp"
+    live.mkdir()
+    try:
+        rerun = subprocess.run([sys.executable, str(REPO / "stages" / "augment.py"), *args], cwd=tmp_path, env=env,
+                               capture_output=True, text=True, timeout=300)
+    finally:
+        writer.kill()
+        writer.wait()
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert f"removed {left}, left by a run that was killed" in rerun.stdout
+    assert temps(data) == [live]
+    arrays = [f"{s}_{k}.npy" for s in ("train", "val", "test") for k in ("images", "labels")]
+    assert sorted(p.name for p in (data / "arrays").iterdir()) == sorted(arrays + ["meta.json"])

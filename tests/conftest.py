@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -102,3 +104,15 @@ def tiny_cnn_params(repo_params: Path, out: Path, **train_changes) -> Path:
     params["train_cnn"].update({"epochs": 3, "batch_size": 8, "log_every": 2, **train_changes})
     out.write_text(yaml.safe_dump(params, sort_keys=False))
     return out
+
+
+def copy_repo(dest: Path) -> Path:
+    """The tracked files of this checkout in a new git repository at `dest`, committed."""
+    files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    for name in files:
+        if (REPO / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, dest / name)
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"]):
+        subprocess.run(cmd, cwd=dest, check=True)
+    return dest

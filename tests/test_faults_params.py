@@ -123,3 +123,17 @@ def test_cross_key_mistake_fails_before_any_mlflow_run_naming_the_params_file(tm
     if store.exists():  # a run opened and failed would be listed here
         with sqlite3.connect(store) as db:
             assert db.execute("select count(*) from runs").fetchone()[0] == 0
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has CUDA")
+def test_device_cuda_without_cuda_fails_before_any_mlflow_run(tmp_path, monkeypatch, capsys):
+    from stages.train_transformer import main
+
+    store = tmp_path / "mlflow.db"
+    monkeypatch.setenv("PRIMER_TRACKING", "on")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{store}")
+    params = _params(tmp_path, _set("train_transformer", device="cuda"))
+    assert cli(main, ["--params", str(params), *_argv("train_transformer", tmp_path)]) == 1
+    line = capsys.readouterr().err.strip()
+    assert line.endswith(f"{params}: 'train_transformer.device' is 'cuda', but torch sees no CUDA device; use 'auto' or 'cpu'.")
+    assert not store.exists()

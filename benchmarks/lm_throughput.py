@@ -104,7 +104,7 @@ def our_rate(cell: str, impl: str, v: int, batches: list) -> float:
     """(b) / (c): tokens/s of primer.train.fit over the same batches."""
     model = RNNLM(v, cell, H, 1, impl)
     history = fit(model, make_optimizer(model, "sgd", 1.0), lambda epoch: iter(batches), lambda m, e: {"val/loss": 0.0}, 1,
-                  device=torch.device("cpu"), grad_clip=1.0, log_every=10**9, count=lambda x, y: x.numel(), unit="tok")
+                  device=torch.device("cpu"), grad_clip=1.0, log_every=10**9, count=lambda x, y: x.numel(), unit="tok").history
     return history[-1]["train/tok_per_s"]
 
 

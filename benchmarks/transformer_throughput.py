@@ -20,7 +20,6 @@ interleaved rounds. Last line: `ratio=X.XX` for ours / d2l's encoder at d2l's si
 from __future__ import annotations
 
 import argparse
-import io
 import math
 import statistics
 import time

@@ -18,10 +18,12 @@ def write_history_csv(history: list[dict], path: Path | str) -> None:
     write_table(path, [{k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()} for row in history], columns)
 
 
-def plot_history(history: list[dict], path: Path | str, title: str, panels: dict[str, list[str]] | None = None):
+def plot_history(history: list[dict], path: Path | str, title: str, panels: dict[str, list[str]] | None = None,
+                 best_epoch: int | None = None, stopped: bool = False):
     """One panel per entry of `panels` (title -> metric keys), x = epoch; returns the figure.
 
     By default: the losses in one panel, the other validation metrics (accuracy...) in a second.
+    `best_epoch` (the kept model) is marked in every panel, and so is the last epoch when `stopped` early.
     """
     if panels is None:
         losses = [k for k in history[0] if k.endswith("loss")]
@@ -32,6 +34,10 @@ def plot_history(history: list[dict], path: Path | str, title: str, panels: dict
     for ax, (name, keys) in zip(axes[0], panels.items()):
         for key in keys:
             ax.plot(epochs, [row[key] for row in history], marker="o" if len(epochs) <= 50 else None, label=key)
+        if best_epoch:
+            ax.axvline(best_epoch, color="tab:green", linestyle="--", linewidth=1, label=f"kept: epoch {best_epoch}")
+        if stopped:
+            ax.axvline(epochs[-1], color="tab:red", linestyle=":", linewidth=1, label=f"stopped early: epoch {epochs[-1]}")
         ax.set_xlabel("epoch")
         ax.set_title(name)
         ax.legend()

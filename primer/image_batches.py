@@ -90,6 +90,13 @@ def _shard(order: torch.Tensor) -> torch.Tensor:
     return order[: len(order) - len(order) % world][distributed.rank() :: world]
 
 
+def train_steps(n_images: int, batch_size: int) -> int:
+    """How many batches `train_batches` yields per epoch on each rank."""
+    world = distributed.world()
+    per_rank = max(1, batch_size // world)
+    return -(-(n_images // world) // per_rank)
+
+
 def train_batches(
     images: torch.Tensor, labels: torch.Tensor, batch_size: int, policy: AugmentPolicy, seed: int, epoch: int,
     device: torch.device, channels_last: bool,

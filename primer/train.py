@@ -4,14 +4,16 @@ Models honour `logits, loss = model(x, y)`; data comes from `batches(epoch)`, an
 (x, y) already on the device (so augmentation and sharding stay with the data, and a resumed
 epoch draws the same batches); validation comes from `evaluate(model, epoch) -> {"val/...": value}` (epoch counts from 1).
 Metrics go to `log(metrics, step)`, a plain function (MLflow's, or nothing). Checkpoints are written
-every epoch, and a matching one is resumed from. A `log` that fails mid-epoch (a tracking server that
-died) is not called again; its error is raised once the epoch's checkpoint is written, so nothing
-trained is lost and a rerun resumes.
+every epoch (the last weights and optimizer state to resume from, and the best weights so far), and a
+matching one is resumed from. The model ends holding its best epoch's weights. A `log` that fails
+mid-epoch (a tracking server that died) is not called again; its error is raised once the epoch's
+checkpoint is written, so nothing trained is lost and a rerun resumes.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -21,8 +23,22 @@ from tqdm import tqdm
 from primer import distributed
 from primer.checkpoint import load_matching, rng_state, save, set_rng_state
 from primer.errors import PrimerError
+from primer.params import choice, integer, number
+from primer.schedule import SCHEDULES, check_schedule, lr_factor
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
+FIT_KEYS = ("patience", "min_delta", "schedule", "warmup_epochs")
+
+
+def fit_schema() -> dict:
+    """The params of a training stage that `fit` takes as they are: early stopping and the lr schedule."""
+    return {"patience": integer(0, 100_000), "min_delta": number(0, 1e9), "schedule": choice(*SCHEDULES),
+            "warmup_epochs": number(0, 100_000)}
+
+
+def check_fit_params(p: dict, key: str) -> None:
+    """The checks across those keys (`key`: the params section), before any work."""
+    check_schedule(p["schedule"], p["warmup_epochs"], p["epochs"], key)
 
 
 def make_optimizer(model: torch.nn.Module, name: str, lr: float, weight_decay: float = 0.0, momentum: float = 0.0):
@@ -56,6 +72,27 @@ def _mean_over_ranks(total: torch.Tensor, count: int) -> float:
     return (summed[0] / summed[1].clamp(min=1)).item()
 
 
+@dataclass
+class Fitted:
+    """What `fit` leaves: the per-epoch metrics, and the kept (best) epoch, already loaded into the model."""
+
+    history: list[dict]
+    best_epoch: int
+    best: float
+    stopped_early: bool
+
+    def summary(self, metric: str) -> dict:
+        """The kept epoch's metrics, how many epochs ran, the best epoch and value, and whether it stopped early."""
+        kept = next(row for row in self.history if row["epoch"] == self.best_epoch)
+        return {**{k: v for k, v in kept.items() if k != "epoch"}, "epochs": self.history[-1]["epoch"],
+                "best/epoch": self.best_epoch, f"best/{metric.replace('/', '_')}": self.best, "stopped_early": self.stopped_early}
+
+    def log_to(self, run, metric: str) -> None:
+        """`best/epoch`, the best value and the `stopped_early` tag, on the stage's tracking run."""
+        run.log_metrics({"best/epoch": self.best_epoch, f"best/{metric.replace('/', '_')}": self.best})
+        run.set_tags({"stopped_early": str(self.stopped_early).lower(), "epochs_run": self.history[-1]["epoch"]})
+
+
 def fit(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -74,16 +111,26 @@ def fit(
     log_every: int = 10,
     best_metric: str = "val/loss",
     higher_is_better: bool = False,
+    patience: int = 0,
+    min_delta: float = 0.0,
+    schedule: str = "constant",
+    warmup_epochs: float = 0.0,
+    steps_per_epoch: int = 0,
     count: Callable[[torch.Tensor, torch.Tensor], int | torch.Tensor] = lambda x, y: len(x),
     unit: str = "img",
     desc: str = "train",
-) -> list[dict]:
-    """Train for `epochs` (resuming a matching checkpoint); returns the per-epoch metrics.
+) -> Fitted:
+    """Train for `epochs` (resuming a matching checkpoint) and load the best epoch's weights into `model`.
 
-    `extra` (plain data, e.g. a vocabulary) is saved in every checkpoint beside the training state;
-    `count(x, y)` is how many `unit`s a batch holds (images, tokens), for the rate.
+    The best epoch is the last one that beat the best so far by more than `min_delta` on
+    `best_metric`; `patience` > 0 stops after that many epochs without one. The lr of each step is
+    the optimizer's lr times `lr_factor(schedule, ...)` over `epochs * steps_per_epoch` steps (needed
+    for any schedule but a constant lr without warmup). `extra` (plain data, e.g. a vocabulary) is
+    saved in every checkpoint beside the training state; `count(x, y)` is how many `unit`s a batch
+    holds (images, tokens), for the rate.
     """
-    start, step, best, history = 0, 0, None, []
+    start, step, history = 0, 0, []
+    best, best_epoch, best_state, bad_epochs, stopped = None, 0, None, 0, False
     failed: list[BaseException] = []  # the first error of `log`: raised after the epoch's checkpoint
 
     def log_once(metrics: dict, at: int) -> None:
@@ -93,20 +140,41 @@ def fit(
             log(metrics, at)
         except Exception as exc:
             failed.append(exc)
+
+    base_lrs = [group["lr"] for group in optimizer.param_groups]
+    total_steps = epochs * steps_per_epoch
+    warmup_steps = round(warmup_epochs * steps_per_epoch)
+    if (schedule != "constant" or warmup_steps) and not steps_per_epoch:
+        raise ValueError("a learning-rate schedule needs steps_per_epoch")
+
+    def set_lr(at: int) -> None:
+        factor = lr_factor(schedule, at, total_steps, warmup_steps)
+        for group, base in zip(optimizer.param_groups, base_lrs):
+            group["lr"] = base * factor
+
     saved = load_matching(checkpoint, fingerprint) if checkpoint else None
+    if saved is not None and "best_model" not in saved:
+        print(f"checkpoint {checkpoint} is from a version without best-epoch keeping; training starts fresh", flush=True)
+        saved = None
     if saved is not None:
         distributed.unwrap(model).load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         set_rng_state(saved["rng"])
         start, step, best, history = saved["epoch"], saved["step"], saved["best"], saved["history"]
+        best_epoch, best_state = saved["best_epoch"], saved["best_model"]
+        bad_epochs, stopped = saved["bad_epochs"], saved["stopped_early"]
         if distributed.is_main():
-            print(f"{desc}: resumed from {checkpoint} after epoch {start}", flush=True)
+            print(f"{desc}: resumed from {checkpoint} after epoch {start}" + (" (it had stopped early)" if stopped else ""),
+                  flush=True)
     for epoch in range(start, epochs):
+        if stopped:
+            break
         model.train()
         began, seen, loss_sum, window_sum, window_n, norms = time.perf_counter(), 0, 0.0, 0.0, 0, []
         bar = tqdm(batches(epoch), desc=f"{desc} epoch {epoch + 1}/{epochs}", unit="batch", leave=False,
-                   disable=not distributed.is_main())  # the epoch's summary line is printed below
+                   total=steps_per_epoch or None, disable=not distributed.is_main())  # the epoch's summary line is printed below
         for x, y in bar:
+            set_lr(step)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 _, loss = model(x, y)
             optimizer.zero_grad(set_to_none=True)
@@ -120,7 +188,7 @@ def fit(
             window_sum, window_n = window_sum + loss.detach(), window_n + 1
             if step % log_every == 0:  # one host sync per window, not per step
                 window = _mean_over_ranks(window_sum, window_n)
-                log_once({"train/loss": window}, step)
+                log_once({"train/loss": window, "lr": optimizer.param_groups[0]["lr"]}, step)
                 rate = float(seen) * distributed.world() / (time.perf_counter() - began)
                 bar.set_postfix_str(f"loss {window:.4f}, {rate:.0f} {unit}/s")
                 window_sum, window_n = 0.0, 0
@@ -134,8 +202,13 @@ def fit(
             metrics["train/grad_norm"] = float(torch.stack(norms).mean()) if norms else 0.0
         model.eval()
         metrics.update(evaluate(model, epoch + 1))
-        if best is None or (metrics[best_metric] > best if higher_is_better else metrics[best_metric] < best):
-            best = metrics[best_metric]
+        value = metrics[best_metric]
+        if best is None or (value > best + min_delta if higher_is_better else value < best - min_delta):
+            best, best_epoch, bad_epochs = value, epoch + 1, 0
+            best_state = {k: v.detach().clone() for k, v in distributed.unwrap(model).state_dict().items()}
+        else:
+            bad_epochs += 1
+        stopped = bool(patience) and bad_epochs >= patience
         history.append({"epoch": epoch + 1, **metrics})
         if distributed.is_main():
             summary = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k.startswith("val/"))
@@ -143,8 +216,14 @@ def fit(
             if checkpoint:
                 save(checkpoint, model=distributed.unwrap(model).state_dict(), optimizer=optimizer.state_dict(),
                      model_args=model_args or {}, epoch=epoch + 1, step=step, rng=rng_state(), best=best,
+                     best_epoch=best_epoch, best_model=best_state, bad_epochs=bad_epochs, stopped_early=stopped,
                      history=history, fingerprint=fingerprint, **(extra or {}))
         log_once(metrics, step)
         if failed:
             raise failed[0]
-    return history
+        if stopped and distributed.is_main():
+            print(f"{desc}: stopped early after epoch {epoch + 1}: {best_metric} has not improved by more than "
+                  f"{min_delta:g} for {patience} epochs; keeping epoch {best_epoch} ({best_metric} {best:.4g})", flush=True)
+    if best_state is not None:
+        distributed.unwrap(model).load_state_dict(best_state)
+    return Fitted(history, best_epoch, best if best is not None else float("nan"), stopped)

@@ -109,10 +109,12 @@ def evaluate_lms(args, p: dict, device: torch.device) -> list[dict]:
         model.to(device)
         _, heldout = split_tail(torch.tensor(vocab.encode(corpus)), p["val_fraction"])
         history = saved["history"]
+        best_epoch = saved.get("best_epoch", history[-1]["epoch"])  # files from before best-epoch keeping hold the last
+        kept = next(r for r in history if r["epoch"] == best_epoch)
         rows.append({"variant": path.stem, "cell": saved["model_args"]["cell"], "layers": saved["model_args"]["num_layers"],
-                     "impl": saved["model_args"]["impl"], "epochs": history[-1]["epoch"],
-                     "train_ppl": history[-1]["train/ppl"], "test_ppl": perplexity(model, heldout, p["num_steps"], device),
-                     "best_val_ppl": min(r["val/ppl"] for r in history),
+                     "impl": saved["model_args"]["impl"], "epochs_run": history[-1]["epoch"], "kept_epoch": best_epoch,
+                     "train_ppl": kept["train/ppl"], "kept_val_ppl": kept["val/ppl"],
+                     "test_ppl": perplexity(model, heldout, p["num_steps"], device),
                      "sample": generate(model, vocab, p["prefix"], p["sample_chars"]), "run_id": saved.get("mlflow_run_id", "")})
     if not rows:
         raise PrimerError(f"{args.lm_models} holds no language models (*.pt); run the train_lm stages first.")

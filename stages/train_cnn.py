@@ -2,10 +2,12 @@
 
 train_cnn.model.arch 'primer' is the primer's CNNmodel (width 16 gives its 16-32-64-128 channels);
 'resnet' is a stronger from-scratch residual net. Optimizer, learning rate, epochs, batch size,
-gradient clipping, bf16 autocast and channels_last come from train_cnn; the augmentation policy and
-image sizes from augment. Writes the final model (a plain dict: state, model args, classes), metrics
-JSON, per-epoch curves (CSV for DVC plots, and a PNG) and logs them, the model and system metrics
-to MLflow. A checkpoint goes to --checkpoint every epoch, outside DVC's outputs so that `dvc repro`
+gradient clipping, bf16 autocast, channels_last, the lr schedule (constant, cosine or onecycle, with
+warmup) and early stopping (patience epochs without a val/acc gain above min_delta; 0 = off) come
+from train_cnn; the augmentation policy and image sizes from augment. Writes the model of the best
+epoch by val/acc (a plain dict: state, model args, classes), metrics JSON (the kept epoch's, with
+best/epoch), per-epoch curves (CSV for DVC plots, and a PNG marking the kept epoch) and logs them,
+the model and system metrics to MLflow. A checkpoint goes to --checkpoint every epoch, outside DVC's outputs so that `dvc repro`
 never deletes it: a killed run resumes from it; one made for other params or data is ignored.
 Several processes (DDP): set train_cnn.nproc (the stage relaunches itself under torchrun), or run
 `torchrun --nproc_per_node N stages/train_cnn.py ...` yourself. Only rank 0 logs and writes.
@@ -28,11 +30,11 @@ from primer.augment_policy import AugmentPolicy, augment_schema, check_augment
 from primer.batch_augment import eval_batch
 from primer.checkpoint import fingerprint
 from primer.curves import plot_history, write_history_csv
-from primer.image_batches import data_identity, eval_batches, evaluate_binary, load_arrays, train_batches
+from primer.image_batches import data_identity, eval_batches, evaluate_binary, load_arrays, train_batches, train_steps
 from primer.models.cnn import ARCHS, ProbabilityHead, build_cnn
 from primer.params import choice, flag, integer, number
 from primer.stage import add_training_outputs, cli, load_checked, open_stage, stage_parser
-from primer.train import OPTIMIZERS, fit, make_optimizer, pick_device, use_bf16
+from primer.train import FIT_KEYS, OPTIMIZERS, check_fit_params, fit, fit_schema, make_optimizer, pick_device, use_bf16
 
 SCHEMA = {
     "seed": integer(0),
@@ -50,6 +52,7 @@ SCHEMA = {
         "log_every": integer(1),
         "nproc": integer(1, 256),
         "device": choice("auto", "cpu", "cuda"),
+        **fit_schema(),
     },
 }
 
@@ -68,6 +71,7 @@ def save_model(path: Path, model: torch.nn.Module, model_args: dict, classes: li
 
 def check_params(params: dict) -> None:
     check_augment(params["augment"])
+    check_fit_params(params["train_cnn"], "train_cnn")
     pick_device(params["train_cnn"]["device"], "train_cnn.device")
 
 
@@ -108,7 +112,7 @@ def train(args, params: dict, run, device: torch.device) -> None:
     optimizer = make_optimizer(net, p["optimizer"], p["lr"], p["weight_decay"])
     bf16 = use_bf16(device, p["bf16"])
     run.set_tags({"bf16": bf16, "world_size": distributed.world()})
-    history = fit(
+    fitted = fit(
         net, optimizer,
         batches=partial(_train_epoch, train_x, train_y, p, policy, seed, device),
         evaluate=lambda _model, _epoch: evaluate_binary(model, eval_batches(val_x, val_y, p["batch_size"], device, p["channels_last"]), bf16, device),
@@ -117,22 +121,25 @@ def train(args, params: dict, run, device: torch.device) -> None:
         fingerprint=fingerprint(model=p["model"], train=p, augment=aug, seed=seed, data=data_identity(args.arrays),
                                 world=distributed.world()),
         model_args=p["model"], log=run.log_metrics, log_every=p["log_every"],
-        best_metric="val/acc", higher_is_better=True, unit="img", desc="train_cnn",
+        best_metric="val/acc", higher_is_better=True, **{k: p[k] for k in FIT_KEYS},
+        steps_per_epoch=train_steps(len(train_x), p["batch_size"]), unit="img", desc="train_cnn",
     )
     if not distributed.is_main():
         return
-    final = history[-1]
+    history = fitted.history
     classes = data["meta"]["classes"]
-    save_model(args.model, model, p["model"], classes, history, run.run_id or "")
-    summary = {k: v for k, v in final.items() if k != "epoch"} | {"epochs": final["epoch"], "best/val_acc": max(r["val/acc"] for r in history)}
+    save_model(args.model, model, p["model"], classes, history, run.run_id or "")  # the best epoch's weights
+    summary = fitted.summary("val/acc")
     write_text(args.metrics, json.dumps(summary, indent=2) + "\n")
+    fitted.log_to(run, "val/acc")
     write_history_csv(history, args.curves)
-    figure = plot_history(history, args.curves_png, f"train_cnn ({p['model']['arch']})")
+    figure = plot_history(history, args.curves_png, f"train_cnn ({p['model']['arch']})", best_epoch=fitted.best_epoch,
+                          stopped=fitted.stopped_early)
     run.log_figure(figure, "training_curves.png")
     run.log_artifact(args.curves)
     example = val_x[:2].cpu()
     run.log_pytorch_model(ProbabilityHead(model.float().cpu()).eval(), eval_batch(example).numpy())
-    print(f"train_cnn: val/acc {final['val/acc']:.4f} after {final['epoch']} epochs -> {args.model}", flush=True)
+    print(f"train_cnn: kept epoch {fitted.best_epoch} of {summary['epochs']} (val/acc {fitted.best:.4f}) -> {args.model}", flush=True)
 
 
 def _train_epoch(images, labels, p, policy, seed, device, epoch):

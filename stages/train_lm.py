@@ -3,7 +3,9 @@
 A variant names its model (`cell` rnn | lstm | gru, `num_hiddens`, `num_layers`, `impl` scratch |
 fused) and its SGD learning rate; the rest is shared: batch size and steps per subsequence (32 x 35
 as d2l), random or sequential minibatches, gradient clipping (the primer's remedy for exploding
-gradients), epochs. The tail `val_fraction` of the book is held out for validation perplexity. Every
+gradients), epochs, the lr schedule and early stopping (`patience` epochs without a val/ppl drop of
+more than `min_delta`). The tail `val_fraction` of the book is held out for validation perplexity;
+the model of the epoch with the lowest val/ppl is the one written. Every
 `sample_every` epochs the model continues `prefix` for `sample_chars` characters, logged as text.
 The vocabulary (derived from the corpus) is saved with the model and every checkpoint; a killed run
 resumes from --checkpoint. Each variant is one MLflow run, with the same metric names for all, so the
@@ -27,8 +29,8 @@ from primer.errors import PrimerError
 from primer.models.rnn import RNNLM, generate, perplexity
 from primer.params import choice, each_of, integer, number, text
 from primer.stage import add_training_outputs, cli, open_stage, stage_parser
-from primer.text import Vocab, load_corpus, seq_data_iter_random, seq_data_iter_sequential, split_tail
-from primer.train import fit, make_optimizer, pick_device
+from primer.text import Vocab, load_corpus, num_batches, seq_data_iter_random, seq_data_iter_sequential, split_tail
+from primer.train import FIT_KEYS, check_fit_params, fit, fit_schema, make_optimizer, pick_device
 
 VARIANT = {
     "model": {"cell": choice("rnn", "lstm", "gru"), "num_hiddens": integer(1, 8192), "num_layers": integer(1, 16),
@@ -49,6 +51,7 @@ SCHEMA = {
         "prefix": text(),
         "log_every": integer(1),
         "device": choice("auto", "cpu", "cuda"),
+        **fit_schema(),
         "variants": each_of(VARIANT),
     },
 }
@@ -85,9 +88,13 @@ def main(argv: list[str] | None = None) -> None:
         train(args, params, run, corpus)
 
 
+KEPT = ("train/ppl", "val/ppl", "train/tok_per_s", "epochs", "best/epoch", "best/val_ppl", "stopped_early")
+
+
 def check_params(variant: str, corpus_file: Path, corpus_chars: int, params: dict) -> None:
     """The variant exists, the device too, and the corpus is long enough for these params."""
     p = params["train_lm"]
+    check_fit_params(p, "train_lm")
     if variant not in p["variants"]:
         raise PrimerError(f"no variant '{variant}' under 'train_lm.variants' (have: {', '.join(p['variants'])}); "
                           "add it or pick one of those.")
@@ -124,29 +131,33 @@ def train(args, params: dict, run, corpus: str) -> None:
             metrics = {**metrics, "train/ppl": math.exp(metrics["train/epoch_loss"])}
         run.log_metrics(metrics, step)
 
-    history = fit(
+    steps = num_batches(len(train_ids), p["batch_size"], p["num_steps"], p["sampling"] == "sequential")
+    fitted = fit(
         model, optimizer, batches_for(model, train_ids, p, seed, device), evaluate, p["epochs"],
         device=device, grad_clip=p["grad_clip"], checkpoint=args.checkpoint,
         fingerprint=fingerprint(model=model_args, variant=variant, train={k: v for k, v in p.items() if k != "variants"},
                                 seed=seed, vocab=vocab.idx_to_token, chars=len(ids)),
         model_args=model_args, extra={"vocab": vocab.idx_to_token}, log=log, log_every=p["log_every"],
-        best_metric="val/ppl", higher_is_better=False, count=lambda x, y: x.numel(), unit="tok", desc=f"train_lm@{args.variant}",
+        best_metric="val/ppl", higher_is_better=False, **{k: p[k] for k in FIT_KEYS}, steps_per_epoch=steps,
+        count=lambda x, y: x.numel(), unit="tok", desc=f"train_lm@{args.variant}",
     )
+    history = fitted.history
     for row in history:
         row["train/ppl"] = math.exp(row["train/epoch_loss"])
-    final = history[-1]
-    with atomic_path(args.model) as tmp:
+    with atomic_path(args.model) as tmp:  # the best epoch's weights: fit left them in the model
         torch.save({"model": model.state_dict(), "model_args": model_args, "vocab": vocab.idx_to_token, "history": history,
-                    "mlflow_run_id": run.run_id or ""}, tmp)
+                    "best_epoch": fitted.best_epoch, "mlflow_run_id": run.run_id or ""}, tmp)
     sample = generate(model, vocab, p["prefix"], p["sample_chars"])
-    summary = {"train/ppl": final["train/ppl"], "val/ppl": final["val/ppl"], "best/val_ppl": min(r["val/ppl"] for r in history),
-               "train/tok_per_s": final["train/tok_per_s"], "epochs": final["epoch"], "sample": sample}
+    summary = {k: v for k, v in fitted.summary("val/ppl").items() if k in KEPT} | {"sample": sample}
     write_text(args.metrics, json.dumps(summary, indent=2) + "\n")
+    fitted.log_to(run, "val/ppl")
     write_history_csv(history, args.curves)
-    figure = plot_history(history, args.curves_png, f"train_lm@{args.variant}", {"perplexity": ["train/ppl", "val/ppl"]})
+    figure = plot_history(history, args.curves_png, f"train_lm@{args.variant}", {"perplexity": ["train/ppl", "val/ppl"]},
+                          best_epoch=fitted.best_epoch, stopped=fitted.stopped_early)
     run.log_figure(figure, "perplexity.png")
     run.log_artifact(args.curves)
-    print(f"train_lm@{args.variant}: train ppl {final['train/ppl']:.2f}, val ppl {final['val/ppl']:.2f}; {sample!r}", flush=True)
+    print(f"train_lm@{args.variant}: kept epoch {fitted.best_epoch} of {summary['epochs']}: train ppl {summary['train/ppl']:.2f}, "
+          f"val ppl {summary['val/ppl']:.2f}; {sample!r}", flush=True)
 
 
 if __name__ == "__main__":

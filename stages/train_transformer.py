@@ -29,7 +29,7 @@ from primer.params import choice, flag, integer, number, text
 from primer.sentence_pairs import BOS, EOS, PAD, load_translation_data
 from primer.stage import add_training_outputs, cli, open_stage, stage_parser
 from primer.table import write_table
-from primer.train import fit, make_optimizer, pick_device, use_bf16
+from primer.train import FIT_KEYS, check_fit_params, fit, fit_schema, make_optimizer, pick_device, use_bf16
 from primer.translation_eval import attention_maps, d2l_examples, mean_token_loss, test_bleu
 
 SCHEMA = {
@@ -50,6 +50,7 @@ SCHEMA = {
         "beam_size": integer(1, 64),
         "examples": integer(0, 10_000),
         "attention_sentence": text(),
+        **fit_schema(),
         "model": {
             "num_hiddens": integer(2, 16384),
             "num_heads": integer(1, 256),
@@ -91,6 +92,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def check_params(params: dict) -> None:
     p = params["train_transformer"]
+    check_fit_params(p, "train_transformer")
     m = p["model"]
     if m["num_hiddens"] % m["num_heads"]:
         raise PrimerError(f"'train_transformer.model.num_hiddens' ({m['num_hiddens']}) must be divisible by "
@@ -128,34 +130,37 @@ def train(args, params: dict, run) -> None:
         return {"val/loss": loss, "val/ppl": math.exp(min(loss, 50.0))}
 
     vocabs = {"src_vocab": data.src_vocab.idx_to_token, "tgt_vocab": tgt.idx_to_token}
-    history = fit(
+    metric = "val/loss" if len(val_src) else "train/epoch_loss"
+    fitted = fit(
         model, optimizer, shuffled_batches(train_src, train_tgt, p["batch_size"], seed, device), evaluate, p["epochs"],
         device=device, grad_clip=p["grad_clip"], bf16=bf16, checkpoint=args.checkpoint,
         fingerprint=fingerprint(model=model_args, train={k: v for k, v in p.items() if k not in ("model", "examples", "attention_sentence", "beam_size")},
                                 seed=seed, vocabs=vocabs, pairs=len(train_src)),
         model_args=model_args, extra=vocabs, log=run.log_metrics, log_every=p["log_every"],
-        best_metric="val/loss" if len(val_src) else "train/epoch_loss",
+        best_metric=metric, **{k: p[k] for k in FIT_KEYS}, steps_per_epoch=-(-len(train_src) // p["batch_size"]),
         count=lambda x, y: (y != pad).sum(), unit="tok", desc="train_transformer",
     )
-    with atomic_path(args.model) as tmp:
-        torch.save({"model": model.state_dict(), "model_args": model_args, **vocabs, "history": history,
-                    "mlflow_run_id": run.run_id or ""}, tmp)
+    with atomic_path(args.model) as tmp:  # the best epoch's weights: fit left them in the model
+        torch.save({"model": model.state_dict(), "model_args": model_args, **vocabs, "history": fitted.history,
+                    "best_epoch": fitted.best_epoch, "mlflow_run_id": run.run_id or ""}, tmp)
     run.log_artifact(args.model, "model")
-    report(args, p, model, data, history, device, run)
+    fitted.log_to(run, metric)
+    report(args, p, model, data, fitted, metric, device, run)
 
 
-def report(args, p: dict, model: Seq2SeqTransformer, data, history: list[dict], device: torch.device, run) -> None:
+def report(args, p: dict, model: Seq2SeqTransformer, data, fitted, metric: str, device: torch.device, run) -> None:
     """Test BLEU, d2l's four sentences, example translations, attention heatmaps, curves."""
-    steps, beam = p["num_steps"], p["beam_size"]
+    steps, beam, history = p["num_steps"], p["beam_size"], fitted.history
     bleu, rows = test_bleu(model, data.splits["test"], data.src_vocab, data.tgt_vocab, steps, beam, device)
     examples = d2l_examples(model, data.src_vocab, data.tgt_vocab, steps, beam, device)
-    final = history[-1]
+    kept = fitted.summary(metric)
     summary = {
-        "train/loss": final["train/epoch_loss"], "val/loss": final.get("val/loss"), "train/tok_per_s": final["train/tok_per_s"],
+        "train/loss": kept["train/epoch_loss"], "val/loss": kept.get("val/loss"), "train/tok_per_s": kept["train/tok_per_s"],
         "test/bleu": bleu, "test/sentences": len(rows), "d2l/bleu_k2_mean": sum(e["bleu_k2"] for e in examples) / len(examples),
-        "epochs": final["epoch"], "beam_size": beam, "d2l_examples": examples,
+        "epochs": kept["epochs"], "best/epoch": fitted.best_epoch, "stopped_early": fitted.stopped_early, "beam_size": beam,
+        "d2l_examples": examples,
     }
-    run.log_metrics({"test/bleu": bleu, "d2l/bleu_k2_mean": summary["d2l/bleu_k2_mean"]}, final["epoch"])
+    run.log_metrics({"test/bleu": bleu, "d2l/bleu_k2_mean": summary["d2l/bleu_k2_mean"]}, kept["epochs"])
     write_text(args.metrics, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     write_table(args.translations, rows[: p["examples"]], ["source", "translation", "references"])
     run.log_artifact(args.translations)
@@ -166,7 +171,8 @@ def report(args, p: dict, model: Seq2SeqTransformer, data, history: list[dict], 
         run.log_figure(figure, f"attention/{name}")
     write_history_csv(history, args.curves)
     panels = {"loss": [k for k in ("train/epoch_loss", "val/loss") if k in history[0]]}
-    run.log_figure(plot_history(history, args.curves_png, "train_transformer", panels), "curves.png")
+    run.log_figure(plot_history(history, args.curves_png, "train_transformer", panels, best_epoch=fitted.best_epoch,
+                                stopped=fitted.stopped_early), "curves.png")
     run.log_artifact(args.curves)
     for e in examples:
         print(f"train_transformer: {e['source']!r} => {e['translation']!r}, bleu {e['bleu_k2']:.3f}", flush=True)

@@ -74,7 +74,7 @@ def train_tiny(folder, epochs: int, checkpoint=None, batches_hook=None, seed: in
         model, optimizer, batches, lambda m, epoch: evaluate_binary(model, eval_batches(vx, vy, 8, device, True), False, device),
         epochs, device=device, checkpoint=checkpoint, fingerprint=fingerprint(seed=seed, epochs=epochs),
         model_args={"width": 8}, log=lambda m, s: logged.append((s, m)), log_every=2, best_metric="val/acc", higher_is_better=True,
-    )
+    ).history
     return history, logged, model
 
 

@@ -86,7 +86,7 @@ def lm_fit(tmp_path, epochs: int, checkpoint=None, hook=None, sampling: str = "s
     return fit(model, make_optimizer(model, "sgd", 1.0), interrupted,
                lambda m, e: {"val/ppl": perplexity(model, val_ids, p["num_steps"], torch.device("cpu"))}, epochs,
                device=torch.device("cpu"), grad_clip=1.0, checkpoint=checkpoint, fingerprint=fingerprint(e=epochs),
-               extra={"vocab": vocab.idx_to_token}, best_metric="val/ppl", count=lambda x, y: x.numel(), unit="tok")
+               extra={"vocab": vocab.idx_to_token}, best_metric="val/ppl", count=lambda x, y: x.numel(), unit="tok").history
 
 
 @pytest.mark.parametrize("sampling", ["random", "sequential"])

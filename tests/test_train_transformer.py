@@ -65,7 +65,7 @@ def fit_pairs(tmp_path, epochs, checkpoint=None, hook=None, dropout=0.0):
 
     history = fit(model, make_optimizer(model, "adam", 0.01), interrupted, lambda m, e: {}, epochs,
                   device=torch.device("cpu"), grad_clip=1.0, checkpoint=checkpoint, fingerprint=fingerprint(e=epochs),
-                  best_metric="train/epoch_loss", count=lambda x, y: (y != model.pad_id).sum(), unit="tok")
+                  best_metric="train/epoch_loss", count=lambda x, y: (y != model.pad_id).sum(), unit="tok").history
     return model, history, (src_vocab, tgt_vocab), (src, tgt), pairs
 
 

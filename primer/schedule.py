@@ -1,0 +1,50 @@
+"""Learning-rate schedules: the factor of the base lr at each optimizer step, as a pure function of the
+step, so that a resumed run picks up exactly where it stopped.
+
+- `constant`: the base lr (after the warmup);
+- `cosine`: cosine decay from the base lr to 0 over the steps after the warmup (PyTorch's
+  CosineAnnealingLR with eta_min 0);
+- `onecycle`: PyTorch's OneCycleLR with its defaults (cosine rise from base/25 to base over the warmup,
+  then cosine decay to base/25/1e4); it needs a warmup.
+
+The warmup of `constant` and `cosine` rises linearly: step k < W gets (k + 1) / (W + 1) of the base lr
+(PyTorch's LinearLR with start_factor 1 / (W + 1) over W steps).
+"""
+
+from __future__ import annotations
+
+import math
+
+from primer.errors import PrimerError
+
+SCHEDULES = ("constant", "cosine", "onecycle")
+ONECYCLE_DIV, ONECYCLE_FINAL_DIV = 25.0, 1e4  # torch.optim.lr_scheduler.OneCycleLR's defaults
+
+
+def check_schedule(kind: str, warmup_epochs: float, epochs: int, key: str) -> None:
+    """Params mistakes, before any work: `key` is the params section (e.g. 'train_cnn')."""
+    if warmup_epochs >= epochs:
+        raise PrimerError(f"'{key}.warmup_epochs' ({warmup_epochs:g}) must be below '{key}.epochs' ({epochs}); "
+                          "lower the warmup or train longer.")
+    if kind == "onecycle" and warmup_epochs <= 0:
+        raise PrimerError(f"'{key}.schedule' onecycle rises over the warmup, but '{key}.warmup_epochs' is 0; "
+                          "set it (e.g. 0.3 of the epochs) or pick cosine.")
+
+
+def _cos(start: float, end: float, pct: float) -> float:
+    return end + (start - end) / 2.0 * (math.cos(math.pi * pct) + 1)
+
+
+def lr_factor(kind: str, step: int, total_steps: int, warmup_steps: int) -> float:
+    """The multiple of the base lr for optimizer step `step` (0-based) of `total_steps`."""
+    if kind == "onecycle":
+        low = 1.0 / ONECYCLE_DIV
+        rise_end = float(warmup_steps) - 1  # OneCycleLR: pct_start * total_steps - 1
+        if step <= rise_end:
+            return _cos(low, 1.0, step / rise_end if rise_end > 0 else 1.0)
+        return _cos(1.0, low / ONECYCLE_FINAL_DIV, (step - rise_end) / (total_steps - 1 - rise_end))
+    if step < warmup_steps:
+        return (step + 1) / (warmup_steps + 1)
+    if kind == "cosine":
+        return _cos(1.0, 0.0, min(step - warmup_steps, total_steps - warmup_steps) / max(1, total_steps - warmup_steps))
+    return 1.0

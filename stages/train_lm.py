@@ -34,7 +34,7 @@ from primer.train import FIT_KEYS, check_fit_params, fit, fit_schema, make_optim
 
 VARIANT = {
     "model": {"cell": choice("rnn", "lstm", "gru"), "num_hiddens": integer(1, 8192), "num_layers": integer(1, 16),
-              "impl": choice("scratch", "fused")},
+              "impl": choice("scratch", "fused"), "dropout": number(0, 0.9)},
     "lr": number(1e-6, 100),
 }
 SCHEMA = {

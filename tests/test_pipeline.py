@@ -69,7 +69,7 @@ def pipeline(tmp_path_factory):
         p["train_lm"].update(epochs=2, batch_size=4, num_steps=8, sample_every=1, log_every=5)
         p["train_transformer"].update(epochs=2, batch_size=8, val_fraction=0.2, test_fraction=0.2, min_freq=1, beam_size=2)
         p["train_transformer"]["model"].update(num_hiddens=16, ffn_num_hiddens=32)
-        small = {"num_hiddens": 16, "num_layers": 1}
+        small = {"num_hiddens": 16, "num_layers": 1, "dropout": 0.0}
         p["train_lm"]["variants"] = {
             "lstm": {"model": {"cell": "lstm", "impl": "fused", **small}, "lr": 1.0},
             "gru": {"model": {"cell": "gru", "impl": "scratch", **small}, "lr": 1.0},

@@ -317,3 +317,22 @@ def test_a_few_sgd_steps_learn_a_repeated_pattern(impl, cell):
         losses.append(loss.item())
     assert losses[0] > 1.5 and losses[-1] < 0.5  # from about ln(5) to confident
     assert generate(model, vocab, "abc", 7) == "abcdeabcde"
+
+
+def test_dropout_between_layers_is_pytorchs_own_and_only_in_training():
+    torch.manual_seed(0)
+    model = RNNLM(10, "lstm", 16, 2, "fused", dropout=0.5)
+    reference = torch.nn.LSTM(10, 16, 2, batch_first=True, dropout=0.5)
+    reference.load_state_dict(model.rnn.state_dict())
+    x = torch.randint(0, 10, (3, 7))
+    model.eval()
+    reference.eval()
+    expected = model.head(reference(F.one_hot(x, 10).float())[0])
+    assert torch.allclose(model(x)[0].reshape(expected.shape), expected, atol=1e-6)  # eval: no dropout, same function
+    model.train()
+    torch.manual_seed(1)
+    a = model(x)[0]
+    torch.manual_seed(2)
+    assert not torch.allclose(a, model(x)[0])  # training: dropout between the two layers
+    with pytest.raises(PrimerError, match="impl 'scratch' has no dropout"):
+        RNNLM(10, "lstm", 16, 2, "scratch", dropout=0.5)

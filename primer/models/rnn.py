@@ -67,7 +67,7 @@ class RNNLM(nn.Module):
     """
 
     def __init__(self, vocab_size: int, cell: str = "lstm", num_hiddens: int = 256, num_layers: int = 1,
-                 impl: str = "fused"):
+                 impl: str = "fused", dropout: float = 0.0):
         super().__init__()
         if cell not in CELLS:
             raise PrimerError(f"RNNLM cell is {cell!r}; set it to one of {', '.join(CELLS)}.")
@@ -76,6 +76,8 @@ class RNNLM(nn.Module):
         if min(vocab_size, num_hiddens, num_layers) < 1:
             raise PrimerError(f"RNNLM needs vocab_size={vocab_size}, num_hiddens={num_hiddens} and "
                               f"num_layers={num_layers} all at least 1.")
+        if dropout and impl == "scratch":
+            raise PrimerError(f"RNNLM dropout is {dropout:g}, but impl 'scratch' has no dropout; use impl 'fused' or dropout 0.")
         self.vocab_size, self.cell, self.num_hiddens, self.num_layers, self.impl = (
             vocab_size, cell, num_hiddens, num_layers, impl)
         if impl == "scratch":
@@ -86,7 +88,8 @@ class RNNLM(nn.Module):
         else:
             layer = {"rnn": nn.RNN, "lstm": nn.LSTM, "gru": nn.GRU}[cell]
             extra = {"nonlinearity": "tanh"} if cell == "rnn" else {}
-            self.rnn = layer(vocab_size, num_hiddens, num_layers, batch_first=True, **extra)
+            # dropout on the outputs of each layer but the last (PyTorch's own), in training only
+            self.rnn = layer(vocab_size, num_hiddens, num_layers, batch_first=True, dropout=dropout, **extra)
             self.head = nn.Linear(num_hiddens, vocab_size)
         self.carry_state = False
         self.state: tuple | None = None

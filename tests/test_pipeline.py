@@ -71,8 +71,8 @@ def pipeline(tmp_path_factory):
         p["train_transformer"]["model"].update(num_hiddens=16, ffn_num_hiddens=32)
         small = {"num_hiddens": 16, "num_layers": 1, "dropout": 0.0}
         p["train_lm"]["variants"] = {
-            "lstm": {"model": {"cell": "lstm", "impl": "fused", **small}, "lr": 1.0},
-            "gru": {"model": {"cell": "gru", "impl": "scratch", **small}, "lr": 1.0},
+            "lstm": {"model": {"cell": "lstm", "impl": "fused", **small}, "lr": 1.0, "patience": 10},
+            "gru": {"model": {"cell": "gru", "impl": "scratch", **small}, "lr": 1.0, "patience": 0},
         }
 
     set_params(repo, tiny)

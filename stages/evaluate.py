@@ -1,8 +1,9 @@
 """Evaluate every trained model on held-out data and write one report of the whole run.
 
 CNN: test-split accuracy, precision, recall, ROC AUC, confusion matrix and a grid of misclassified
-test photos. Language models: perplexity of each final model on the held-out tail of the book (no
-checkpoint is picked by it, so it is a test set) and one sample each. Transformer: corpus BLEU on its
+test photos. Language models: perplexity of each kept model (its best epoch) on the held-out tail of
+the book and one sample each; that tail also picked the kept epoch, so the number is a validation
+figure, a little optimistic, not a test set. Transformer: corpus BLEU on its
 test split and example translations with attention maps. Writes metrics.json (DVC metrics), the
 confusion matrix as DVC's confusion-template CSV, and report.html: one self-contained page (images
 inlined) with the data summary, augmentation preview, curves and all of the above. Everything is

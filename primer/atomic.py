@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from primer.processes import process_alive
+
 
 def remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
@@ -23,22 +25,12 @@ def remove(path: Path) -> None:
         path.unlink()
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
-
-
 def remove_stale_temps(target: Path) -> list[Path]:
     """Remove the temp paths of `target` left by processes that are gone; returns what was removed."""
     removed = []
     for tmp in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
         pid = tmp.name[len(target.name) + 2 :].split(".", 1)[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not _pid_alive(int(pid)):
+        if pid.isdigit() and int(pid) != os.getpid() and not process_alive(int(pid)):
             remove(tmp)
             removed.append(tmp)
     return removed

@@ -27,6 +27,7 @@ from typing import Iterator
 
 from primer.errors import PrimerError
 from primer.params import flatten
+from primer.processes import process_alive, process_start
 
 DEFAULT_EXPERIMENT = "primer"
 PROBE_TIMEOUT_S = 5
@@ -146,26 +147,6 @@ def torch_device_name() -> str:
     if torch.cuda.is_available():
         return f"cuda:{torch.cuda.current_device()} ({torch.cuda.get_device_name()})"
     return "cpu"
-
-
-def process_start(pid: int) -> str:
-    """When process `pid` started (clock ticks since boot, from /proc), so that a reused pid is not
-    taken for the process that tagged a run; "" where /proc is missing or the process is gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return ""
-    return stat.rsplit(")", 1)[1].split()[19]  # field 22; the name in (...) may hold spaces
-
-
-def process_alive(pid: int, started: str) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by another user
-        pass
-    return not started or not Path("/proc").is_dir() or process_start(pid) == started
 
 
 def run_tags(stage: str) -> dict:

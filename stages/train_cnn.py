@@ -7,8 +7,9 @@ warmup) and early stopping (patience epochs without a val/acc gain above min_del
 from train_cnn; the augmentation policy and image sizes from augment. Writes the model of the best
 epoch by val/acc (a plain dict: state, model args, classes), metrics JSON (the kept epoch's, with
 best/epoch), per-epoch curves (CSV for DVC plots, and a PNG marking the kept epoch) and logs them,
-the model and system metrics to MLflow. A checkpoint goes to --checkpoint every epoch, outside DVC's outputs so that `dvc repro`
-never deletes it: a killed run resumes from it; one made for other params or data is ignored.
+the model and system metrics to MLflow. A checkpoint goes to --checkpoint every epoch, outside DVC's
+outputs so that `dvc repro` never deletes it: a killed run resumes from it; one made for other
+params or data is ignored.
 Several processes (DDP): set train_cnn.nproc (the stage relaunches itself under torchrun), or run
 `torchrun --nproc_per_node N stages/train_cnn.py ...` yourself. Only rank 0 logs and writes.
 """

@@ -4,8 +4,9 @@ A variant names its model (`cell` rnn | lstm | gru, `num_hiddens`, `num_layers`,
 fused) and its SGD learning rate; the rest is shared: batch size and steps per subsequence (32 x 35
 as d2l), random or sequential minibatches, gradient clipping (the primer's remedy for exploding
 gradients), epochs, the lr schedule and `min_delta`; each variant sets its own early stopping
-(`patience` epochs without a val/ppl drop of more than `min_delta`; 0 = off). The tail `val_fraction` of the book is held out for validation perplexity;
-the model of the epoch with the lowest val/ppl is the one written. Every
+(`patience` epochs without a val/ppl drop of more than `min_delta`; 0 = off). The tail `val_fraction`
+of the book is held out for validation perplexity; the model of the epoch with the lowest val/ppl is
+the one written. Every
 `sample_every` epochs the model continues `prefix` for `sample_chars` characters, logged as text.
 The vocabulary (derived from the corpus) is saved with the model and every checkpoint; a killed run
 resumes from --checkpoint. Each variant is one MLflow run, with the same metric names for all, so the

@@ -259,3 +259,13 @@ def test_checkpoint_that_is_not_a_pytorch_file_starts_fresh_without_weights_only
     assert load_matching(path, "abc") is None
     note = capsys.readouterr().out.strip()
     assert note == f"checkpoint {path} is unreadable (not a PyTorch file); training starts fresh"
+
+
+def test_missing_test_labels_npy_names_the_file_and_augment(tmp_path):
+    from primer.image_batches import data_identity
+
+    folder = write_tiny_arrays(tmp_path / "arrays")
+    (folder / "test_labels.npy").unlink()  # train_cnn fingerprints every split's labels, the test split's too
+    with pytest.raises(PrimerError) as err:
+        data_identity(folder)
+    _assert_one_sentence(str(err.value), folder / "test_labels.npy", "rerun `dvc repro augment`")

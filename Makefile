@@ -1,11 +1,12 @@
 # Two entry points on a fresh machine (see README.md):
 #   make repro   set up .venv from requirements.lock and run the pipeline (dvc repro)
 #   make test    set up .venv from requirements.lock + requirements-dev.lock and run the test suite
+#   make demo    set up .venv and run every stage once with the quick profile (about 15 min on 2 cores)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup test repro
+.PHONY: setup test repro demo
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	python3 -m venv $(VENV)
@@ -25,3 +26,6 @@ test: $(VENV)/.dev-installed
 
 repro: setup
 	PATH="$(abspath $(VENV))/bin:$$PATH" dvc repro
+
+demo: setup
+	PATH="$(abspath $(VENV))/bin:$$PATH" $(PY) -m primer.demo

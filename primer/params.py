@@ -236,9 +236,53 @@ def _expect(spec) -> str:
     return "a section" if isinstance(spec, (dict, EachOf, SomeOf)) else spec.describe()
 
 
+# `profile: quick` (what `make demo` sets for one run) lays the `quick` section over these sections.
+# Only stages whose dvc.yaml params list `profile` and `quick.<section>` may read them (tested).
+PROFILES = ("full", "quick")
+QUICK_SECTIONS = ("train_cnn", "train_lm", "train_transformer")
+
+
+def _overlay(base: dict, over: dict, where: str, file: str) -> dict:
+    """`base` with the keys of `over` replaced, section by section; a key `base` lacks is an error."""
+    out = dict(base)
+    for key, value in over.items():
+        name = f"{where}.{key}" if where else key
+        if key not in base:
+            raise PrimerError(f"{file}: 'quick.{name}' overrides '{name}', which the file does not have; "
+                              f"fix the name or remove it from 'quick'.")
+        if isinstance(value, dict) and isinstance(base[key], dict):
+            out[key] = _overlay(base[key], value, name, file)
+        else:
+            out[key] = value
+    return out
+
+
+def apply_profile(raw: dict, file: str) -> dict:
+    """The params as the run uses them: as written for `profile: full` (or no profile key), with the
+    `quick` section laid over them for `profile: quick`."""
+    profile = raw.get("profile", "full")
+    if profile not in PROFILES:
+        raise PrimerError(f"{file}: 'profile' is {profile!r}, but it must be one of {', '.join(PROFILES)}.")
+    quick = raw.get("quick", {})
+    if not isinstance(quick, dict):
+        raise PrimerError(f"{file}: 'quick' must be a mapping of sections, not {quick!r}.")
+    for section in quick:
+        if section not in QUICK_SECTIONS:
+            raise PrimerError(f"{file}: 'quick.{section}' is not allowed; the quick profile may change "
+                              f"{', '.join(QUICK_SECTIONS)} (the stages whose dvc.yaml params list it).")
+    if profile == "full":
+        return raw
+    return _overlay(raw, quick, "", file)
+
+
 def load_params(path: Path | str, schema: Schema) -> dict:
-    """Load the top-level keys that `schema` names from `path` and validate them."""
-    return validate(read_yaml(Path(path)), schema, "", str(path))
+    """Load the top-level keys that `schema` names from `path` (after its `profile`) and validate them.
+    A file that has a `profile` key gets it back too, for the stage's run to record."""
+    raw = apply_profile(read_yaml(Path(path)), str(path))
+    params = validate(raw, schema, "", str(path))
+    if "profile" in raw:
+        params["profile"] = raw["profile"]
+    return params
 
 
 def flatten(params: dict, prefix: str = "") -> dict:

@@ -13,6 +13,7 @@ body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; 
 h1 { margin-bottom: 0; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; margin-top: 2em; }
 table { border-collapse: collapse; margin: .5em 0; } td, th { border: 1px solid #ccc; padding: .25em .6em; text-align: left; }
 th { background: #f3f3f3; } img { max-width: 100%; border: 1px solid #eee; } .note { color: #666; }
+.banner { background: #fff4d6; border: 1px solid #e0b84c; padding: .6em 1em; margin: 1em 0; }
 """
 
 
@@ -44,10 +45,13 @@ def _fmt(value) -> str:
     return str(value)
 
 
-def write_report(path: Path | str, title: str, sections: list[tuple[str, str]]) -> None:
-    """sections: (heading, inner HTML) in page order; written atomically."""
+def write_report(path: Path | str, title: str, sections: list[tuple[str, str]], banner: str = "") -> None:
+    """sections: (heading, inner HTML) in page order; `banner` (text) is shown boxed under the title;
+    written atomically."""
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
              f"<style>{STYLE}</style></head><body><h1>{html.escape(title)}</h1>"]
+    if banner:
+        parts.append(f'<p class="banner" id="profile-banner">{html.escape(banner)}</p>')
     parts += [f"<h2>{html.escape(heading)}</h2>\n{inner}" for heading, inner in sections]
     parts.append("</body></html>\n")
     write_text(path, "\n".join(parts))

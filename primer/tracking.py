@@ -149,9 +149,10 @@ def torch_device_name() -> str:
     return "cpu"
 
 
-def run_tags(stage: str) -> dict:
+def run_tags(stage: str, profile: str = "full") -> dict:
     tags = {"stage": stage, "host": socket.gethostname(), "torch.device": torch_device_name(),
-            "primer.pid": str(os.getpid()), "primer.pid_start": process_start(os.getpid())}
+            "primer.pid": str(os.getpid()), "primer.pid_start": process_start(os.getpid()),
+            "primer.profile": profile}
     tags.update(git_state())
     if os.environ.get("DVC_EXP_NAME"):
         tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
@@ -263,9 +264,10 @@ def _start(stage: str, params: dict, system_metrics: bool):
         close_orphans(mlflow, experiment_id, stage)
         # The system-metrics thread's start/stop notes are noise, and a lost server is reported once, by the stage.
         logging.getLogger("mlflow.system_metrics").setLevel(logging.ERROR)
-        run = mlflow.start_run(experiment_id=experiment_id, run_name=stage, tags=run_tags(stage),
+        run = mlflow.start_run(experiment_id=experiment_id, run_name=stage,
+                               tags=run_tags(stage, params.get("profile", "full")),
                                log_system_metrics=system_metrics or None)
-        mlflow.log_params(flatten(params))
+        mlflow.log_params(flatten({k: v for k, v in params.items() if k != "profile"}))  # a tag, above
     except Exception as exc:  # MlflowException, or the database driver's own errors
         raise PrimerError(f"MLflow tracking at {uri} failed: {_first_line(exc)}; check MLFLOW_TRACKING_URI.") from None
     return mlflow, run.info.run_id, uri

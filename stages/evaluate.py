@@ -204,7 +204,16 @@ def write_html(args, params: dict, cnn: dict, lms: list[dict], tf: dict) -> None
          + image(args.plots / "attention_encoder.png", "encoder self-attention")
          + image(args.plots / "attention_cross.png", "decoder cross-attention")),
     ]
-    write_report(args.report, "primer: evaluation report", sections)
+    write_report(args.report, "primer: evaluation report", sections, banner=profile_banner(params.get("profile", "full")))
+
+
+def profile_banner(profile: str) -> str:
+    """The report's warning when its models were trained with the quick profile (`make demo`)."""
+    if profile != "quick":
+        return ""
+    return ("Quick profile (make demo): every stage ran on the real data, but training used the reduced "
+            "params of the 'quick' section of params.yaml, so these figures show that the pipeline works, "
+            "not what the models reach. Run `make repro` for the full params.")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -74,6 +75,7 @@ def pipeline(tmp_path_factory):
             "lstm": {"model": {"cell": "lstm", "impl": "fused", **small}, "lr": 1.0, "patience": 10},
             "gru": {"model": {"cell": "gru", "impl": "scratch", **small}, "lr": 1.0, "patience": 0},
         }
+        p["quick"] = {"train_cnn": {"epochs": 1}, "train_lm": {"epochs": 1}, "train_transformer": {"num_pairs": 40, "epochs": 1}}
 
     set_params(repo, tiny)
     env = {**venv_env(tmp), "PYTHONPATH": str(repo)}  # the copy's own primer package
@@ -162,4 +164,40 @@ def test_second_repro_runs_nothing_and_changes_rerun_only_what_they_affect(pipel
     assert ran(dvc(repo, env, "repro")) == ["train_transformer", "evaluate"]
     set_params(repo, lambda p: p["evaluate"].update(examples=3))
     assert ran(dvc(repo, env, "repro")) == ["evaluate"]
+    assert "up to date" in dvc(repo, env, "status")
+
+
+QUICK_STAGES = ["train_cnn", "train_lm@lstm", "train_lm@gru", "train_transformer", "evaluate"]
+
+
+def test_demo_runs_the_training_stages_with_the_quick_profile_and_full_repro_replaces_them(pipeline):
+    """`make demo` (python -m primer.demo): the same stages with the `quick` section laid over the
+    params, a banner in the report and a tag in MLflow; params.yaml is left as it was, so the next
+    `dvc repro` retrains at the full params and the banner goes."""
+    repo, env, _ = pipeline
+    params_text = (repo / "params.yaml").read_text()
+    result = subprocess.run([sys.executable, "-m", "primer.demo"], cwd=repo, env=env, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert ran(result.stdout) == QUICK_STAGES  # the data stages' outputs do not depend on the profile
+    assert "every stage ran with the quick profile" in result.stdout
+    assert (repo / "params.yaml").read_text() == params_text
+    assert 'id="profile-banner"' in (repo / "report.html").read_text()
+    assert json.loads((repo / "metrics/train_cnn.json").read_text())["epochs"] == 1
+    assert json.loads((repo / "metrics/lm/gru.json").read_text())["epochs"] == 1
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("primer").experiment_id], order_by=["start_time DESC"])
+    latest = {}
+    for run in runs:
+        latest.setdefault(run.info.run_name, run)
+    assert all(latest[s].data.tags["primer.profile"] == "quick" for s in QUICK_STAGES)
+    assert latest["train_transformer"].data.params["train_transformer.num_pairs"] == "40"
+    assert latest["split"].data.tags["primer.profile"] == "full"
+
+    status = dvc(repo, env, "status")
+    assert "train_cnn" in status and "split" not in status  # dvc.lock holds the quick params
+    full = dvc(repo, env, "repro")  # stages already run at these params come back from DVC's run cache
+    assert all(f"Running stage '{s}'" in full or f"Stage '{s}' is cached" in full for s in QUICK_STAGES), full
+    assert json.loads((repo / "metrics/train_cnn.json").read_text())["epochs"] == 2
+    assert "profile-banner" not in (repo / "report.html").read_text()
     assert "up to date" in dvc(repo, env, "status")

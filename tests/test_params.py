@@ -108,3 +108,26 @@ def test_named_variants_share_one_schema(tmp_path):
         load_params(write(tmp_path, {"v": {"a b": {"lr": 2, "layers": 1}}}), schema)
     with pytest.raises(PrimerError, match="'v' must be a mapping of names"):
         load_params(write(tmp_path, {"v": {}}), schema)
+
+
+def test_readme_resnet_recipe_is_valid_train_cnn_params(tmp_path):
+    """The README's `dvc exp run -S ...` line for arch resnet names real keys with valid values."""
+    import re
+
+    from stages import train_cnn
+
+    readme = (REPO / "README.md").read_text()
+    command = re.search(r"dvc exp run -S train_cnn\.model\.arch=resnet.*?(?=\n\s*```)", readme, re.S).group(0)
+    overrides = re.findall(r"-S (\S+)=(\S+)", command)
+    assert len(overrides) >= 8
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    for key, value in overrides:
+        section = params
+        *path, last = key.split(".")
+        for name in path:
+            section = section[name]
+        assert last in section, key
+        section[last] = yaml.safe_load(value)
+    loaded = load_params(write(tmp_path, params), train_cnn.SCHEMA)
+    train_cnn.check_params(loaded)
+    assert loaded["train_cnn"]["model"] == {"arch": "resnet", "width": 32}

@@ -58,15 +58,16 @@ def run_demo(dvc_args: list[str]) -> int:
         raise PrimerError(f"'{PARAMS}' not found; run `make demo` from the repository root.")
     original = PARAMS.read_text(encoding="utf-8")
     quick = with_profile(original, "quick")
-    signal.signal(signal.SIGTERM, _terminate)
+    previous = signal.signal(signal.SIGTERM, _terminate)  # `kill` ends the run like Ctrl-C: params put back
     start = time.monotonic()
     print("demo: params.yaml set to `profile: quick` for this run (put back when it ends); running dvc repro",
           flush=True)
-    write_text(PARAMS, quick)
     try:
+        write_text(PARAMS, quick)
         rc = subprocess.run(["dvc", "repro", *dvc_args]).returncode
     finally:
         write_text(PARAMS, original)
+        signal.signal(signal.SIGTERM, previous)
     minutes, seconds = divmod(round(time.monotonic() - start), 60)
     if rc == 0:
         print(f"demo: every stage ran with the quick profile in {minutes} min {seconds} s; report: "

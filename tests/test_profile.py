@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import stat
 from pathlib import Path
 
@@ -96,7 +97,7 @@ def fake_dvc(tmp_path: Path, body: str) -> dict:
     return {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
 
 
-@pytest.mark.parametrize("body, rc", [("exit 0", 0), ("exit 3", 3), ("kill -INT $PPID; sleep 5", 130)])
+@pytest.mark.parametrize("body, rc", [("exit 0", 0), ("exit 3", 3), ("kill -TERM $PPID; sleep 5", 130)])
 def test_demo_runs_dvc_repro_with_the_quick_profile_and_puts_params_back(tmp_path, monkeypatch, capsys, body, rc):
     text = (REPO / "params.yaml").read_text()
     (tmp_path / "params.yaml").write_text(text)
@@ -107,6 +108,7 @@ def test_demo_runs_dvc_repro_with_the_quick_profile_and_puts_params_back(tmp_pat
     assert demo.main(["--", "--force"]) == rc
     assert parse_yaml((tmp_path / "seen.yaml").read_text(), "seen")["profile"] == "quick"
     assert (tmp_path / "args.txt").read_text().split() == ["repro", "--force"]
-    assert (tmp_path / "params.yaml").read_text() == text  # byte for byte, also after a failure or ^C
+    assert (tmp_path / "params.yaml").read_text() == text  # byte for byte, also after a failure or a kill
+    assert signal.getsignal(signal.SIGTERM) is not demo._terminate  # the caller's handler is back
     if rc == 0:
         assert "report: report.html" in capsys.readouterr().out

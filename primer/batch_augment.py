@@ -8,8 +8,12 @@ as per-sample sampling grids (computed as torchvision computes them) for grid_sa
 conv2d. So they run on the GPU and keep the distributions of torchvision's transforms; the tests check
 the pixels against torchvision's functional ops and the parameter statistics against its transforms.
 
-Every random draw comes from the `generator` passed in, on the generator's device (the CPU in training),
-and is then moved to the images' device, so CPU and GPU see the same random stream. One difference from
+Every random draw comes from the `generator` passed in, on the host (a CPU generator, as in training), so
+CPU and GPU see the same random stream. The host also works out which samples take which colour step and
+which take a perspective (numpy, no device involved) and solves the perspective coefficients; then all
+of it goes to the images' device as one pinned buffer in one non-blocking copy. So a training step on a
+GPU never waits on the host: no `.item()`, no data-dependent shapes on the device, no per-tensor copies
+(tests/test_host_syncs.py checks it; constants are made once per device). One difference from
 the per-image pipeline: torchvision runs it on uint8 and rounds (or truncates) after each colour, blur
 and perspective step; here everything after the crop stays float32.
 """
@@ -17,11 +21,14 @@ and perspective step; here everything after the crop stays float32.
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from primer.augment_policy import AugmentPolicy
+from primer.host_sync import host_only
 
 MEAN = (0.485, 0.456, 0.406)  # ImageNet, as the primer's Normalize
 STD = (0.229, 0.224, 0.225)
@@ -36,6 +43,30 @@ def augment_batch(images: torch.Tensor, policy: AugmentPolicy, generator: torch.
 def eval_batch(images: torch.Tensor) -> torch.Tensor:
     """(B, H, W, 3) uint8 -> (B, 3, H, W) float32 normalized, no augmentation (val/test)."""
     return normalize(_to_unit(images))
+
+
+@lru_cache(maxsize=64)
+def _const(values: tuple, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """A constant tensor, made on `device` once and reused (a host-to-device copy per call otherwise)."""
+    return torch.tensor(values, dtype=dtype, device=device)
+
+
+def to_device(tensors: dict, device: torch.device) -> dict:
+    """{name: host tensor} on `device`: as they are when already there; else packed into one pinned host
+    buffer (8-byte aligned) and sent in one non-blocking copy, then viewed back as the same tensors."""
+    if all(t.device == device for t in tensors.values()):
+        return dict(tensors)
+    parts, offset = [], 0
+    with host_only():
+        for name, t in tensors.items():
+            raw = t.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
+            parts.append((name, t.dtype, t.shape, offset, raw))
+            offset += -(-raw.numel() // 8) * 8
+        buffer = torch.empty(max(offset, 8), dtype=torch.uint8, pin_memory=torch.cuda.is_available() and device.type == "cuda")
+        for _, _, _, start, raw in parts:
+            buffer[start:start + raw.numel()].copy_(raw)
+    sent = buffer.to(device, non_blocking=True)
+    return {name: sent[start:start + raw.numel()].view(dtype).view(shape) for name, dtype, shape, start, raw in parts}
 
 
 def _to_unit(x: torch.Tensor) -> torch.Tensor:
@@ -87,29 +118,40 @@ def perspective_endpoints(distortion: float, b: int, h: int, w: int, generator: 
     each corner moves inwards by up to int(distortion * half side) pixels along each axis."""
     bound_h, bound_w = int(distortion * (h // 2)) + 1, int(distortion * (w // 2)) + 1
     dx, dy = _randint(generator, bound_w, b, 4), _randint(generator, bound_h, b, 4)
-    x = torch.tensor([0, w - bound_w, w - bound_w, 0], device=dx.device) + dx
-    y = torch.tensor([0, 0, h - bound_h, h - bound_h], device=dy.device) + dy
+    x = _const((0, w - bound_w, w - bound_w, 0), dx.device, torch.long) + dx
+    y = _const((0, 0, h - bound_h, h - bound_h), dy.device, torch.long) + dy
     return torch.stack([x, y], dim=-1)
 
 
 def apply_params(images: torch.Tensor, policy: AugmentPolicy, p: dict) -> torch.Tensor:
-    """(B, H, W, 3) uint8 + sampled parameters -> (B, 3, c, c) float32 normalized.
+    """(B, H, W, 3) uint8 + sampled parameters (on the host) -> (B, 3, c, c) float32 normalized.
 
-    `p` stays where it was drawn to pick samples (no device sync); `on` holds its values on the images' device."""
+    What depends on the drawn values (which samples take which step) is decided on the host; the values
+    and those sample indices reach the images' device together in one copy (`to_device`)."""
     dev, (b, h, w, _) = images.device, images.shape
-    on = {k: v.to(dev) for k, v in p.items()}
+    p = {k: v.cpu() for k, v in p.items()}  # a no-op for draws made on the host, as in training
+    c = (policy.crop_size or h, policy.crop_size or w)
+    with host_only():  # decisions from the host's random numbers: numpy and host tensors, no device
+        send = {k: v for k, v in p.items() if k not in ("order", "perspective", "endpoints")}
+        factors = [p.get(k) for k in ("brightness", "contrast", "saturation", "hue")]
+        jitter = jitter_steps(p["order"], factors) if "order" in p else []
+        send.update({f"jitter{i}": torch.from_numpy(idx) for i, (_, idx) in enumerate(jitter)})
+        if "perspective" in p:
+            warped = torch.from_numpy(np.flatnonzero(p["perspective"].numpy()))
+            if len(warped):
+                send["warped"], send["coeffs"] = warped, perspective_coeffs(p["endpoints"][warped], *c)  # solved here
+    on = to_device(send, dev)
     top, left = (on["top"], on["left"]) if "top" in p else (torch.zeros(b, dtype=torch.long, device=dev),) * 2
-    x = crop_flip(images, top, left, policy.crop_size or h, policy.crop_size or w, on["hflip"], on["vflip"])
+    x = crop_flip(images, top, left, *c, on["hflip"], on["vflip"])
     x = _to_unit(x)  # (B, 3, c, c): float from here on, after the crop has dropped pixels
-    if "order" in p:
-        x = color_jitter(x, p["order"], [on.get(k) for k in ("brightness", "contrast", "saturation", "hue")])
+    if jitter:
+        steps = [(op_id, on[f"jitter{i}"]) for i, (op_id, _) in enumerate(jitter)]
+        x = _jitter(x, steps, [on.get(k) for k in ("brightness", "contrast", "saturation", "hue")])
     if "angle" in p:
         x = rotate(x, on["angle"])
-    if "perspective" in p and p["perspective"].any():
-        idx = p["perspective"].nonzero().squeeze(1)
-        coeffs = perspective_coeffs(p["endpoints"][idx], *x.shape[-2:]).to(dev)  # solved where drawn
-        idx = idx.to(dev)
-        x.index_copy_(0, idx, perspective(x.index_select(0, idx), coeffs))
+    if "warped" in on:
+        idx = on["warped"]
+        x.index_copy_(0, idx, perspective(x.index_select(0, idx), on["coeffs"]))
     if "sigma" in p:
         x = gaussian_blur(x, policy.blur_kernel, on["sigma"])
     if "cut_y" in p:
@@ -132,7 +174,7 @@ def crop_flip(images, top, left, ch: int, cw: int, hflip, vflip) -> torch.Tensor
 
 def normalize(x: torch.Tensor) -> torch.Tensor:
     """(B, 3, H, W) in [0, 1] -> ImageNet normalized, in place."""
-    mean, std = (torch.tensor(v, device=x.device).view(3, 1, 1) for v in (MEAN, STD))
+    mean, std = (_const(v, x.device).view(3, 1, 1) for v in (MEAN, STD))
     return x.sub_(mean).div_(std)
 
 
@@ -168,24 +210,39 @@ def hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     chroma = v - torch.minimum(torch.minimum(r, g), b)
     d = chroma.clamp_min(1e-30)  # greys: chroma 0 and numerators 0, so any hue gives v
     h6 = torch.where(v == r, (g - b) / d, torch.where(v == g, (b - r) / d + 2, (r - g) / d + 4))
-    k = h6.add_(6 * shift.view(-1, 1, 1)).unsqueeze(1) + torch.tensor([5.0, 3.0, 1.0], device=x.device).view(3, 1, 1)
+    k = h6.add_(6 * shift.view(-1, 1, 1)).unsqueeze(1) + _const((5.0, 3.0, 1.0), x.device).view(3, 1, 1)
     k = k.sub_(k.div(6).floor_().mul_(6))  # (B, 3, H, W) in [0, 6)
     return chroma.unsqueeze(1).mul(torch.minimum(k, 4 - k).clamp_(0, 1)).neg_().add_(v.unsqueeze(1))
+
+
+def jitter_steps(order: torch.Tensor, factors: list) -> list[tuple[int, np.ndarray]]:
+    """The colour steps in the order they run, from a host (B, 4) op order: (op id, the samples doing that
+    op in that slot), skipping ops that are off (`factors[op] is None`) and empty subsets."""
+    order, steps = order.cpu().numpy(), []
+    for slot in range(4):
+        for op_id, f in enumerate(factors):
+            idx = np.flatnonzero(order[:, slot] == op_id)
+            if f is not None and len(idx):
+                steps.append((op_id, idx))
+    return steps
 
 
 def color_jitter(x: torch.Tensor, order: torch.Tensor, factors: list) -> torch.Tensor:
     """ColorJitter with a per-sample op order (B, 4) over (brightness, contrast, saturation, hue);
     `factors` holds a (B,) tensor per op or None where the op is off."""
+    steps = [(op_id, torch.from_numpy(idx).to(x.device)) for op_id, idx in jitter_steps(order, factors)]
+    return _jitter(x, steps, factors)
+
+
+def _jitter(x: torch.Tensor, steps: list, factors: list) -> torch.Tensor:
+    """Each (op id, sample indices on x's device) in turn: the op on those samples, in place."""
     ops = (brightness, contrast, saturation, hue)
-    for slot in range(4):
-        for op_id, f in enumerate(factors):
-            if f is None:
-                continue
-            idx = (order[:, slot] == op_id).nonzero().squeeze(1).to(x.device)  # the samples doing this op now
-            if len(idx) == len(x):
-                x = ops[op_id](x, f)
-            elif len(idx):
-                x.index_copy_(0, idx, ops[op_id](x.index_select(0, idx), f[idx]))
+    for op_id, idx in steps:
+        f = factors[op_id]
+        if len(idx) == len(x):
+            x = ops[op_id](x, f)
+        else:
+            x.index_copy_(0, idx, ops[op_id](x.index_select(0, idx), f[idx]))
     return x
 
 
@@ -206,7 +263,7 @@ def rotate(x: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
     # as torchvision's _affine_grid: output pixel (x, y) from the centre samples the input at R(angle) (x, y),
     # scaled to grid_sample's [-1, 1] by 2 / w and 2 / h
     theta = torch.stack([cos, -sin, zero, sin, cos, zero], dim=1).view(-1, 2, 3).float()
-    theta = theta / torch.tensor([w / 2, h / 2], device=x.device).view(1, 2, 1)
+    theta = torch.stack([theta[:, 0] / (w / 2), theta[:, 1] / (h / 2)], dim=1)
     xs, ys = (torch.linspace((1 - n) / 2, (n - 1) / 2, n, device=x.device) for n in (w, h))
     return F.grid_sample(x, _grid(theta, xs, ys), mode="nearest", padding_mode="zeros", align_corners=False)
 
@@ -215,7 +272,7 @@ def perspective_coeffs(endpoints: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """(B, 4, 2) end corners -> (B, 8) coefficients mapping output pixels to input pixels, as torchvision's
     _get_perspective_coeffs (solved in float64, returned as float32)."""
     end = endpoints.double()
-    start = torch.tensor([[0, 0], [w - 1, 0], [w - 1, h - 1], [0, h - 1]], dtype=torch.float64, device=end.device)
+    start = _const(((0, 0), (w - 1, 0), (w - 1, h - 1), (0, h - 1)), end.device, torch.float64)
     ex, ey, one, zero = end[..., 0], end[..., 1], torch.ones_like(end[..., 0]), torch.zeros_like(end[..., 0])
     sx, sy = start[:, 0], start[:, 1]
     row_x = torch.stack([ex, ey, one, zero, zero, zero, -sx * ex, -sx * ey], dim=-1)  # (B, 4, 8)
@@ -229,7 +286,7 @@ def perspective(x: torch.Tensor, coeffs: torch.Tensor) -> torch.Tensor:
     """Per-sample homographies (B, 8) on (B, C, H, W), bilinear, fill 0, with torchvision's grid and fill mask."""
     b, c, h, w = x.shape
     # input pixel = (a x + b y + c, d x + e y + f) / (g x + h y + 1) at output pixel centres (x, y) = (i + 0.5, j + 0.5)
-    half = torch.tensor([w / 2, h / 2, 1.0], device=x.device).view(1, 3, 1)  # to [0, 2]; the -1 comes last
+    half = _const((w / 2, h / 2, 1.0), x.device).view(1, 3, 1)  # to [0, 2]; the -1 comes last
     theta = torch.cat([coeffs, torch.ones(b, 1, device=x.device)], dim=1).view(b, 3, 3) / half
     xyz = _grid(theta, torch.arange(w, device=x.device) + 0.5, torch.arange(h, device=x.device) + 0.5)  # (B, H, W, 3)
     grid = (xyz[..., :2] / xyz[..., 2:]).sub_(1.0)

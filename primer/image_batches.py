@@ -101,9 +101,14 @@ def train_batches(
     images: torch.Tensor, labels: torch.Tensor, batch_size: int, policy: AugmentPolicy, seed: int, epoch: int,
     device: torch.device, channels_last: bool,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Shuffled, augmented batches for one epoch; the same (seed, epoch) gives the same batches."""
+    """Shuffled, augmented batches for one epoch; the same (seed, epoch) gives the same batches.
+
+    The random draws happen on the host (one CPU generator, so every device sees the same stream); the
+    epoch's order and the labels move to the images' device once, so a step gathers its batch there and
+    waits on nothing (see primer.batch_augment for the augmentation parameters)."""
     generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    order = _shard(torch.randperm(len(images), generator=generator))
+    order = _shard(torch.randperm(len(images), generator=generator)).to(images.device)
+    labels = labels.to(images.device)
     per_rank = max(1, batch_size // distributed.world())  # the global batch stays `batch_size`
     for start in range(0, len(order), per_rank):
         index = order[start : start + per_rank]
@@ -116,7 +121,8 @@ def train_batches(
 def eval_batches(
     images: torch.Tensor, labels: torch.Tensor, batch_size: int, device: torch.device, channels_last: bool
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    order = torch.arange(len(images))[distributed.rank() :: distributed.world()]  # every image, once
+    order = torch.arange(len(images), device=images.device)[distributed.rank() :: distributed.world()]  # every image, once
+    labels = labels.to(images.device)
     for start in range(0, len(order), batch_size):
         index = order[start : start + batch_size]
         x = eval_batch(images[index].to(device, non_blocking=True))
@@ -135,7 +141,9 @@ def evaluate_binary(model: torch.nn.Module, batches, bf16: bool, device: torch.d
     for x, y in batches:
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             logits, loss = model(x, y)
-        sums += torch.stack([loss.float() * len(y), ((logits >= 0).long() == y).sum().float(), torch.tensor(float(len(y)), device=device)])
+        sums[0] += loss.float() * len(y)
+        sums[1] += ((logits >= 0).long() == y).sum()
+        sums[2] += len(y)
     sums = distributed.all_sum(sums)
     n = sums[2].clamp(min=1)
     return {f"{prefix}/loss": (sums[0] / n).item(), f"{prefix}/acc": (sums[1] / n).item()}

@@ -172,18 +172,7 @@ def seq_data_iter_random(corpus, batch_size: int, num_steps: int, generator: tor
     shifted by one token; the last incomplete batch is dropped. Consecutive batches are unrelated.
     """
     corpus = _as_ids(corpus)
-    _check_sizes(len(corpus), batch_size, num_steps, sequential=False)
-    return _random_batches(corpus, batch_size, num_steps, generator)
-
-
-def _random_batches(corpus, batch_size, num_steps, generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    corpus = corpus[_randint(num_steps, generator):]
-    num_subseqs = (len(corpus) - 1) // num_steps
-    starts = torch.randperm(num_subseqs, generator=generator) * num_steps  # (num_subseqs,)
-    steps = torch.arange(num_steps)  # (T,)
-    for b in range(num_subseqs // batch_size):
-        positions = starts[b * batch_size:(b + 1) * batch_size, None] + steps  # (B, T)
-        yield corpus[positions], corpus[positions + 1]
+    return gather_batches(corpus, epoch_positions(len(corpus), batch_size, num_steps, False, generator))
 
 
 def seq_data_iter_sequential(corpus, batch_size: int, num_steps: int, generator: torch.Generator | None = None):
@@ -194,15 +183,29 @@ def seq_data_iter_sequential(corpus, batch_size: int, num_steps: int, generator:
     This is what lets a model carry its hidden state from one batch to the next.
     """
     corpus = _as_ids(corpus)
-    _check_sizes(len(corpus), batch_size, num_steps, sequential=True)
-    return _sequential_batches(corpus, batch_size, num_steps, generator)
+    return gather_batches(corpus, epoch_positions(len(corpus), batch_size, num_steps, True, generator))
 
 
-def _sequential_batches(corpus, batch_size, num_steps, generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    offset = _randint(num_steps + 1, generator)
-    num_tokens = (len(corpus) - offset - 1) // batch_size * batch_size
-    xs = corpus[offset:offset + num_tokens].reshape(batch_size, -1)  # (B, N/B)
-    ys = corpus[offset + 1:offset + 1 + num_tokens].reshape(batch_size, -1)  # (B, N/B)
-    for b in range(xs.shape[1] // num_steps):
-        cols = slice(b * num_steps, (b + 1) * num_steps)
-        yield xs[:, cols], ys[:, cols]
+def epoch_positions(corpus_len: int, batch_size: int, num_steps: int, sequential: bool,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
+    """(batches, batch_size, num_steps) int64: the corpus positions of every X of one epoch, drawn now (Y reads
+    each position + 1). Moved to the corpus's device once, it lets a step gather its batch there."""
+    _check_sizes(corpus_len, batch_size, num_steps, sequential)
+    steps = torch.arange(num_steps)  # (T,)
+    if sequential:
+        offset = _randint(num_steps + 1, generator)
+        row_len = (corpus_len - offset - 1) // batch_size  # each of the batch_size rows is this long
+        rows = offset + torch.arange(batch_size) * row_len  # (B,)
+        starts = torch.arange(row_len // num_steps) * num_steps  # (nb,)
+        return rows[None, :, None] + starts[:, None, None] + steps  # (nb, B, T)
+    offset = _randint(num_steps, generator)
+    num_subseqs = (corpus_len - offset - 1) // num_steps
+    starts = offset + torch.randperm(num_subseqs, generator=generator) * num_steps  # (num_subseqs,)
+    nb = num_subseqs // batch_size
+    return starts[: nb * batch_size].view(nb, batch_size, 1) + steps  # (nb, B, T)
+
+
+def gather_batches(corpus: torch.Tensor, positions: torch.Tensor) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(X, Y) per batch of `positions` (see `epoch_positions`), gathered on the corpus's device."""
+    for pos in positions:
+        yield corpus[pos], corpus[pos + 1]

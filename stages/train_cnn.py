@@ -105,7 +105,7 @@ def train(args, params: dict, run, device: torch.device) -> None:
         print(f"train_cnn: note: training crops are {policy.crop_size} px, evaluation images {aug['eval_size']} px", flush=True)
     (train_x, train_y), (val_x, val_y) = data["train"], data["val"]
     if device.type == "cuda":  # uint8 on the GPU: 25,000 images take ~1.7 GB
-        train_x, val_x = train_x.to(device), val_x.to(device)
+        train_x, train_y, val_x, val_y = (t.to(device) for t in (train_x, train_y, val_x, val_y))
     model = build_cnn(**p["model"]).to(device)
     if p["channels_last"]:
         model = model.to(memory_format=torch.channels_last)

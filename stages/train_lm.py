@@ -30,7 +30,8 @@ from primer.errors import PrimerError
 from primer.models.rnn import RNNLM, generate, perplexity
 from primer.params import choice, each_of, integer, number, text
 from primer.stage import add_training_outputs, cli, open_stage, stage_parser
-from primer.text import Vocab, load_corpus, num_batches, seq_data_iter_random, seq_data_iter_sequential, split_tail
+from primer.text import (Vocab, epoch_positions, gather_batches, load_corpus, num_batches, seq_data_iter_random,
+                         seq_data_iter_sequential, split_tail)
 from primer.train import FIT_KEYS, check_fit_params, fit, fit_schema, make_optimizer, pick_device
 
 VARIANT = {
@@ -65,15 +66,18 @@ def sampler(p: dict):
 
 
 def batches_for(model: RNNLM, ids: torch.Tensor, p: dict, seed: int, device: torch.device):
-    """epoch -> (X, Y) minibatches on the device; sequential sampling carries the state across them."""
-    sequential, make = p["sampling"] == "sequential", sampler(p)
+    """epoch -> (X, Y) minibatches on the device; sequential sampling carries the state across them.
+
+    The corpus lives on the device; each epoch draws its positions on the host (d2l's samplers, seeded by
+    seed and epoch) and sends them over once, so every step gathers its batch on the device."""
+    sequential, on_device = p["sampling"] == "sequential", ids.to(device)
 
     def batches(epoch: int):
         model.reset_state()
         model.carry_state = sequential
         generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-        for x, y in make(ids, p["batch_size"], p["num_steps"], generator):
-            yield x.to(device), y.to(device)
+        positions = epoch_positions(len(ids), p["batch_size"], p["num_steps"], sequential, generator)
+        return gather_batches(on_device, positions.to(device))
 
     return batches
 

@@ -128,6 +128,11 @@ def test_decoder_block_equals_torch_decoder_layer():
     expected = theirs(x, memory, tgt_mask=future, memory_key_padding_mask=src == PAD)
     got = ours(x, memory, padding_mask(src, PAD), causal_mask(5, x.device))
     assert torch.allclose(got, expected, atol=1e-5)
+    # no mask tensor: SDPA's is_causal (what the decoder passes, so a GPU may use its flash kernel)
+    assert torch.allclose(ours(x, memory, padding_mask(src, PAD)), expected, atol=1e-5)
+    ours.self_attention.keep_weights = True  # the explicit path for heatmaps builds the same causal mask
+    assert torch.allclose(ours(x, memory, padding_mask(src, PAD)), expected, atol=1e-5)
+    assert torch.all(ours.self_attention.weights.triu(1) == 0)
 
 
 def test_shapes_and_loss_ignore_padding():

@@ -77,12 +77,15 @@ class MultiHeadAttention(nn.Module):
     def _heads(self, x: torch.Tensor) -> torch.Tensor:  # (B, T, d) -> (B, h, T, d/h)
         return x.unflatten(-1, (self.num_heads, -1)).transpose(1, 2)
 
-    def forward(self, queries, keys, values, mask=None):  # (B, Tq, d), (B, Tk, d) x2; mask broadcasts to (B, h, Tq, Tk)
+    def forward(self, queries, keys, values, mask=None, is_causal: bool = False):
+        """(B, Tq, d), (B, Tk, d) x2 -> (B, Tq, d). `mask` broadcasts to (B, h, Tq, Tk); `is_causal` (instead of a
+        mask) lets query t see keys <= t, which leaves SDPA free to pick its flash kernel on a GPU."""
         q, k, v = self._heads(self.W_q(queries)), self._heads(self.W_k(keys)), self._heads(self.W_v(values))
         if self.keep_weights:
-            out, self.weights = explicit_attention(q, k, v, mask)
+            out, self.weights = explicit_attention(q, k, v, causal_mask(q.shape[2], q.device) if is_causal else mask)
         else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
+                                                 is_causal=is_causal)
         return self.W_o(out.transpose(1, 2).flatten(2))  # (B, Tq, d)
 
 
@@ -132,8 +135,8 @@ class DecoderBlock(nn.Module):
         self.ffn = PositionWiseFFN(num_hiddens, ffn_num_hiddens, dropout)
         self.addnorm3 = AddNorm(num_hiddens, dropout)
 
-    def forward(self, x, memory, src_mask, tgt_mask):  # x: (B, T, d); memory: (B, S, d); tgt_mask: (T, T)
-        y = self.addnorm1(x, self.self_attention(x, x, x, tgt_mask))
+    def forward(self, x, memory, src_mask, tgt_mask=None):  # x: (B, T, d); memory: (B, S, d); tgt_mask: (T, T) or causal
+        y = self.addnorm1(x, self.self_attention(x, x, x, tgt_mask, is_causal=tgt_mask is None))
         z = self.addnorm2(y, self.cross_attention(y, memory, memory, src_mask))
         return self.addnorm3(z, self.ffn(z))
 
@@ -164,9 +167,8 @@ class TransformerDecoder(nn.Module):
 
     def forward(self, tgt_in, memory, src_mask):  # tgt_in: (B, T) ids -> logits (B, T, V)
         x = self.pos_encoding(self.embedding(tgt_in) * math.sqrt(self.num_hiddens))
-        mask = causal_mask(tgt_in.shape[1], tgt_in.device)
-        for block in self.blocks:
-            x = block(x, memory, src_mask, mask)
+        for block in self.blocks:  # causal self-attention: is_causal, no mask tensor
+            x = block(x, memory, src_mask)
         return self.dense(x)
 
 

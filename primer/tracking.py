@@ -19,8 +19,10 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -44,8 +46,13 @@ class TrackingLost(PrimerError):
 class StageRun:
     """What a stage logs to; every method is a no-op when tracking is off.
 
-    A store that fails mid-stage raises `TrackingLost` (one sentence naming the URI) from the call
-    that met it; the run is then left for the next start of the stage to close.
+    Metrics are queued and written by one background thread, in order and one batch per call, so that a
+    training loop never waits on the store (a call to SQLite takes ~20 ms, to a server a round trip);
+    `flush()` waits for the queue, and every other call (artifacts, tags, the end of the run) flushes
+    first, so the store sees everything in the order it was logged and only one thread writes at a time.
+    A store that fails mid-stage raises `TrackingLost` (one sentence naming the URI) from the call that
+    met it, or for a queued write from the next call or flush; the run is then left for the next start of
+    the stage to close.
     """
 
     def __init__(self, mlflow_module=None, run_id: str | None = None, uri: str = ""):
@@ -53,28 +60,75 @@ class StageRun:
         self.run_id = run_id
         self.uri = uri
         self.lost = False
+        self._queue: ThreadPoolExecutor | None = None
+        self._pending: list[Future] = []
+        self._failure: str | None = None
+        self._client = None
 
     @property
     def enabled(self) -> bool:
         return self._mlflow is not None
 
+    def _raise_if_lost(self) -> None:
+        if self._failure is not None:
+            reason, self._failure = self._failure, None
+            raise TrackingLost(self._lost_message(reason))
+        if self.lost:
+            raise TrackingLost(self._lost_message("it already failed once"))
+
     def _call(self, method: str, /, *args, **kwargs) -> None:
         if not self._mlflow:
             return
-        if self.lost:
-            raise TrackingLost(self._lost_message("it already failed once"))
+        self.flush()
         try:
             operator.attrgetter(method)(self._mlflow)(*args, **kwargs)
         except Exception as exc:  # MlflowException, requests' or the database driver's errors
             self.lost = True
             raise TrackingLost(self._lost_message(_short_reason(exc))) from None
 
+    def _write_metrics(self, metrics: dict, step: int, timestamp: int) -> None:
+        """On the queue's thread: one batch, unless an earlier write already failed."""
+        if self.lost:
+            return
+        from mlflow.entities import Metric
+
+        try:
+            self._client = self._client or self._mlflow.MlflowClient()
+            self._client.log_batch(self.run_id, [Metric(k, v, timestamp, step) for k, v in metrics.items()])
+        except Exception as exc:
+            self.lost, self._failure = True, _short_reason(exc)
+
+    def flush(self) -> None:
+        """Wait until every queued metric is in the store; raise `TrackingLost` if a write failed."""
+        pending, self._pending = self._pending, []
+        for future in pending:
+            future.result()
+        self._raise_if_lost()
+
+    def close(self) -> None:
+        """Flush what can still be written (quietly: the run's end reports a lost store) and stop the thread."""
+        try:
+            self.flush()
+        except TrackingLost:
+            pass
+        if self._queue is not None:
+            self._queue.shutdown(wait=True)
+            self._queue = None
+
     def _lost_message(self, reason: str) -> str:
         return (f"MLflow tracking at {self.uri} stopped answering mid-stage ({reason}); start it again and rerun "
                 "the stage (training resumes from its last checkpoint), or unset MLFLOW_TRACKING_URI.")
 
     def log_metrics(self, metrics: dict, step: int | None = None) -> None:
-        self._call("log_metrics", {k: float(v) for k, v in metrics.items()}, step=step)
+        """Queue the metrics (values turned into floats now) at `step` (0 when None) with the current time."""
+        if not self._mlflow:
+            return
+        self._raise_if_lost()
+        values = {k: float(v) for k, v in metrics.items()}
+        if self._queue is None:
+            self._queue = ThreadPoolExecutor(max_workers=1, thread_name_prefix="primer-tracking")
+        self._pending = [f for f in self._pending if not f.done()]
+        self._pending.append(self._queue.submit(self._write_metrics, values, step or 0, int(time.time() * 1000)))
 
     def log_artifact(self, path: Path | str, artifact_path: str | None = None) -> None:
         self._call("log_artifact", str(path), artifact_path)
@@ -299,6 +353,7 @@ def stage_run(stage: str, params: dict, system_metrics: bool = False) -> Iterato
 
 
 def _end(mlflow, tracked: StageRun, stage: str, status: str) -> None:
+    tracked.close()  # every queued metric is written before the run ends, also when the stage failed
     if tracked.lost:  # one quick try (it also stops the system-metrics thread), and no second message
         os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
         os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "2"

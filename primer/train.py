@@ -3,7 +3,8 @@
 Models honour `logits, loss = model(x, y)`; data comes from `batches(epoch)`, an iterable of
 (x, y) already on the device (so augmentation and sharding stay with the data, and a resumed
 epoch draws the same batches); validation comes from `evaluate(model, epoch) -> {"val/...": value}` (epoch counts from 1).
-Metrics go to `log(metrics, step)`, a plain function (MLflow's, or nothing). Checkpoints are written
+Metrics go to `log(metrics, step)`, a plain function (MLflow's, or nothing) that may queue them; `flush()`
+waits for the queue at each epoch's end. Checkpoints are written
 every epoch (the last weights and optimizer state to resume from, and the best weights so far), and a
 matching one is resumed from. The model ends holding its best epoch's weights. A `log` that fails
 mid-epoch (a tracking server that died) is not called again; its error is raised once the epoch's
@@ -137,6 +138,7 @@ def fit(
     model_args: dict | None = None,
     extra: dict | None = None,
     log: Callable[[dict, int], None] = lambda metrics, step: None,
+    flush: Callable[[], None] = lambda: None,
     log_every: int = 10,
     best_metric: str = "val/loss",
     higher_is_better: bool = False,
@@ -248,6 +250,11 @@ def fit(
                      best_epoch=best_epoch, best_model=best_state, bad_epochs=bad_epochs, stopped_early=stopped,
                      history=history, fingerprint=fingerprint, **(extra or {}))
         log_once(metrics, step)
+        if not failed:  # `log` may queue (MLflow's writes run on a thread): each epoch ends with all of it stored
+            try:
+                flush()
+            except Exception as exc:
+                failed.append(exc)
         if failed:
             raise failed[0]
         if stopped and distributed.is_main():

@@ -121,7 +121,7 @@ def train(args, params: dict, run, device: torch.device) -> None:
         checkpoint=args.checkpoint,
         fingerprint=fingerprint(model=p["model"], train=p, augment=aug, seed=seed, data=data_identity(args.arrays),
                                 world=distributed.world()),
-        model_args=p["model"], log=run.log_metrics, log_every=p["log_every"],
+        model_args=p["model"], log=run.log_metrics, flush=run.flush, log_every=p["log_every"],
         best_metric="val/acc", higher_is_better=True, **{k: p[k] for k in FIT_KEYS},
         steps_per_epoch=train_steps(len(train_x), p["batch_size"]), unit="img", desc="train_cnn",
     )

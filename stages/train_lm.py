@@ -143,7 +143,7 @@ def train(args, params: dict, run, corpus: str) -> None:
         device=device, grad_clip=p["grad_clip"], checkpoint=args.checkpoint,
         fingerprint=fingerprint(model=model_args, variant=variant, train={k: v for k, v in p.items() if k != "variants"},
                                 seed=seed, vocab=vocab.idx_to_token, chars=len(ids)),
-        model_args=model_args, extra={"vocab": vocab.idx_to_token}, log=log, log_every=p["log_every"],
+        model_args=model_args, extra={"vocab": vocab.idx_to_token}, log=log, flush=run.flush, log_every=p["log_every"],
         best_metric="val/ppl", higher_is_better=False, **{k: p[k] for k in FIT_KEYS if k != "patience"},
         patience=variant["patience"], steps_per_epoch=steps,
         count=lambda x, y: x.numel(), unit="tok", desc=f"train_lm@{args.variant}",

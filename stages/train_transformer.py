@@ -135,7 +135,7 @@ def train(args, params: dict, run) -> None:
         device=device, grad_clip=p["grad_clip"], bf16=bf16, checkpoint=args.checkpoint,
         fingerprint=fingerprint(model=model_args, train={k: v for k, v in p.items() if k not in ("model", "examples", "attention_sentence", "beam_size")},
                                 seed=seed, vocabs=vocabs, pairs=len(train_src)),
-        model_args=model_args, extra=vocabs, log=run.log_metrics, log_every=p["log_every"],
+        model_args=model_args, extra=vocabs, log=run.log_metrics, flush=run.flush, log_every=p["log_every"],
         best_metric=metric, **{k: p[k] for k in FIT_KEYS}, steps_per_epoch=-(-len(train_src) // p["batch_size"]),
         count=lambda x, y: (y != pad).sum(), unit="tok", desc="train_transformer",
     )

@@ -128,3 +128,72 @@ def test_tracking_off_writes_nothing(tmp_path, monkeypatch):
         run.log_metrics({"x": 1})
         assert not run.enabled
     assert list(tmp_path.iterdir()) == []
+
+
+def metric_steps(uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
+    return sorted((m.step, m.value) for m in MlflowClient(uri).get_metric_history(run_id, key))
+
+
+def test_every_queued_metric_is_in_the_store_after_the_run(store):
+    with stage_run("train_cnn", {}) as run:
+        for step in range(1, 301):
+            run.log_metrics({"train/loss": 1.0 / step, "lr": 0.001}, step)
+    logged = only_run(store)
+    assert logged.info.status == "FINISHED"
+    assert metric_steps(store, logged.info.run_id, "train/loss") == [(s, 1.0 / s) for s in range(1, 301)]
+    assert len(metric_steps(store, logged.info.run_id, "lr")) == 300
+
+
+def test_queued_metrics_are_written_when_the_stage_fails(store):
+    with pytest.raises(ValueError):
+        with stage_run("train_cnn", {}) as run:
+            for step in range(50):
+                run.log_metrics({"train/loss": float(step)}, step)
+            raise ValueError("boom")
+    logged = only_run(store)
+    assert logged.info.status == "FAILED" and len(metric_steps(store, logged.info.run_id, "train/loss")) == 50
+
+
+def test_logging_a_metric_does_not_wait_for_the_store(store, monkeypatch):
+    """The loop's call returns while the write is still held up; flush() then waits for it."""
+    import threading
+
+    from mlflow.tracking import MlflowClient as Client
+
+    release, writers = threading.Event(), []
+    real = Client.log_batch
+
+    def held(self, run_id, metrics=(), **kwargs):
+        if metrics:  # (start_run logs the params through log_batch too)
+            writers.append(threading.current_thread().name)
+            release.wait(timeout=30)
+        return real(self, run_id, metrics=metrics, **kwargs)
+
+    monkeypatch.setattr(Client, "log_batch", held)
+    with stage_run("train_cnn", {}) as run:
+        for step in range(3):
+            run.log_metrics({"train/loss": float(step)}, step)
+        assert not release.is_set()  # all three calls returned with the first write still held
+        release.set()
+        run.flush()
+        assert metric_steps(store, run.run_id, "train/loss") == [(0, 0.0), (1, 1.0), (2, 2.0)]
+    assert len(writers) == 3 and all(name.startswith("primer-tracking") for name in writers)
+
+
+def test_a_failed_queued_write_is_one_sentence_at_the_next_call(store, monkeypatch):
+    from mlflow.tracking import MlflowClient as Client
+
+    from primer.tracking import TrackingLost
+
+    real = Client.log_batch
+
+    def refuse(self, run_id, metrics=(), **kwargs):
+        if metrics:
+            raise ConnectionError("[Errno 111] Connection refused")
+        return real(self, run_id, metrics=metrics, **kwargs)
+
+    monkeypatch.setattr(Client, "log_batch", refuse)
+    with pytest.raises(TrackingLost, match=r"^MLflow tracking at sqlite:.* stopped answering mid-stage \(\[Errno 111\] Connection refused\)"):
+        with stage_run("train_cnn", {}) as run:
+            run.log_metrics({"train/loss": 1.0}, 1)
+            run.flush()

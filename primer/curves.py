@@ -25,15 +25,18 @@ def plot_history(history: list[dict], path: Path | str, title: str, panels: dict
     By default: the losses in one panel, the other validation metrics (accuracy...) in a second.
     `best_epoch` (the kept model) is marked in every panel, and so is the last epoch when `stopped` early.
     """
+    keys = list(dict.fromkeys(k for row in history for k in row))  # validation may skip epochs (val_every)
     if panels is None:
-        losses = [k for k in history[0] if k.endswith("loss")]
-        others = [k for k in history[0] if k.startswith("val/") and not k.endswith("loss")]
+        losses = [k for k in keys if k.endswith("loss")]
+        others = [k for k in keys if k.startswith("val/") and not k.endswith("loss")]
         panels = {"loss": losses, **({", ".join(others): others} if others else {})}
     epochs = [row["epoch"] for row in history]
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 3.6), squeeze=False)
     for ax, (name, keys) in zip(axes[0], panels.items()):
         for key in keys:
-            ax.plot(epochs, [row[key] for row in history], marker="o" if len(epochs) <= 50 else None, label=key)
+            rows = [row for row in history if key in row]
+            ax.plot([row["epoch"] for row in rows], [row[key] for row in rows], marker="o" if len(rows) <= 50 else None,
+                    label=key)
         if best_epoch:
             ax.axvline(best_epoch, color="tab:green", linestyle="--", linewidth=1, label=f"kept: epoch {best_epoch}")
         if stopped:

@@ -27,6 +27,7 @@ class Field:
     high: float | None = None
     choices: tuple | None = None
     odd_or_zero: bool = False  # kernel sizes: 0 (off) or an odd number
+    false_means: str | None = None  # a str choice that YAML reads as false when unquoted (`off`, `no`)
 
     def describe(self) -> str:
         if self.choices is not None:
@@ -47,6 +48,8 @@ class Field:
         if self.kind is bool:
             return value if isinstance(value, bool) else None
         if self.kind is str:
+            if value is False and self.false_means is not None:
+                return self.false_means
             if not isinstance(value, str):
                 return None
         elif isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -86,8 +89,8 @@ def flag() -> Field:
     return Field(bool)
 
 
-def choice(*options: Any) -> Field:
-    return Field(type(options[0]), choices=tuple(options))
+def choice(*options: Any, false_means: str | None = None) -> Field:
+    return Field(type(options[0]), choices=tuple(options), false_means=false_means)
 
 
 def odd_kernel(high: int = 99) -> Field:

@@ -147,6 +147,8 @@ def fit(
     schedule: str = "constant",
     warmup_epochs: float = 0.0,
     steps_per_epoch: int = 0,
+    val_every: int = 1,
+    checkpoint_every: int = 1,
     count: Callable[[torch.Tensor, torch.Tensor], int | torch.Tensor] = lambda x, y: len(x),
     unit: str = "img",
     desc: str = "train",
@@ -158,7 +160,10 @@ def fit(
     the optimizer's lr times `lr_factor(schedule, ...)` over `epochs * steps_per_epoch` steps (needed
     for any schedule but a constant lr without warmup). `extra` (plain data, e.g. a vocabulary) is
     saved in every checkpoint beside the training state; `count(x, y)` is how many `unit`s a batch
-    holds (images, tokens), for the rate.
+    holds (images, tokens), for the rate. `val_every` and `checkpoint_every` space out validation and
+    checkpoints (in epochs; the last epoch always has both), for epochs too short to pay them each time: the
+    best epoch is then the best validated one, `patience` still counts epochs, and a killed run resumes from
+    the last checkpoint written.
     """
     start, step, history = 0, 0, []
     best, best_epoch, best_state, bad_epochs, stopped = None, 0, None, 0, False
@@ -231,20 +236,22 @@ def fit(
         }
         if grad_clip:
             metrics["train/grad_norm"] = float(torch.stack(norms).mean()) if norms else 0.0
-        model.eval()
-        metrics.update(evaluate(model, epoch + 1))
-        value = metrics[best_metric]
-        if best is None or (value > best + min_delta if higher_is_better else value < best - min_delta):
-            best, best_epoch, bad_epochs = value, epoch + 1, 0
-            best_state = {k: v.detach().clone() for k, v in distributed.unwrap(model).state_dict().items()}
-        else:
-            bad_epochs += 1
-        stopped = bool(patience) and bad_epochs >= patience
+        last = epoch + 1 == epochs
+        if (epoch + 1) % val_every == 0 or last:
+            model.eval()
+            metrics.update(evaluate(model, epoch + 1))
+            value = metrics[best_metric]
+            if best is None or (value > best + min_delta if higher_is_better else value < best - min_delta):
+                best, best_epoch = value, epoch + 1
+                best_state = {k: v.detach().clone() for k, v in distributed.unwrap(model).state_dict().items()}
+            bad_epochs = epoch + 1 - best_epoch  # epochs since the best one
+            stopped = bool(patience) and bad_epochs >= patience
         history.append({"epoch": epoch + 1, **metrics})
         if distributed.is_main():
             summary = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k.startswith("val/"))
-            print(f"{desc} epoch {epoch + 1}/{epochs}: loss {metrics['train/epoch_loss']:.4f}, {summary}", flush=True)
-            if checkpoint:
+            print(f"{desc} epoch {epoch + 1}/{epochs}: loss {metrics['train/epoch_loss']:.4f}" + (f", {summary}" if summary else ""),
+                  flush=True)
+            if checkpoint and ((epoch + 1) % checkpoint_every == 0 or last or stopped):
                 save(checkpoint, model=distributed.unwrap(model).state_dict(), optimizer=optimizer.state_dict(),
                      model_args=model_args or {}, epoch=epoch + 1, step=step, rng=rng_state(), best=best,
                      best_epoch=best_epoch, best_model=best_state, bad_epochs=bad_epochs, stopped_early=stopped,

@@ -35,7 +35,8 @@ from primer.image_batches import data_identity, eval_batches, evaluate_binary, l
 from primer.models.cnn import ARCHS, ProbabilityHead, build_cnn
 from primer.params import choice, flag, integer, number
 from primer.stage import add_training_outputs, cli, load_checked, open_stage, stage_parser
-from primer.train import FIT_KEYS, OPTIMIZERS, check_fit_params, fit, fit_schema, make_optimizer, pick_device, use_bf16
+from primer.train import (COMPILE_MODES, FIT_KEYS, OPTIMIZERS, check_fit_params, compile_model, configure_device, fit, fit_schema,
+                          make_optimizer, pick_device, use_bf16)
 
 SCHEMA = {
     "seed": integer(0),
@@ -53,6 +54,7 @@ SCHEMA = {
         "log_every": integer(1),
         "nproc": integer(1, 256),
         "device": choice("auto", "cpu", "cuda"),
+        "compile": choice(*COMPILE_MODES, false_means="off"),  # YAML reads a bare off as false
         **fit_schema(),
     },
 }
@@ -84,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     p = load_checked(args.params, SCHEMA, check_params)["train_cnn"]  # fail on bad params before any launch or work
     if p["nproc"] > 1 and not distributed.launched():
         relaunch_under_torchrun(p["nproc"])
-    device = distributed.setup(pick_device(p["device"], "train_cnn.device"))
+    device = configure_device(distributed.setup(pick_device(p["device"], "train_cnn.device")))
     if not distributed.is_main():
         os.environ["PRIMER_TRACKING"] = "off"  # rank 0 alone logs
     try:
@@ -109,7 +111,7 @@ def train(args, params: dict, run, device: torch.device) -> None:
     model = build_cnn(**p["model"]).to(device)
     if p["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
-    net = distributed.wrap(model, device)
+    net = distributed.wrap(compile_model(model, p["compile"]), device)
     optimizer = make_optimizer(net, p["optimizer"], p["lr"], p["weight_decay"])
     bf16 = use_bf16(device, p["bf16"])
     run.set_tags({"bf16": bf16, "world_size": distributed.world()})
@@ -119,7 +121,7 @@ def train(args, params: dict, run, device: torch.device) -> None:
         evaluate=lambda _model, _epoch: evaluate_binary(model, eval_batches(val_x, val_y, p["batch_size"], device, p["channels_last"]), bf16, device),
         epochs=p["epochs"], device=device, grad_clip=p["grad_clip"], bf16=bf16,
         checkpoint=args.checkpoint,
-        fingerprint=fingerprint(model=p["model"], train=p, augment=aug, seed=seed, data=data_identity(args.arrays),
+        fingerprint=fingerprint(model=p["model"], train={k: v for k, v in p.items() if k != "compile"}, augment=aug, seed=seed, data=data_identity(args.arrays),
                                 world=distributed.world()),
         model_args=p["model"], log=run.log_metrics, flush=run.flush, log_every=p["log_every"],
         best_metric="val/acc", higher_is_better=True, **{k: p[k] for k in FIT_KEYS},

@@ -32,7 +32,8 @@ from primer.params import choice, each_of, integer, number, text
 from primer.stage import add_training_outputs, cli, open_stage, stage_parser
 from primer.text import (Vocab, epoch_positions, gather_batches, load_corpus, num_batches, seq_data_iter_random,
                          seq_data_iter_sequential, split_tail)
-from primer.train import FIT_KEYS, check_fit_params, fit, fit_schema, make_optimizer, pick_device
+from primer.train import (COMPILE_MODES, FIT_KEYS, check_fit_params, compile_model, configure_device, fit, fit_schema, make_optimizer,
+                          pick_device)
 
 VARIANT = {
     "model": {"cell": choice("rnn", "lstm", "gru"), "num_hiddens": integer(1, 8192), "num_layers": integer(1, 16),
@@ -54,6 +55,9 @@ SCHEMA = {
         "prefix": text(),
         "log_every": integer(1),
         "device": choice("auto", "cpu", "cuda"),
+        "compile": choice(*COMPILE_MODES, false_means="off"),  # YAML reads a bare off as false
+        "val_every": integer(1, 100_000),
+        "checkpoint_every": integer(1, 100_000),
         **{k: v for k, v in fit_schema().items() if k != "patience"},
         "variants": each_of(VARIANT),
     },
@@ -105,6 +109,10 @@ def check_params(variant: str, corpus_file: Path, corpus_chars: int, params: dic
         raise PrimerError(f"no variant '{variant}' under 'train_lm.variants' (have: {', '.join(p['variants'])}); "
                           "add it or pick one of those.")
     pick_device(p["device"], "train_lm.device")
+    if p["compile"] == "reduce-overhead" and p["sampling"] == "sequential":
+        raise PrimerError("'train_lm.compile' is 'reduce-overhead', whose CUDA graphs reuse their output buffers, but "
+                          "'train_lm.sampling' is 'sequential', which carries the state across steps; use 'default' or "
+                          "sampling 'random'.")
     train_ids, val_ids = split_tail(torch.zeros(corpus_chars, dtype=torch.long), p["val_fraction"])
     sampler(p)(train_ids, p["batch_size"], p["num_steps"], torch.Generator())  # too short a corpus fails here
     if len(val_ids) < 2:
@@ -114,14 +122,14 @@ def check_params(variant: str, corpus_file: Path, corpus_chars: int, params: dic
 def train(args, params: dict, run, corpus: str) -> None:
     p, seed = params["train_lm"], params["seed"]
     variant = p["variants"][args.variant]
-    device = pick_device(p["device"], "train_lm.device")
+    device = configure_device(pick_device(p["device"], "train_lm.device"))
     torch.manual_seed(seed)
     random.seed(seed)
     vocab = Vocab(corpus)
     ids = torch.tensor(vocab.encode(corpus), dtype=torch.long)
     train_ids, val_ids = split_tail(ids, p["val_fraction"])
     model_args = {"vocab_size": len(vocab), **variant["model"]}
-    model = RNNLM(**model_args).to(device)
+    model = compile_model(RNNLM(**model_args).to(device), p["compile"])
     optimizer = make_optimizer(model, "sgd", variant["lr"])
     run.set_tags({"variant": args.variant, "vocab_size": len(vocab), "train_chars": len(train_ids), "val_chars": len(val_ids)})
 
@@ -141,11 +149,11 @@ def train(args, params: dict, run, corpus: str) -> None:
     fitted = fit(
         model, optimizer, batches_for(model, train_ids, p, seed, device), evaluate, p["epochs"],
         device=device, grad_clip=p["grad_clip"], checkpoint=args.checkpoint,
-        fingerprint=fingerprint(model=model_args, variant=variant, train={k: v for k, v in p.items() if k != "variants"},
+        fingerprint=fingerprint(model=model_args, variant=variant, train={k: v for k, v in p.items() if k not in ("variants", "compile", "checkpoint_every")},
                                 seed=seed, vocab=vocab.idx_to_token, chars=len(ids)),
         model_args=model_args, extra={"vocab": vocab.idx_to_token}, log=log, flush=run.flush, log_every=p["log_every"],
         best_metric="val/ppl", higher_is_better=False, **{k: p[k] for k in FIT_KEYS if k != "patience"},
-        patience=variant["patience"], steps_per_epoch=steps,
+        patience=variant["patience"], steps_per_epoch=steps, val_every=p["val_every"], checkpoint_every=p["checkpoint_every"],
         count=lambda x, y: x.numel(), unit="tok", desc=f"train_lm@{args.variant}",
     )
     history = fitted.history

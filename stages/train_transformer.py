@@ -29,7 +29,8 @@ from primer.params import choice, flag, integer, number, text
 from primer.sentence_pairs import BOS, EOS, PAD, load_translation_data
 from primer.stage import add_training_outputs, cli, open_stage, stage_parser
 from primer.table import write_table
-from primer.train import FIT_KEYS, check_fit_params, fit, fit_schema, make_optimizer, pick_device, use_bf16
+from primer.train import (COMPILE_MODES, FIT_KEYS, check_fit_params, compile_model, configure_device, fit, fit_schema,
+                          make_optimizer, pick_device, use_bf16)
 from primer.translation_eval import attention_maps, d2l_examples, mean_token_loss, test_bleu
 
 SCHEMA = {
@@ -46,6 +47,7 @@ SCHEMA = {
         "grad_clip": number(0, 1e6),
         "bf16": flag(),
         "device": choice("auto", "cpu", "cuda"),
+        "compile": choice(*COMPILE_MODES, false_means="off"),  # YAML reads a bare off as false
         "log_every": integer(1),
         "beam_size": integer(1, 64),
         "examples": integer(0, 10_000),
@@ -102,7 +104,7 @@ def check_params(params: dict) -> None:
 def train(args, params: dict, run) -> None:
     p, seed = params["train_transformer"], params["seed"]
     m = p["model"]
-    device = pick_device(p["device"], "train_transformer.device")
+    device = configure_device(pick_device(p["device"], "train_transformer.device"))
     bf16 = use_bf16(device, p["bf16"])
     torch.manual_seed(seed)
     random.seed(seed)
@@ -115,7 +117,7 @@ def train(args, params: dict, run) -> None:
     tgt = data.tgt_vocab
     model_args = {"src_vocab_size": len(data.src_vocab), "tgt_vocab_size": len(tgt), **m,
                   "pad_id": tgt[PAD], "bos_id": tgt[BOS], "eos_id": tgt[EOS]}
-    model = Seq2SeqTransformer(**model_args).to(device)
+    model = compile_model(Seq2SeqTransformer(**model_args).to(device), p["compile"])
     optimizer = make_optimizer(model, "adam", p["lr"])
     run.set_tags({"bf16": bf16, "parameters": sum(t.numel() for t in model.parameters())})
     train_src, train_tgt = data.arrays["train"]
@@ -133,7 +135,7 @@ def train(args, params: dict, run) -> None:
     fitted = fit(
         model, optimizer, shuffled_batches(train_src, train_tgt, p["batch_size"], seed, device), evaluate, p["epochs"],
         device=device, grad_clip=p["grad_clip"], bf16=bf16, checkpoint=args.checkpoint,
-        fingerprint=fingerprint(model=model_args, train={k: v for k, v in p.items() if k not in ("model", "examples", "attention_sentence", "beam_size")},
+        fingerprint=fingerprint(model=model_args, train={k: v for k, v in p.items() if k not in ("model", "examples", "attention_sentence", "beam_size", "compile")},
                                 seed=seed, vocabs=vocabs, pairs=len(train_src)),
         model_args=model_args, extra=vocabs, log=run.log_metrics, flush=run.flush, log_every=p["log_every"],
         best_metric=metric, **{k: p[k] for k in FIT_KEYS}, steps_per_epoch=-(-len(train_src) // p["batch_size"]),

@@ -167,3 +167,29 @@ def test_train_cnn_writes_the_best_epoch_and_evaluate_scores_it(tmp_path):
     torch.save({**saved, "model": checkpoint["model"]}, tmp_path / "last.pt")
     last, *_ = evaluate_cnn(Namespace(cnn_model=tmp_path / "last.pt", arrays=arrays), sizes, torch.device("cpu"), 8)
     assert report["accuracy"] > last["accuracy"]  # scoring the last epoch would show this lower number
+
+
+def test_val_every_validates_every_nth_epoch_and_the_last_and_keeps_the_best_validated(tmp_path):
+    scores = [0.9, 0.5, 0.6, 0.7, 0.65]  # epoch 1 is best but never validated with val_every 2
+    result, weights, model = toy_fit(tmp_path, scores, val_every=2)
+    assert sorted(weights) == [2, 4, 5]
+    assert [("val/acc" in row) for row in result.history] == [False, True, False, True, True]
+    assert result.best_epoch == 4 and same(model.state_dict(), weights[4])
+
+
+def test_patience_counts_epochs_between_validations(tmp_path):
+    # validated at 2 (the best), 4 and 6: at epoch 6 it has gone 4 epochs without a gain, past patience 3
+    result, _, _ = toy_fit(tmp_path, [0.1, 0.9, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7], val_every=2, patience=3)
+    assert result.best_epoch == 2 and result.stopped_early and result.history[-1]["epoch"] == 6  # 4 epochs since the best
+
+
+def test_checkpoint_every_writes_every_nth_epoch_and_a_resumed_run_ends_the_same(tmp_path):
+    scores = [0.1, 0.2, 0.3, 0.25, 0.4, 0.35]
+    checkpoint = tmp_path / "toy.ckpt"
+    whole, _, whole_model = toy_fit(tmp_path, scores, checkpoint_every=2)
+    with pytest.raises(KeyboardInterrupt):
+        toy_fit(tmp_path, scores, checkpoint, die_in_epoch=3, checkpoint_every=2)  # dies in the 4th epoch
+    assert torch.load(checkpoint, weights_only=True)["epoch"] == 2  # written after epoch 2, not after epoch 3
+    resumed, _, model = toy_fit(tmp_path, scores, checkpoint, checkpoint_every=2)
+    assert resumed.best_epoch == whole.best_epoch == 5 and same(model.state_dict(), whole_model.state_dict())
+    assert torch.load(checkpoint, weights_only=True)["epoch"] == 6  # the last epoch always has one

@@ -1,0 +1,54 @@
+"""The `compile` param of the training stages: YAML's bare `off`, bad values, and a compiled model that
+trains like the eager one and saves the same state dict keys (so checkpoints stay interchangeable)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import yaml
+
+from primer.errors import PrimerError
+from primer.models.rnn import RNNLM
+from primer.params import load_params
+from primer.train import compile_model, fit, make_optimizer
+from stages import train_cnn, train_lm, train_transformer
+
+from conftest import REPO
+
+
+@pytest.mark.parametrize("stage", [train_cnn, train_lm, train_transformer])
+def test_a_bare_off_in_yaml_is_off_and_true_is_refused(tmp_path, stage):
+    section = next(k for k in stage.SCHEMA if k.startswith("train_"))
+    path = tmp_path / "params.yaml"
+    text = (REPO / "params.yaml").read_text()
+    assert yaml.safe_load(text)[section]["compile"] is False  # the repo's own file writes it bare: YAML's false
+    path.write_text(text)
+    assert load_params(path, stage.SCHEMA)[section]["compile"] == "off"
+    path.write_text(text.replace("compile: off", "compile: true"))  # every stage's; this one reports its own
+    with pytest.raises(PrimerError, match=rf"'{section}.compile' is True, but it must be one of 'off', 'default', 'reduce-overhead'"):
+        load_params(path, stage.SCHEMA)
+
+
+def test_reduce_overhead_with_sequential_sampling_is_refused():
+    params = load_params(REPO / "params.yaml", train_lm.SCHEMA)
+    params["train_lm"].update({"compile": "reduce-overhead", "sampling": "sequential"})
+    with pytest.raises(PrimerError, match="'train_lm.compile' is 'reduce-overhead'.*'train_lm.sampling' is 'sequential'"):
+        train_lm.check_params("lstm", "corpus.txt", 100_000, params)
+
+
+def test_a_compiled_model_trains_as_the_eager_one_and_keeps_its_state_dict_keys():
+    torch.manual_seed(0)
+    eager = RNNLM(12, "lstm", 16)
+    compiled = RNNLM(12, "lstm", 16)
+    compiled.load_state_dict(eager.state_dict())
+    keys = list(eager.state_dict())
+    assert compile_model(compiled, "default") is compiled and list(compiled.state_dict()) == keys
+    x, y = torch.randint(0, 12, (6, 4, 6)), torch.randint(0, 12, (6, 4, 6))
+    losses = []
+    for model in (eager, compiled):
+        history = fit(model, make_optimizer(model, "sgd", 1.0), lambda epoch: zip(x, y), lambda m, e: {"val/loss": 0.0}, 2,
+                      device=torch.device("cpu"), grad_clip=1.0, log_every=10**9).history
+        losses.append([row["train/epoch_loss"] for row in history])
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    with pytest.raises(PrimerError, match="compile mode is 'max'"):
+        compile_model(eager, "max")

@@ -15,12 +15,14 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility
 
 # git: DVC works inside a git checkout, and every MLflow run is tagged with the commit.
+# gcc and libc6-dev: Triton compiles a small C launcher per kernel, so `compile: default` or
+# `reduce-overhead` (torch.compile) fails without a C compiler.
 # The repo is bind-mounted at /app by docker-compose.yml, owned by the host user: mark it safe.
 # Not pinning apt versions (DL3008): bookworm's security updates replace them, which would break the
 # build; the base image tag pins the Debian release.
 # hadolint ignore=DL3008
 RUN apt-get update \
- && apt-get install -y --no-install-recommends git \
+ && apt-get install -y --no-install-recommends git gcc libc6-dev \
  && rm -rf /var/lib/apt/lists/* \
  && git config --system --add safe.directory /app
 

@@ -113,6 +113,8 @@ def test_image_installs_the_lock_that_ci_and_make_install():
     assert users and users[-1] not in ("root", "0")
     assert re.search(r'^CMD \["dvc", "repro"\]$', dockerfile, flags=re.M)
     assert re.search(r"^\s*DVC_NO_ANALYTICS=1", dockerfile, flags=re.M)
+    # a C compiler and libc headers for Triton, which torch.compile (the training stages' `compile`) needs
+    assert re.search(r"apt-get install -y --no-install-recommends[^\n]*\bgcc\b[^\n]*\blibc6-dev\b", dockerfile)
 
 
 def dockerignore_rules(text: str) -> list[tuple[bool, re.Pattern]]:

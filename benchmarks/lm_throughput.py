@@ -1,15 +1,18 @@
 """Language-model training throughput: the primer's per-gate RNNs in d2l's loop vs ours, scratch and fused.
 
-For LSTM, GRU and RNN at hidden 256, batch 32, 35 steps, one process, on the same minibatches of the
-real Time Machine, training tokens/s of:
+For LSTM, GRU and RNN (--cells) at hidden 256, batch 32, 35 steps, one process, on the same minibatches of
+the real Time Machine, already on --device, training tokens/s (after --warmup untimed steps) of:
   (a) the primer's way: its per-gate equations restated here (one-hot inputs, a separate matmul per
       gate and time step, a Python loop), driven by d2l 0.17.6's RNNModelScratch and train_epoch_ch8
       (SGD lr 1, clipping 1) — d2l installed with --no-deps, see benchmarks/requirements.txt;
   (b) our scratch implementation (primer.models.rnn, impl=scratch) through primer.train.fit;
   (c) our fused implementation (nn.LSTM/GRU/RNN) through primer.train.fit.
-Median of --repeats interleaved rounds. Last line: `ratio=X.XX` for LSTM (b)/(a).
+--compile applies torch.compile to (b) and (c) only. Median of --repeats interleaved rounds; also the
+host syncs of one step of (b) and (c) (forward, backward, clip, SGD step; counted outside the timed
+region). Last line: `ratio=X.XX` for the first cell's (b)/(a).
 
     python benchmarks/lm_throughput.py [--corpus ../shared/datasets/d2l/timemachine.txt] [--batches 40]
+        [--cells lstm,gru,rnn] [--device auto|cpu|cuda] [--compile off|default|reduce-overhead]
 """
 
 from __future__ import annotations
@@ -23,24 +26,27 @@ from d2l import torch as d2l
 
 from primer.models.rnn import RNNLM
 from primer.text import Vocab, load_corpus, seq_data_iter_random
-from primer.train import fit, make_optimizer
+from primer.train import compile_model, fit, make_optimizer
+
+from bench_device import add_device_args, choose_device, describe, syncs_per_step, timed_batches, untimed_steps
 
 DEFAULT_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "d2l" / "timemachine.txt"
 B, T, H = 32, 35, 256
 
 
-def _normal(*shape):
-    return torch.randn(shape) * 0.01
+def _normal(*shape, device):
+    return torch.randn(shape, device=device) * 0.01
 
 
-def _gate(v: int):
-    return _normal(v, H), _normal(H, H), torch.zeros(H)
+def _gate(v: int, device):
+    return _normal(v, H, device=device), _normal(H, H, device=device), torch.zeros(H, device=device)
 
 
-def primer_params(cell: str, v: int) -> list:
+def primer_params(cell: str, v: int, device) -> list:
     """The primer's parameters: per gate (W_x, W_h, b), then the output layer (W_hq, b_q)."""
     gates = {"lstm": 4, "gru": 3, "rnn": 1}[cell]
-    params = [p for _ in range(gates) for p in _gate(v)] + [_normal(H, v), torch.zeros(v)]
+    params = [p for _ in range(gates) for p in _gate(v, device)]
+    params += [_normal(H, v, device=device), torch.zeros(v, device=device)]
     return [p.requires_grad_() for p in params]
 
 
@@ -89,23 +95,40 @@ def primer_rnn(inputs, state, params):
     return torch.cat(outputs, dim=0), (H_,)
 
 
-def d2l_rate(cell: str, v: int, batches: list) -> float:
-    """(a): tokens/s of d2l's train_epoch_ch8 over `batches` with the primer's equations."""
+def d2l_rate(cell: str, v: int, batches: list, warmup: int, device) -> float:
+    """(a): tokens/s of d2l's train_epoch_ch8 with the primer's equations, over `batches` after `warmup`
+    of them. (d2l's loop reads each step's loss with float(), which waits for the device: its own clock
+    reads are exact on CUDA too.)"""
     forward = {"lstm": primer_lstm, "gru": primer_gru, "rnn": primer_rnn}[cell]
-    cpu = torch.device("cpu")
-    net = d2l.RNNModelScratch(v, H, cpu, lambda vocab_size, num_hiddens, device: primer_params(cell, vocab_size),
+    net = d2l.RNNModelScratch(v, H, device, lambda vocab_size, num_hiddens, dev: primer_params(cell, vocab_size, dev),
                               primer_state(cell), forward)
     updater = lambda batch_size: d2l.sgd(net.params, 1.0, batch_size)  # noqa: E731
-    _, speed = d2l.train_epoch_ch8(net, batches, torch.nn.CrossEntropyLoss(), updater, cpu, use_random_iter=True)
+    loss = torch.nn.CrossEntropyLoss()
+    if warmup:
+        d2l.train_epoch_ch8(net, batches[:warmup], loss, updater, device, use_random_iter=True)
+    _, speed = d2l.train_epoch_ch8(net, batches[warmup:], loss, updater, device, use_random_iter=True)
     return speed
 
 
-def our_rate(cell: str, impl: str, v: int, batches: list) -> float:
-    """(b) / (c): tokens/s of primer.train.fit over the same batches."""
-    model = RNNLM(v, cell, H, 1, impl)
-    history = fit(model, make_optimizer(model, "sgd", 1.0), lambda epoch: iter(batches), lambda m, e: {"val/loss": 0.0}, 1,
-                  device=torch.device("cpu"), grad_clip=1.0, log_every=10**9, count=lambda x, y: x.numel(), unit="tok").history
-    return history[-1]["train/tok_per_s"]
+def our_rate(cell: str, impl: str, v: int, batches: list, warmup: int, device, compile_mode: str) -> tuple[float, int]:
+    """(b) / (c): tokens/s of primer.train.fit over the same batches after `warmup` of them, and the host
+    syncs of one more step (forward, backward, clip, SGD step) on a batch already on the device."""
+    model = compile_model(RNNLM(v, cell, H, 1, impl).to(device), compile_mode)
+    optimizer, stamps = make_optimizer(model, "sgd", 1.0), {}
+    steps = len(batches) - warmup
+    fit(model, optimizer, lambda epoch: timed_batches(batches, warmup, steps, device, stamps),
+        lambda m, e: {"val/loss": 0.0}, 1, device=device, grad_clip=1.0, log_every=10**9, count=lambda x, y: x.numel(), unit="tok")
+    x, y = batches[-1]
+
+    def step():
+        _, loss = model(x, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+
+    model.train()  # fit leaves the model in eval mode
+    return steps * x.numel() / (stamps["end"] - stamps["start"]), syncs_per_step(step)
 
 
 def main() -> None:
@@ -113,26 +136,38 @@ def main() -> None:
     parser.add_argument("--corpus", type=Path, default=DEFAULT_CORPUS)
     parser.add_argument("--batches", type=int, default=40)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (at least 3 with --compile)")
+    parser.add_argument("--cells", default="lstm,gru,rnn", help="comma-separated, of lstm, gru, rnn")
+    add_device_args(parser)
     args = parser.parse_args()
+    device = choose_device(args.device)
+    cells, warmup = args.cells.split(","), untimed_steps(args.warmup, args.compile)
     text = load_corpus(args.corpus)
     vocab = Vocab(text)
     ids = torch.tensor(vocab.encode(text))
-    batches = list(seq_data_iter_random(ids, B, T, torch.Generator().manual_seed(0)))[: args.batches]
+    batches = list(seq_data_iter_random(ids, B, T, torch.Generator().manual_seed(0)))[: warmup + args.batches]
+    if len(batches) < warmup + args.batches:
+        raise SystemExit(f"{args.corpus} gives {len(batches)} batches of {B}x{T}; {warmup} + {args.batches} are needed")
+    batches = [(x.to(device), y.to(device)) for x, y in batches]
     rates: dict[tuple, list] = {}
+    syncs: dict[tuple, int] = {}
     for _ in range(args.repeats):
-        for cell in ("lstm", "gru", "rnn"):
-            rates.setdefault((cell, "a"), []).append(d2l_rate(cell, len(vocab), batches))
-            rates.setdefault((cell, "b"), []).append(our_rate(cell, "scratch", len(vocab), batches))
-            rates.setdefault((cell, "c"), []).append(our_rate(cell, "fused", len(vocab), batches))
+        for cell in cells:
+            rates.setdefault((cell, "a"), []).append(d2l_rate(cell, len(vocab), batches, warmup, device))
+            for key, impl in (("b", "scratch"), ("c", "fused")):
+                rate, syncs[(cell, key)] = our_rate(cell, impl, len(vocab), batches, warmup, device, args.compile)
+                rates.setdefault((cell, key), []).append(rate)
     med = {k: statistics.median(v) for k, v in rates.items()}
-    print(f"\n{args.batches} batches of {B}x{T} tokens, hidden {H}, vocab {len(vocab)}; CPU, "
-          f"{torch.get_num_threads()} threads; median of {args.repeats} rounds\n")
-    print("| cell | (a) primer eqs + d2l loop, tok/s | (b) ours scratch | (c) ours fused | (b)/(a) | (c)/(a) |")
-    print("|---|---|---|---|---|---|")
-    for cell in ("lstm", "gru", "rnn"):
+    print(f"\n{args.batches} batches of {B}x{T} tokens (after {warmup} warm-up), hidden {H}, vocab {len(vocab)}; "
+          f"{describe(device)}; compile {args.compile} (ours only); median of {args.repeats} rounds\n")
+    print("| cell | (a) primer eqs + d2l loop, tok/s | (b) ours scratch | (c) ours fused | (b)/(a) | (c)/(a) "
+          "| (b) syncs/step | (c) syncs/step |")
+    print("|---|---|---|---|---|---|---|---|")
+    for cell in cells:
         a, b, c = med[(cell, "a")], med[(cell, "b")], med[(cell, "c")]
-        print(f"| {cell} | {a:,.0f} | {b:,.0f} | {c:,.0f} | {b / a:.2f} | {c / a:.2f} |")
-    print(f"ratio={med[('lstm', 'b')] / med[('lstm', 'a')]:.2f}")
+        print(f"| {cell} | {a:,.0f} | {b:,.0f} | {c:,.0f} | {b / a:.2f} | {c / a:.2f} "
+              f"| {syncs[(cell, 'b')]} | {syncs[(cell, 'c')]} |")
+    print(f"ratio={med[(cells[0], 'b')] / med[(cells[0], 'a')]:.2f}")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Transformer training throughput: our encoder vs d2l 0.17.6's, our whole model vs nn.Transformer.
 
-On the same minibatches of real fra-eng pairs (d2l's preprocessing, num_steps padding), one process,
-training tokens/s (non-padding tokens: source tokens for the encoders, target tokens for the whole
-models) of:
+On the same minibatches of real fra-eng pairs (d2l's preprocessing, num_steps padding), already on
+--device, one process, training tokens/s (non-padding tokens: source tokens for the encoders, target
+tokens for the whole models) of:
   (a) d2l 0.17.6's TransformerEncoder (explicit bmm/softmax attention; installed --no-deps, see
       benchmarks/requirements.txt) against primer's TransformerEncoder (F.scaled_dot_product_attention),
       both under the same linear head and token cross-entropy, Adam;
@@ -11,10 +11,14 @@ models) of:
   (b) PyTorch's nn.Transformer with the same embeddings, positional encoding and output layer against
       primer's Seq2SeqTransformer, teacher forcing, padding-masked cross-entropy, Adam.
 At d2l's size (num_hiddens 32, 2 layers, 4 heads, ffn 64, dropout 0.1, batch 64, num_steps 10) and a
-larger one (256, 4 layers, 8 heads, ffn 1024, batch 128, num_steps 20). Median of --repeats
-interleaved rounds. Last line: `ratio=X.XX` for ours / d2l's encoder at d2l's size.
+larger one (256, 4 layers, 8 heads, ffn 1024, batch 128, num_steps 20), after 3 untimed steps. Median
+of --repeats interleaved rounds; ms/step at the median rate. --compile applies torch.compile to our
+encoder and our Seq2SeqTransformer only. syncs/step: the host syncs of one more step of our
+Seq2SeqTransformer (forward, backward, clip, Adam step), counted outside the timed region. Last line:
+`ratio=X.XX` for ours / d2l's encoder at the first size.
 
     python benchmarks/transformer_throughput.py [--pairs fra.txt|fra-eng.zip] [--steps 30] [--repeats 5]
+        [--sizes d2l,large] [--device auto|cpu|cuda] [--compile off|default|reduce-overhead]
 """
 
 from __future__ import annotations
@@ -22,7 +26,6 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
-import time
 import zipfile
 from pathlib import Path
 
@@ -33,8 +36,12 @@ from torch import nn
 
 from primer.models.transformer import PositionalEncoding, Seq2SeqTransformer, TransformerEncoder, padding_mask
 from primer.sentence_pairs import BOS, EOS, PAD, build_vocab, preprocess_nmt, to_array
+from primer.train import compile_model, make_optimizer
+
+from bench_device import COMPILE_WARMUP, add_device_args, choose_device, clock, describe, syncs_per_step
 
 DEFAULT_PAIRS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "d2l" / "fra-eng.zip"
+WARMUP = COMPILE_WARMUP  # untimed steps, enough for torch.compile too
 SIZES = {
     "d2l": dict(num_hiddens=32, num_layers=2, num_heads=4, ffn_num_hiddens=64, dropout=0.1, batch_size=64, num_steps=10),
     "large": dict(num_hiddens=256, num_layers=4, num_heads=8, ffn_num_hiddens=1024, dropout=0.1, batch_size=128, num_steps=20),
@@ -118,7 +125,7 @@ class TorchSeq2Seq(nn.Module):
 
     def forward(self, src, tgt):
         tgt_in = torch.cat([torch.full_like(tgt[:, :1], 2), tgt[:, :-1]], 1)
-        future = nn.Transformer.generate_square_subsequent_mask(tgt.shape[1])
+        future = nn.Transformer.generate_square_subsequent_mask(tgt.shape[1], device=tgt.device)
         out = self.transformer(self.pos(self.src_embed(src) * math.sqrt(self.d)), self.pos(self.tgt_embed(tgt_in) * math.sqrt(self.d)),
                                tgt_mask=future, src_key_padding_mask=src == 1, memory_key_padding_mask=src == 1,
                                tgt_is_causal=True)
@@ -135,23 +142,26 @@ class OurSeq2Seq(nn.Module):
         return self.model(src, tgt)[1]
 
 
-def tokens_per_second(model: nn.Module, batches, count) -> float:
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+def train_step(model: nn.Module, optimizer, src, tgt) -> None:
+    loss = model(src, tgt)
+    optimizer.zero_grad()
+    loss.backward()
+    nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
+
+
+def tokens_per_second(model: nn.Module, batches, tokens: int, device, count_syncs=False) -> tuple[float, int | str]:
+    """Tokens/s over batches[WARMUP:] (`tokens` of them, counted on the host beforehand), and the host
+    syncs of one more step when `count_syncs` ("-" otherwise)."""
+    optimizer = make_optimizer(model, "adam", 1e-3)  # fused on CUDA, as the stages train (every model alike)
     model.train()
-    for src, tgt in batches[:3]:  # warm-up
-        loss = model(src, tgt)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    tokens, start = 0, time.perf_counter()
-    for src, tgt in batches[3:]:
-        loss = model(src, tgt)
-        optimizer.zero_grad()
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        tokens += count(src, tgt)
-    return tokens / (time.perf_counter() - start)
+    for src, tgt in batches[:WARMUP]:
+        train_step(model, optimizer, src, tgt)
+    start = clock(device)
+    for src, tgt in batches[WARMUP:]:
+        train_step(model, optimizer, src, tgt)
+    rate = tokens / (clock(device) - start)
+    return rate, syncs_per_step(lambda: train_step(model, optimizer, *batches[-1])) if count_syncs else "-"
 
 
 def main() -> None:
@@ -160,34 +170,42 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30, help="timed training steps per measurement")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--sizes", default="d2l,large")
+    add_device_args(parser)
     args = parser.parse_args()
+    device = choose_device(args.device)
     assert (PAD, BOS, EOS) == ("<pad>", "<bos>", "<eos>")  # ids 1, 2, 3 after <unk>, as the models above assume
     pairs = load_pairs(args.pairs, 20_000)
-    src_tokens = lambda src, tgt: int((src != 1).sum())  # noqa: E731
-    tgt_tokens = lambda src, tgt: int((tgt != 1).sum())  # noqa: E731
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device cpu")
+    print(f"torch {torch.__version__}, {describe(device)}, compile {args.compile} (ours only)")
     ratios = {}
     for size in args.sizes.split(","):
         s = SIZES[size]
-        batches, vs, vt = make_batches(pairs, s["num_steps"], s["batch_size"], args.steps + 3)
-        builders = {
-            "d2l encoder": (lambda: D2LEncoderLM(vs, vt, s), src_tokens),
-            "our encoder": (lambda: OurEncoderLM(vs, vt, s), src_tokens),
-            "embedding + head, no encoder": (lambda: HeadOnlyLM(vs, vt, s), src_tokens),
-            "nn.Transformer": (lambda: TorchSeq2Seq(vs, vt, s), tgt_tokens),
-            "our Seq2SeqTransformer": (lambda: OurSeq2Seq(vs, vt, s), tgt_tokens),
+        batches, vs, vt = make_batches(pairs, s["num_steps"], s["batch_size"], args.steps + WARMUP)
+        # non-padding tokens of the timed batches, counted here: a count read back per step would sync
+        src_tokens = sum(int((src != 1).sum()) for src, _ in batches[WARMUP:])
+        tgt_tokens = sum(int((tgt != 1).sum()) for _, tgt in batches[WARMUP:])
+        batches = [(src.to(device), tgt.to(device)) for src, tgt in batches]
+        ours = lambda model: compile_model(model.to(device), args.compile)  # noqa: E731
+        builders = {  # name: (model, tokens, whether to count its syncs)
+            "d2l encoder": (lambda: D2LEncoderLM(vs, vt, s).to(device), src_tokens, False),
+            "our encoder": (lambda: ours(OurEncoderLM(vs, vt, s)), src_tokens, False),
+            "embedding + head, no encoder": (lambda: HeadOnlyLM(vs, vt, s).to(device), src_tokens, False),
+            "nn.Transformer": (lambda: TorchSeq2Seq(vs, vt, s).to(device), tgt_tokens, False),
+            "our Seq2SeqTransformer": (lambda: ours(OurSeq2Seq(vs, vt, s)), tgt_tokens, True),
         }
-        results = {name: [] for name in builders}
+        results, syncs = {name: [] for name in builders}, {}
         for _ in range(args.repeats):
-            for name, (build, count) in builders.items():
+            for name, (build, tokens, count_syncs) in builders.items():
                 torch.manual_seed(0)
-                results[name].append(tokens_per_second(build(), batches, count))
+                rate, syncs[name] = tokens_per_second(build(), batches, tokens, device, count_syncs)
+                results[name].append(rate)
         medians = {name: statistics.median(v) for name, v in results.items()}
         print(f"\nsize {size}: {s}")
-        print(f"| model | tokens/s (median of {args.repeats}) | min | max |")
-        print("|---|---|---|---|")
+        print(f"| model | tokens/s (median of {args.repeats}) | min | max | ms/step | syncs/step |")
+        print("|---|---|---|---|---|---|")
         for name, values in results.items():
-            print(f"| {name} | {medians[name]:,.0f} | {min(values):,.0f} | {max(values):,.0f} |")
+            ms = 1000 * builders[name][1] / args.steps / medians[name]  # at the median rate
+            print(f"| {name} | {medians[name]:,.0f} | {min(values):,.0f} | {max(values):,.0f} | {ms:.2f} "
+                  f"| {syncs[name]} |")
         ratios[size] = (medians["our encoder"] / medians["d2l encoder"], medians["our Seq2SeqTransformer"] / medians["nn.Transformer"])
         print(f"ours / d2l encoder: {ratios[size][0]:.2f} (target >= 2); ours / nn.Transformer: {ratios[size][1]:.2f} (target >= 0.9)")
         shared = 1e6 / medians["embedding + head, no encoder"]  # microseconds per token outside the encoder

@@ -1,0 +1,63 @@
+"""benchmarks/gpu_check.py end to end on the CPU (--tiny), and every benchmark script's --help."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+BENCHMARKS = REPO / "benchmarks"
+NEED_D2L = {"lm_throughput.py", "transformer_throughput.py", "gpu_check.py"}  # d2l: benchmarks/requirements.txt
+SCRIPTS = ["cnn_throughput.py", "lm_throughput.py", "transformer_throughput.py", "prepare_throughput.py",
+           "gpu_check.py"]
+
+
+def needs_d2l(script: str) -> None:
+    if script in NEED_D2L and importlib.util.find_spec("d2l") is None:
+        pytest.skip("d2l is not installed (pip install -r benchmarks/requirements.txt, see that file)")
+
+
+def run(*args: str, timeout: float) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_benchmark_help(script):
+    if script != "gpu_check.py":
+        needs_d2l(script)
+    result = run(str(BENCHMARKS / script), "--help", timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage:") and "python benchmarks/" in result.stdout
+    if script.endswith("_throughput.py") and script != "prepare_throughput.py":
+        assert "--device" in result.stdout and "--compile" in result.stdout
+
+
+@pytest.mark.slow
+def test_gpu_check_tiny_on_cpu_fills_a_row_per_part(tmp_path):
+    needs_d2l("gpu_check.py")
+    out = tmp_path / "table.md"
+    result = run(str(BENCHMARKS / "gpu_check.py"), "--device", "cpu", "--tiny", "--out", str(out), timeout=400)
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    table = out.read_text()
+    assert table in result.stdout
+    lines = [line for line in table.splitlines() if line.startswith("| ")]
+    header, *rows = [[c.strip() for c in line.strip()[1:-1].split("|")] for line in lines]
+    cell = lambda row, name: row[header.index(name)]  # noqa: E731
+    parts = [cell(row, "part") for row in rows]
+    assert parts[0] == "pytest -m gpu -q"
+    benchmarks = [row for row in rows if "_throughput" in cell(row, "part")]
+    assert len(benchmarks) == 7  # cnn x 2 compile modes, lm scratch and fused x 2, transformer at the d2l size
+    assert sum("compile off" in p for p in parts) == 4 and sum("compile default" in p for p in parts) == 3
+    stages = [p.removeprefix("dvc repro -s ") for p in parts if p.startswith("dvc repro")]
+    assert stages == ["fetch", "verify", "split", "augment", "train_cnn", "train_lm@lstm", "train_lm@gru",
+                      "train_transformer", "train_basics", "evaluate"]
+    for row in rows:
+        assert cell(row, "device") == "cpu" and cell(row, "result") == "PASS", row
+        assert float(cell(row, "seconds")) > 0
+    for row in benchmarks:
+        assert float(cell(row, "ms/step")) > 0 and float(cell(row, "rate").split()[0].replace(",", "")) > 0
+        assert int(cell(row, "syncs/step")) >= 0

@@ -13,7 +13,7 @@ from conftest import REPO
 BENCHMARKS = REPO / "benchmarks"
 NEED_D2L = {"lm_throughput.py", "transformer_throughput.py", "gpu_check.py"}  # d2l: benchmarks/requirements.txt
 SCRIPTS = ["cnn_throughput.py", "lm_throughput.py", "transformer_throughput.py", "prepare_throughput.py",
-           "gpu_check.py"]
+           "gpu_check.py", "host_syncs.py", "lm_validation.py", "tracking_latency.py"]
 
 
 def needs_d2l(script: str) -> None:

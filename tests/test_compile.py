@@ -1,5 +1,6 @@
-"""The `compile` param of the training stages: YAML's bare `off`, bad values, and a compiled model that
-trains like the eager one and saves the same state dict keys (so checkpoints stay interchangeable)."""
+"""Kernels and precision: the `compile` param of the training stages (YAML's bare `off`, bad values, a
+compiled model that trains like the eager one and keeps its state dict keys, so checkpoints stay
+interchangeable), TF32 and cuDNN's autotuner on CUDA, fused Adam where the parameters are on CUDA."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import yaml
 from primer.errors import PrimerError
 from primer.models.rnn import RNNLM
 from primer.params import load_params
-from primer.train import compile_model, fit, make_optimizer
+from primer.train import compile_model, configure_device, fit, make_optimizer
 from stages import train_cnn, train_lm, train_transformer
 
 from conftest import REPO
@@ -52,3 +53,22 @@ def test_a_compiled_model_trains_as_the_eager_one_and_keeps_its_state_dict_keys(
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
     with pytest.raises(PrimerError, match="compile mode is 'max'"):
         compile_model(eager, "max")
+
+
+def test_cuda_gets_tf32_and_the_autotuner_and_the_cpu_nothing():
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = torch.backends.cudnn.benchmark = False
+        configure_device(torch.device("cpu"))
+        assert not (torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32 or torch.backends.cudnn.benchmark)
+        configure_device(torch.device("cuda"))  # flags only: no CUDA device needed to set them
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32 and torch.backends.cudnn.benchmark
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark = saved
+
+
+def test_adam_is_fused_where_the_parameters_are_on_cuda_only():
+    model = torch.nn.Linear(3, 2)
+    assert not make_optimizer(model, "adam", 1e-3).param_groups[0]["fused"]  # CPU parameters: the usual loop
+    assert make_optimizer(model, "adamw", 1e-3, fused=True).param_groups[0]["fused"]
+    assert not make_optimizer(model, "sgd", 0.1).param_groups[0].get("fused")

@@ -52,21 +52,31 @@ def _const(values: tuple, device: torch.device, dtype: torch.dtype = torch.float
 
 
 def to_device(tensors: dict, device: torch.device) -> dict:
-    """{name: host tensor} on `device`: as they are when already there; else packed into one pinned host
-    buffer (8-byte aligned) and sent in one non-blocking copy, then viewed back as the same tensors."""
+    """{name: host tensor} on `device`: as they are when already there; else `pack`ed into one pinned host
+    buffer and sent in one non-blocking copy, then `unpack`ed (views of the sent buffer)."""
     if all(t.device == device for t in tensors.values()):
         return dict(tensors)
-    parts, offset = [], 0
+    buffer, layout = pack(tensors, pin=torch.cuda.is_available() and device.type == "cuda")
+    return unpack(buffer.to(device, non_blocking=True), layout)
+
+
+def pack(tensors: dict, pin: bool = False) -> tuple[torch.Tensor, list]:
+    """({name: host tensor} as one uint8 buffer, each tensor's bytes at an 8-byte aligned offset; its layout)."""
+    layout, offset = [], 0
     with host_only():
+        raws = {name: t.detach().cpu().contiguous().reshape(-1).view(torch.uint8) for name, t in tensors.items()}
         for name, t in tensors.items():
-            raw = t.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
-            parts.append((name, t.dtype, t.shape, offset, raw))
-            offset += -(-raw.numel() // 8) * 8
-        buffer = torch.empty(max(offset, 8), dtype=torch.uint8, pin_memory=torch.cuda.is_available() and device.type == "cuda")
-        for _, _, _, start, raw in parts:
-            buffer[start:start + raw.numel()].copy_(raw)
-    sent = buffer.to(device, non_blocking=True)
-    return {name: sent[start:start + raw.numel()].view(dtype).view(shape) for name, dtype, shape, start, raw in parts}
+            layout.append((name, t.dtype, t.shape, offset, raws[name].numel()))
+            offset += -(-raws[name].numel() // 8) * 8
+        buffer = torch.empty(max(offset, 8), dtype=torch.uint8, pin_memory=pin)
+        for name, _, _, start, size in layout:
+            buffer[start:start + size].copy_(raws[name])
+    return buffer, layout
+
+
+def unpack(buffer: torch.Tensor, layout: list) -> dict:
+    """The tensors `pack` put in `buffer` (wherever it is now), as views of it."""
+    return {name: buffer[start:start + size].view(dtype).view(shape) for name, dtype, shape, start, size in layout}
 
 
 def _to_unit(x: torch.Tensor) -> torch.Tensor:

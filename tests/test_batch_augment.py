@@ -382,3 +382,25 @@ def test_cuda_gives_the_cpu_result_for_the_same_seed(blur, atol):
     assert far < 1e-3  # at most a rare nearest-neighbour tie rounded the other way
     assert not torch.allclose(cuda.cpu(), augment_batch(images, policy, gen(4)), atol=atol)
     assert torch.allclose(eval_batch(images.cuda()).cpu(), eval_batch(images), rtol=0, atol=1e-6)
+
+
+def test_packed_parameters_come_back_exactly():
+    """What to_device sends to a GPU in one copy: every dtype and shape the augmentation uses, byte for byte."""
+    from primer.batch_augment import pack, unpack
+
+    g = gen(0)
+    tensors = {"top": torch.randint(0, 30, (5,), generator=g), "hflip": torch.rand(5, generator=g) < 0.5,
+               "angle": torch.rand(5, generator=g) * 30 - 15, "cut_y": torch.randint(0, 9, (5, 3), generator=g),
+               "jitter0": torch.tensor([0, 3, 4]), "coeffs": torch.randn(2, 8, generator=g), "none": torch.zeros(0, dtype=torch.long)}
+    buffer, layout = pack(tensors)
+    assert buffer.dtype == torch.uint8 and all(start % 8 == 0 for _, _, _, start, _ in layout)
+    back = unpack(buffer.clone(), layout)
+    assert back.keys() == tensors.keys()
+    for name, t in tensors.items():
+        assert back[name].dtype == t.dtype and back[name].shape == t.shape and torch.equal(back[name], t), name
+    # and to_device's path for another device, where only dtypes and shapes can be seen (no CUDA here)
+    from primer.batch_augment import to_device
+
+    sent = to_device(tensors, torch.device("meta"))
+    assert all(sent[k].device.type == "meta" and sent[k].dtype == t.dtype and sent[k].shape == t.shape for k, t in tensors.items())
+    assert to_device(tensors, torch.device("cpu"))["top"] is tensors["top"]  # already there: no copy

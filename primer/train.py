@@ -247,21 +247,22 @@ def fit(
             bad_epochs = epoch + 1 - best_epoch  # epochs since the best one
             stopped = bool(patience) and bad_epochs >= patience
         history.append({"epoch": epoch + 1, **metrics})
-        if distributed.is_main():
-            summary = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k.startswith("val/"))
-            print(f"{desc} epoch {epoch + 1}/{epochs}: loss {metrics['train/epoch_loss']:.4f}" + (f", {summary}" if summary else ""),
-                  flush=True)
-            if checkpoint and ((epoch + 1) % checkpoint_every == 0 or last or stopped):
-                save(checkpoint, model=distributed.unwrap(model).state_dict(), optimizer=optimizer.state_dict(),
-                     model_args=model_args or {}, epoch=epoch + 1, step=step, rng=rng_state(), best=best,
-                     best_epoch=best_epoch, best_model=best_state, bad_epochs=bad_epochs, stopped_early=stopped,
-                     history=history, fingerprint=fingerprint, **(extra or {}))
         log_once(metrics, step)
         if not failed:  # `log` may queue (MLflow's writes run on a thread): each epoch ends with all of it stored
             try:
                 flush()
             except Exception as exc:
                 failed.append(exc)
+        if distributed.is_main():
+            summary = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k.startswith("val/"))
+            print(f"{desc} epoch {epoch + 1}/{epochs}: loss {metrics['train/epoch_loss']:.4f}" + (f", {summary}" if summary else ""),
+                  flush=True)
+            # on the cadence, at the end, and before an error of `log` stops the run (the rerun resumes here)
+            if checkpoint and ((epoch + 1) % checkpoint_every == 0 or last or stopped or failed):
+                save(checkpoint, model=distributed.unwrap(model).state_dict(), optimizer=optimizer.state_dict(),
+                     model_args=model_args or {}, epoch=epoch + 1, step=step, rng=rng_state(), best=best,
+                     best_epoch=best_epoch, best_model=best_state, bad_epochs=bad_epochs, stopped_early=stopped,
+                     history=history, fingerprint=fingerprint, **(extra or {}))
         if failed:
             raise failed[0]
         if stopped and distributed.is_main():

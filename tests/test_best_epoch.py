@@ -193,3 +193,22 @@ def test_checkpoint_every_writes_every_nth_epoch_and_a_resumed_run_ends_the_same
     resumed, _, model = toy_fit(tmp_path, scores, checkpoint, checkpoint_every=2)
     assert resumed.best_epoch == whole.best_epoch == 5 and same(model.state_dict(), whole_model.state_dict())
     assert torch.load(checkpoint, weights_only=True)["epoch"] == 6  # the last epoch always has one
+
+
+def test_a_failing_log_still_gets_its_epoch_checkpointed_between_cadence_points(tmp_path):
+    """checkpoint_every spaces checkpoints out, but a tracking store that dies mid-run must not cost the
+    epochs since the last one: the epoch in which `log` failed is written before its error is raised."""
+    torch.manual_seed(0)
+    model = Toy()
+    x, y = torch.randn(16, 4), torch.randn(16)
+    checkpoint = tmp_path / "toy.ckpt"
+
+    def log(metrics, step):
+        if step > 8:  # the store dies during epoch 3 (4 steps per epoch)
+            raise ConnectionError("store gone")
+
+    with pytest.raises(ConnectionError):
+        fit(model, torch.optim.SGD(model.parameters(), lr=0.1), lambda e: [(x[i * 4:(i + 1) * 4], y[i * 4:(i + 1) * 4]) for i in range(4)],
+            lambda m, e: {"val/loss": 1.0 / e}, 6, device=torch.device("cpu"), checkpoint=checkpoint, fingerprint="toy",
+            log=log, log_every=1, checkpoint_every=5)
+    assert torch.load(checkpoint, weights_only=True)["epoch"] == 3

@@ -36,22 +36,11 @@ EVERY = dict(crop_size=48, hflip=0.5, vflip=0.3, rotate_deg=15, brightness=0.5, 
              perspective=0.3, perspective_p=0.5, blur_kernel=5, cutout_size=8, cutout_count=2)
 
 
-def hooked(batches, syncs: HostSyncs, counted: list):
-    def wrapped(epoch):
-        it = iter(batches(epoch))  # the epoch's setup: not a step
-        yield next(it)  # the first step makes the per-device constants
-        with syncs:
-            for batch in it:
-                counted.append(1)
-                yield batch
-    return wrapped
-
-
 def run(model, optimizer, batches, **kwargs) -> tuple[int, dict, list]:
-    syncs, counted = HostSyncs(), []
-    history = fit(model, optimizer, hooked(batches, syncs, counted), lambda m, e: {"val/loss": 0.0}, 2, device=CPU,
+    syncs = HostSyncs()
+    history = fit(model, optimizer, syncs.watch(batches), lambda m, e: {"val/loss": 0.0}, 2, device=CPU,
                   grad_clip=1.0, log_every=10**9, **kwargs).history
-    return len(counted), dict(syncs.found), [row["train/epoch_loss"] for row in history]
+    return syncs.steps, dict(syncs.found), [row["train/epoch_loss"] for row in history]
 
 
 def cases():

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections import Counter
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterable, Iterator
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
@@ -62,6 +62,19 @@ class HostSyncs(TorchDispatchMode):
     def __init__(self):
         super().__init__()
         self.found: Counter = Counter()
+        self.steps = 0  # steps recorded through `watch`
+
+    def watch(self, batches: Callable[[int], Iterable]) -> Callable[[int], Iterator]:
+        """`batches` (a training loop's `epoch -> batches`) recording from each epoch's second step to the end
+        of its last: the epoch's setup and first step (which makes per-device constants) are left out."""
+        def watched(epoch: int) -> Iterator:
+            it = iter(batches(epoch))
+            yield next(it)
+            with self:
+                for batch in it:
+                    self.steps += 1
+                    yield batch
+        return watched
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}

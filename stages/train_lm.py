@@ -109,6 +109,9 @@ def check_params(variant: str, corpus_file: Path, corpus_chars: int, params: dic
         raise PrimerError(f"no variant '{variant}' under 'train_lm.variants' (have: {', '.join(p['variants'])}); "
                           "add it or pick one of those.")
     pick_device(p["device"], "train_lm.device")
+    if p["sample_every"] % p["val_every"]:  # samples are written when the model is evaluated
+        raise PrimerError(f"'train_lm.sample_every' ({p['sample_every']}) must be a multiple of 'train_lm.val_every' "
+                          f"({p['val_every']}), since samples are written at validation; change one of them.")
     if p["compile"] == "reduce-overhead" and p["sampling"] == "sequential":
         raise PrimerError("'train_lm.compile' is 'reduce-overhead', whose CUDA graphs reuse their output buffers, but "
                           "'train_lm.sampling' is 'sequential', which carries the state across steps; use 'default' or "

@@ -72,3 +72,12 @@ def test_adam_is_fused_where_the_parameters_are_on_cuda_only():
     assert not make_optimizer(model, "adam", 1e-3).param_groups[0]["fused"]  # CPU parameters: the usual loop
     assert make_optimizer(model, "adamw", 1e-3, fused=True).param_groups[0]["fused"]
     assert not make_optimizer(model, "sgd", 0.1).param_groups[0].get("fused")
+
+
+def test_lm_samples_need_a_validation_to_be_written_at():
+    params = load_params(REPO / "params.yaml", train_lm.SCHEMA)
+    params["train_lm"].update({"val_every": 3, "sample_every": 50})
+    with pytest.raises(PrimerError, match=r"'train_lm.sample_every' \(50\) must be a multiple of 'train_lm.val_every' \(3\)"):
+        train_lm.check_params("lstm", "corpus.txt", 100_000, params)
+    params["train_lm"]["sample_every"] = 51
+    train_lm.check_params("lstm", "corpus.txt", 100_000, params)

@@ -26,11 +26,10 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* \
  && git config --system --add safe.directory /app
 
-# A non-root user; build with --build-arg USER_UID=$(id -u) when the bind-mounted repo is not owned
-# by uid 1000. /mlartifacts is where docker-compose.yml mounts the MLflow artifact volume: a new
-# named volume takes this folder's owner.
-ARG USER_UID=1000
-RUN useradd --create-home --uid "${USER_UID}" primer \
+# The user every command runs as (docker/entrypoint.sh gives it the bind-mounted checkout's uid, or
+# CAP_DAC_OVERRIDE when root owns the checkout). /mlartifacts is where docker-compose.yml mounts the
+# MLflow artifact volume: a new named volume takes this folder's owner.
+RUN useradd --create-home --uid 1000 primer \
  && install -d -o primer -g primer /app /mlartifacts
 WORKDIR /app
 
@@ -39,8 +38,15 @@ WORKDIR /app
 COPY requirements.lock ./
 RUN pip install --no-cache-dir -r requirements.lock
 
+# DVC experiments (`dvc exp run`, --temp, --queue) commit to hidden git refs, and git refuses to commit
+# without an identity: give the container a default one (the checkout's own .git/config overrides it).
 COPY --chown=primer:primer . .
-RUN pip install --no-cache-dir --no-deps -e .
+RUN pip install --no-cache-dir --no-deps -e . \
+ && install -m 755 docker/entrypoint.sh /usr/local/bin/primer-entrypoint \
+ && git config --system user.name "primer container" \
+ && git config --system user.email "primer@container.invalid"
 
-USER ${USER_UID}
+# Starts as root only to become the checkout's owner (see docker/entrypoint.sh); no command runs as
+# root after it.
+ENTRYPOINT ["primer-entrypoint"]
 CMD ["dvc", "repro"]

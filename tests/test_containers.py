@@ -109,8 +109,10 @@ def test_image_installs_the_lock_that_ci_and_make_install():
     steps = ("COPY requirements.lock", "-r requirements.lock", "COPY --chown", "--no-deps -e .")
     order = [dockerfile.index(s) for s in steps]
     assert order == sorted(order)
-    users = re.findall(r"^USER\s+(\S+)", dockerfile, flags=re.M)
-    assert users and users[-1] not in ("root", "0")
+    # every command goes through the entrypoint, which drops root (run for real in test_container_run.py)
+    assert re.search(r'^ENTRYPOINT \["primer-entrypoint"\]$', dockerfile, flags=re.M)
+    assert "install -m 755 docker/entrypoint.sh /usr/local/bin/primer-entrypoint" in dockerfile
+    assert not re.findall(r"^USER\s+(root|0)\b", dockerfile, flags=re.M)
     assert re.search(r'^CMD \["dvc", "repro"\]$', dockerfile, flags=re.M)
     assert re.search(r"^\s*DVC_NO_ANALYTICS=1", dockerfile, flags=re.M)
     # a C compiler and libc headers for Triton, which torch.compile (the training stages' `compile`) needs

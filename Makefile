@@ -1,12 +1,13 @@
 # Two entry points on a fresh machine (see README.md):
 #   make repro   set up .venv from requirements.lock and run the pipeline (dvc repro)
 #   make test    set up .venv from requirements.lock + requirements-dev.lock and run the test suite
+#   make test-container  build and run the image with podman (tests/test_container_run.py, ~10 min, root)
 #   make demo    set up .venv and run every stage once with the quick profile (about 15 min on 2 cores)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup test repro demo
+.PHONY: setup test test-container repro demo
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	python3 -m venv $(VENV)
@@ -23,6 +24,9 @@ setup: $(VENV)/.installed
 
 test: $(VENV)/.dev-installed
 	$(PY) -m pytest
+
+test-container: $(VENV)/.dev-installed
+	$(PY) -m pytest -m container --durations=0 tests/test_container_run.py
 
 repro: setup
 	PATH="$(abspath $(VENV))/bin:$$PATH" dvc repro

@@ -1,0 +1,127 @@
+"""Podman as a stand-in Docker engine for tests/test_container_run.py, on a machine with no registry.
+
+Everything podman keeps (configuration, images, containers, volumes) lives under one temp folder:
+`Podman(root)` writes a containers.conf (runc: crun fails on this kind of VM's cgroup layout; ulimits
+the VM allows) and a storage.conf with its graph root there, and `reset()` removes it all.
+`make_standin_bases` builds what the project's Dockerfile and docker-compose.yml pull, under their
+official names, from Debian's own packages (tests/standin_bases/), so that neither file is edited.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+STANDINS = Path(__file__).resolve().parent / "standin_bases"
+DEBIAN_MIRROR = "http://deb.debian.org/debian"
+DEBIAN_BASE = "localhost/primer-standin-debian:bookworm"
+PYTHON_BASE = "docker.io/library/python:3.11-slim-bookworm"
+POSTGRES_BASE = "docker.io/library/postgres:16-bookworm"
+HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
+HOST_PIP_CONF = Path("/etc/pip.conf")
+
+
+class Podman:
+    """podman and podman-compose, confined to `root`; each call is bounded by `timeout` seconds."""
+
+    def __init__(self, root: Path, log: Path):
+        self.root = root
+        self.log = log
+        nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        (root / "containers.conf").write_text(
+            '[engine]\nruntime = "runc"\n'
+            f'[containers]\ndefault_ulimits = ["nofile={nofile}:{nofile}", "nproc=32768:32768"]\n'
+        )
+        (root / "storage.conf").write_text(
+            f'[storage]\ndriver = "overlay"\ngraphroot = "{root / "graph"}"\nrunroot = "{root / "run"}"\n'
+        )
+        self.env = {
+            **os.environ,
+            "CONTAINERS_CONF": str(root / "containers.conf"),
+            "CONTAINERS_STORAGE_CONF": str(root / "storage.conf"),
+            "PATH": self.search_path(),  # podman-compose from this interpreter's environment
+        }
+
+    @staticmethod
+    def search_path() -> str:
+        return f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+
+    def __call__(self, *args: str, timeout: float = 120, cwd: Path | None = None, check: bool = True,
+                 stdin: bytes | None = None) -> subprocess.CompletedProcess:
+        return self.run(["podman", *args], timeout=timeout, cwd=cwd, check=check, stdin=stdin)
+
+    def run(self, cmd: list[str], timeout: float = 120, cwd: Path | None = None, check: bool = True,
+            stdin: bytes | None = None) -> subprocess.CompletedProcess:
+        started = time.monotonic()
+        result = subprocess.run(cmd, cwd=cwd, env=self.env, capture_output=True, timeout=timeout,
+                                input=stdin if stdin is not None else b"")  # podman-compose waits on a pager without
+        out = result.stdout.decode(errors="replace") + result.stderr.decode(errors="replace")
+        with self.log.open("a") as f:
+            f.write(f"$ {' '.join(cmd)}  # rc {result.returncode}, {time.monotonic() - started:.1f} s\n{out[-4000:]}\n")
+        if check and result.returncode != 0:
+            raise AssertionError(f"{' '.join(cmd)} failed with rc {result.returncode}:\n{out[-6000:]}")
+        return subprocess.CompletedProcess(cmd, result.returncode, out, "")
+
+    def wait_healthy(self, container: str, timeout: float) -> None:
+        """Run the container's health check until it passes: podman 4.3 runs health checks from systemd
+        timers, and there is no systemd here."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if self("healthcheck", "run", container, check=False, timeout=60).returncode == 0:
+                return
+            if time.monotonic() > deadline:
+                logs = self("logs", "--tail", "40", container, check=False).stdout
+                raise AssertionError(f"{container} was not healthy after {timeout:.0f} s; its last log lines:\n{logs}")
+            time.sleep(2)
+
+    def has_images(self, *names: str) -> bool:
+        return all(self("image", "exists", name, check=False).returncode == 0 for name in names)
+
+    def reset(self) -> None:
+        self("system", "reset", "--force", check=False, timeout=300)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def make_standin_bases(podman: Podman, work: Path) -> None:
+    """python:3.11-slim-bookworm and postgres:16-bookworm, made from Debian bookworm's packages."""
+    debootstrap = subprocess.Popen(
+        ["mmdebstrap", "--quiet", "--variant=minbase", "--mode=root",
+         "--include=ca-certificates,python3.11,python3.11-venv,python3-pip,python-is-python3",
+         "bookworm", "-", DEBIAN_MIRROR],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=podman.env,
+    )
+    try:
+        podman.run(["podman", "import", "-", DEBIAN_BASE], timeout=600, stdin=debootstrap.stdout.read())
+    finally:
+        debootstrap.stdout.close()
+        err = debootstrap.stderr.read().decode(errors="replace")
+        if debootstrap.wait(timeout=60) != 0:
+            raise AssertionError(f"mmdebstrap failed:\n{err[-4000:]}")
+
+    python = work / "python-base"
+    python.mkdir()
+    shutil.copy(STANDINS / "python.Containerfile", python / "Containerfile")
+    shutil.copy(HOST_CA_BUNDLE, python / "ca-certificates.crt")
+    if HOST_PIP_CONF.exists():
+        shutil.copy(HOST_PIP_CONF, python / "pip.conf")
+    else:
+        (python / "pip.conf").write_text("")
+    podman("build", "--network", "host", "-t", PYTHON_BASE, str(python), timeout=600)
+
+    postgres = work / "postgres-base"
+    postgres.mkdir()
+    shutil.copy(STANDINS / "postgres.Containerfile", postgres / "Containerfile")
+    shutil.copy(STANDINS / "postgres-entrypoint.sh", postgres / "postgres-entrypoint.sh")
+    podman("build", "--network", "host", "-t", POSTGRES_BASE, str(postgres), timeout=600)
+
+
+def get_json(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return json.load(response)

@@ -1,0 +1,206 @@
+"""The container for real: the project's Dockerfile and docker-compose.yml, unchanged, built and run with
+podman (tests/podman_stack.py) from stand-in base images made of Debian's packages.
+
+It builds the image; checks the image runs as non-root (`primer.doctor`, `dvc --version`) and writes a
+user-owned checkout as its owner; brings up `db` and `mlflow`; runs the `pipeline` service on a
+root-owned copy of this checkout: a tiny offline `dvc exp run -S ...` (local sources) of the data
+stages and train_basics, logging to MLflow on PostgreSQL; reads the runs back through MLflow's REST API; restarts `mlflow` and
+reads them again; and removes every container, volume and image. About 10 minutes, ~10 GB of disk.
+
+Marker `container`: the default suite leaves it out; `make test-container` (run by .ci/run) runs it.
+Without podman it skips, except under CI, where it fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import copy_repo, require_tool
+from podman_stack import POSTGRES_BASE, PYTHON_BASE, Podman, get_json, make_standin_bases
+from test_pipeline import tiny_sources
+
+pytestmark = pytest.mark.container
+
+IMAGE = "primer_pipeline"  # the names podman-compose gives the two services' builds
+DATA_STAGES = ["fetch", "verify", "split", "augment", "train_basics"]
+PRIMER_UID = 1000  # the image's user
+JUNK = [".venv/lib/torch.so", "data/downloads/pets.zip", "models/cnn.pt", "checkpoints/cnn.pt", "mlruns/0/meta.bin",
+        "mlartifacts/1/model.bin", "mlflow.db", ".dvc/cache/files/md5/00/big", "metrics/x.bin", "plots/x.bin"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def tree(root: Path) -> set[Path]:
+    return {p for p in root.rglob("*") if ".git" not in p.relative_to(root).parts}
+
+
+@pytest.fixture(scope="module")
+def podman(tmp_path_factory):
+    for tool, package in (("podman", "podman runc uidmap slirp4netns"), ("mmdebstrap", "mmdebstrap"),
+                          ("podman-compose", "podman-compose (requirements-dev.lock)")):
+        require_tool(shutil.which(tool, path=Podman.search_path()), tool, f"apt-get install {package}")
+    if os.geteuid() != 0:
+        pytest.skip("the container test runs rootful podman and makes a root-owned checkout: run it as root")
+    work = tmp_path_factory.mktemp("container")
+    keep = os.environ.get("PRIMER_PODMAN_STORE")  # a folder to keep podman's store in between runs
+    store = Path(keep) if keep else work / "podman"
+    store.mkdir(exist_ok=True)
+    engine = Podman(store, log=work / "podman.log")
+    try:
+        if not (keep and engine.has_images(PYTHON_BASE, POSTGRES_BASE)):
+            make_standin_bases(engine, work)
+        checkout = copy_repo(work / "checkout")  # owned by root, as on many rented GPU hosts
+        for junk in JUNK:  # what a used checkout holds beside the code: none of it may reach the image
+            (checkout / junk).parent.mkdir(parents=True, exist_ok=True)
+            (checkout / junk).write_bytes(os.urandom(4 << 20))
+        engine("build", "--network", "host", "-t", IMAGE, "-t", "primer_mlflow", str(checkout), timeout=1200)
+        yield engine, work, checkout
+    finally:
+        if (work / "checkout" / "docker-compose.yml").exists():
+            engine.run(compose_cmd(work, "down", "--volumes"), cwd=work / "checkout", check=False, timeout=300)
+        if not keep:
+            engine.reset()
+
+
+def compose_cmd(work: Path, *args: str) -> list[str]:
+    return ["podman-compose", "-f", "docker-compose.yml", "-f", str(work / "override.yml"), *args]
+
+
+def test_the_image_runs_doctor_and_dvc_as_its_non_root_user(podman):
+    engine, _, _ = podman
+    out = engine("run", "--rm", IMAGE, "sh", "-c", "id -u && python -m primer.doctor && dvc --version").stdout
+    assert out.splitlines()[0] == str(PRIMER_UID)
+    assert "torch: 2." in out and "cuda available: False" in out
+    assert out.strip().splitlines()[-1][0].isdigit()  # dvc's version
+
+
+def test_the_build_context_is_the_code_alone(podman):
+    engine, _, _ = podman
+    out = engine("run", "--rm", IMAGE, "sh", "-c", "du -sk /app && find /app -type f -size +1M").stdout
+    context_kib = int(out.split()[0])
+    assert context_kib < 8 * 1024, f"the image's /app holds {context_kib} KiB: {out}"
+    assert out.split()[2:] == [], f"files over 1 MiB reached the build context: {out.split()[2:]}"
+
+
+def test_a_user_owned_checkout_is_written_as_its_owner(podman):
+    engine, work, _ = podman
+    checkout = work / "user-owned"
+    checkout.mkdir()
+    os.chown(checkout, 4321, 4322)
+    out = engine("run", "--rm", "-v", f"{checkout}:/app", IMAGE, "sh", "-c",
+                 "id -u && id -g && mkdir -p .dvc/tmp && touch .dvc/tmp/made-here").stdout
+    assert out.split() == ["4321", "4322"]
+    made = checkout / ".dvc/tmp/made-here"
+    assert (made.stat().st_uid, made.stat().st_gid) == (4321, 4322)
+
+
+@pytest.fixture(scope="module")
+def services(podman):
+    """db and mlflow up (health polled), mlflow published on a free loopback port."""
+    engine, work, checkout = podman
+    port = free_port()
+    (work / "override.yml").write_text(  # no GPU here: drop the reservation; a free port instead of 5000
+        "services:\n"
+        "  pipeline:\n    deploy: !reset {}\n"
+        f"  mlflow:\n    ports: !override\n      - \"127.0.0.1:{port}:5000\"\n"
+    )
+    shutil.copy(checkout / ".env.example", checkout / ".env")
+    engine.run(compose_cmd(work, "up", "-d", "--no-build", "db"), cwd=checkout, timeout=300)
+    engine.wait_healthy("primer_db_1", timeout=120)
+    engine.run(compose_cmd(work, "up", "-d", "--no-build", "mlflow"), cwd=checkout, timeout=300)
+    engine.wait_healthy("primer_mlflow_1", timeout=240)
+    return engine, work, checkout, f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="module")
+def pipeline_run(services):
+    """The pipeline service on the root-owned checkout: the data stages and train_basics, tiny and offline."""
+    engine, work, checkout, url = services
+    (checkout / "sources").mkdir()
+    sources = tiny_sources(checkout / "sources")  # inside the checkout, so inside the container too
+    settings = [f"fetch.sources.{name}.{key}={source[key].replace(str(checkout), '/app')}"
+                for name, source in sources.items() for key in ("url", "sha1")]
+    before = tree(checkout)
+    out = engine.run(compose_cmd(work, "run", "-T", "--rm", "--no-deps", "pipeline", "dvc", "exp", "run",
+                                 *[arg for setting in settings for arg in ("-S", setting)], "augment", "train_basics"),
+                     cwd=checkout, timeout=900).stdout
+    return engine, work, checkout, url, out, tree(checkout) - before
+
+
+def test_the_pipeline_service_has_shared_memory_for_workers_and_a_c_compiler(services):
+    engine, work, checkout, _ = services
+    out = engine.run(compose_cmd(work, "run", "-T", "--rm", "--no-deps", "pipeline", "sh", "-c",
+                                 "df -k --output=size /dev/shm | tail -1 && gcc --version | head -1"), cwd=checkout).stdout
+    shm_kib, compiler = [line for line in out.splitlines() if not line.startswith("entrypoint:")][:2]
+    assert int(shm_kib) == 8 << 20  # shm_size: 8gb (Docker's default is 64 MB)
+    assert compiler.startswith("gcc")  # Triton compiles its launchers with it (compile: default)
+
+
+def search_runs(url: str) -> dict:
+    experiment = get_json(f"{url}/api/2.0/mlflow/experiments/get-by-name?experiment_name=primer")["experiment"]
+    request = urllib.request.Request(
+        f"{url}/api/2.0/mlflow/runs/search", method="POST", headers={"Content-Type": "application/json"},
+        data=json.dumps({"experiment_ids": [experiment["experiment_id"]], "max_results": 100}).encode(),
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        runs = json.load(response).get("runs", [])
+    return {r["info"]["run_name"]: r for r in runs}
+
+
+def metric(run: dict, key: str) -> float:
+    return next(m["value"] for m in run["data"].get("metrics", []) if m["key"] == key)
+
+
+def tag(run: dict, key: str) -> str:
+    return next(t["value"] for t in run["data"].get("tags", []) if t["key"] == key)
+
+
+def artifact(url: str, run: dict, path: str) -> bytes:
+    with urllib.request.urlopen(f"{url}/get-artifact?path={path}&run_uuid={run['info']['run_id']}", timeout=30) as r:
+        return r.read()
+
+
+def test_the_pipeline_service_runs_the_data_stages_on_a_root_owned_checkout(pipeline_run):
+    _, _, checkout, _, out, made = pipeline_run
+    assert "/app belongs to root" in out  # the entrypoint said how it writes there
+    for stage in DATA_STAGES:
+        assert f"Running stage '{stage}'" in out
+    assert sorted(p.name for p in (checkout / "data/raw/petimages").iterdir()) == ["Cat", "Dog"]
+    assert (checkout / "dvc.lock").exists()
+    assert len(made) > 20
+    owners = {p: p.lstat().st_uid for p in made}
+    assert not [p for p, uid in owners.items() if uid == 0], "the pipeline wrote files as root"
+    assert set(owners.values()) == {PRIMER_UID}
+
+
+def test_mlflow_on_postgresql_holds_a_finished_run_per_stage(pipeline_run):
+    _, _, _, url, _, _ = pipeline_run
+    runs = search_runs(url)
+    assert sorted(runs) == sorted(DATA_STAGES)
+    assert all(r["info"]["status"] == "FINISHED" for r in runs.values())
+    assert len({tag(r, "dvc.exp_name") for r in runs.values()}) == 1  # one experiment
+    assert metric(runs["verify"], "kept/Cat") == 10
+    assert artifact(url, runs["augment"], "augment_preview.png")[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_restarting_mlflow_loses_nothing(pipeline_run):
+    engine, _, _, url, _, _ = pipeline_run
+    before = search_runs(url)
+    engine("restart", "primer_mlflow_1", timeout=120)
+    engine.wait_healthy("primer_mlflow_1", timeout=240)
+    after = search_runs(url)
+    assert {k: (r["info"]["run_id"], r["info"]["status"], sorted(map(str, r["data"].get("metrics", []))))
+            for k, r in after.items()} == {k: (r["info"]["run_id"], r["info"]["status"],
+                                               sorted(map(str, r["data"].get("metrics", [])))) for k, r in before.items()}
+    assert artifact(url, after["augment"], "augment_preview.png")[:8] == b"\x89PNG\r\n\x1a\n"

@@ -210,6 +210,8 @@ def run_tags(stage: str, profile: str = "full") -> dict:
     tags.update(git_state())
     if os.environ.get("DVC_EXP_NAME"):
         tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]
+    if "CUDA_VISIBLE_DEVICES" in os.environ:  # which of the host's GPUs a queue worker was given
+        tags["cuda.visible_devices"] = os.environ["CUDA_VISIBLE_DEVICES"]
     return tags
 
 

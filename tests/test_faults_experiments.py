@@ -1,6 +1,8 @@
 """DVC experiments run stages in a temporary copy under .dvc/tmp/exps/ (`--temp`, `--queue`): their
 MLflow runs must still land in the main repository's default store, with the overridden params and
-the experiment's name, and numbers as DVC writes them (5e-05) must pass the stage's checks."""
+the experiment's name, and numbers as DVC writes them (5e-05) must pass the stage's checks. The LM
+variants spread over queue workers, one GPU each (README.md, "On a GPU host"), and `dvc repro` then
+takes their models from DVC's run cache instead of training again."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from conftest import copy_repo, venv_env
+from test_pipeline import set_params, tiny_sources
 
 pytestmark = pytest.mark.slow
 
@@ -59,3 +62,42 @@ def test_queued_and_temporary_experiments_log_to_the_root_store(repo):
     assert names["0.3"] == "temp-one" and {names["0.2"], names["5e-05"]} <= set(shown.split())
     assert not list((repo / ".dvc" / "tmp").rglob("mlflow.db"))
     assert list((repo / "mlartifacts").rglob("train_basics.png"))  # artifacts outlive the temporary copies too
+
+
+
+def test_lm_variants_train_side_by_side_one_gpu_each_and_repro_takes_them_from_the_run_cache(repo):
+    """README.md, "On a GPU host": one `dvc exp run --temp` per variant, each with its own
+    CUDA_VISIBLE_DEVICES, at the same time; then `dvc repro` trains nothing."""
+    repo, env = repo
+    sources = tiny_sources(repo.parent)
+
+    def tiny(p):
+        p["fetch"].update(sources=sources)
+        p["train_lm"].update(epochs=2, batch_size=4, num_steps=8, sample_every=1, log_every=5)
+        small = {"num_hiddens": 16, "num_layers": 1, "dropout": 0.0, "impl": "fused"}
+        p["train_lm"]["variants"] = {"lstm": {"model": {"cell": "lstm", **small}, "lr": 1.0, "patience": 0},
+                                     "gru": {"model": {"cell": "gru", **small}, "lr": 1.0, "patience": 0}}
+
+    set_params(repo, tiny)
+    dvc(repo, env, "repro", "fetch")
+    side_by_side = [
+        subprocess.Popen(["dvc", "exp", "run", "--temp", f"train_lm@{variant}"], cwd=repo,
+                         env={**env, "CUDA_VISIBLE_DEVICES": gpu}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for variant, gpu in (("lstm", "0"), ("gru", "1"))
+    ]
+    for run in side_by_side:
+        out, _ = run.communicate(timeout=600)
+        assert run.returncode == 0, out
+
+    runs = {r.info.run_name: r for r in root_runs(repo)}
+    assert set(runs) == {"fetch", "train_lm@lstm", "train_lm@gru"}
+    assert runs["train_lm@lstm"].data.tags["cuda.visible_devices"] == "0"
+    assert runs["train_lm@gru"].data.tags["cuda.visible_devices"] == "1"
+    assert "cuda.visible_devices" not in runs["fetch"].data.tags
+    lstm, gru = runs["train_lm@lstm"].info, runs["train_lm@gru"].info
+    assert lstm.start_time < gru.end_time and gru.start_time < lstm.end_time  # they overlapped
+
+    out = dvc(repo, env, "repro", "train_lm@lstm", "train_lm@gru")
+    assert out.count("is cached - skipping run") == 2, out
+    assert (repo / "models/lm/lstm.pt").exists() and (repo / "models/lm/gru.pt").exists()
+    assert len(root_runs(repo)) == 3  # nothing trained again

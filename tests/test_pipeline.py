@@ -14,7 +14,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import copy_repo, photo, venv_env
+from conftest import REPO, copy_repo, photo, venv_env
 
 pytestmark = pytest.mark.slow
 STAGES = ["fetch", "verify", "split", "augment", "train_cnn", "train_lm@lstm", "train_lm@gru", "train_transformer", "train_basics", "evaluate"]
@@ -150,6 +150,38 @@ def test_mlflow_holds_one_finished_run_per_stage(pipeline):
     lms = [by_stage["train_lm@lstm"], by_stage["train_lm@gru"]]
     assert all(len(client.get_metric_history(r.info.run_id, "val/ppl")) == 2 for r in lms)  # same names: overlaid
     assert {"samples/epoch_00001.txt", "samples/epoch_00002.txt"} <= {a.path for a in client.list_artifacts(lms[0].info.run_id, "samples")}
+
+
+SHARED_IN_GIT = [".dvc/config", "dvc.lock", "params.yaml", "data", "models", "metrics", "plots"]
+
+
+def git(repo: Path, *args: str) -> str:
+    done = subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=repo, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return done.stdout
+
+
+def test_a_clone_pulls_data_arrays_and_models_from_a_local_remote_and_repro_has_nothing_to_do(pipeline, tmp_path):
+    """README.md, "Share the results": `dvc remote add -d`, commit, `dvc push`; elsewhere `git clone`
+    and `dvc pull`, and the clone needs no training."""
+    repo, env, _ = pipeline
+    assert "git add " + " ".join(SHARED_IN_GIT) in (REPO / "README.md").read_text()
+    dvc(repo, env, "remote", "add", "-d", "storage", str(tmp_path / "remote"))
+    git(repo, "add", *SHARED_IN_GIT)  # the README's list: what DVC leaves to git (git ignores the outputs in there)
+    git(repo, "commit", "-qm", "trained")
+    assert "everything is up to date" not in dvc(repo, env, "push").lower()
+    clone = tmp_path / "clone"
+    git(tmp_path, "clone", "-q", str(repo), str(clone))
+    assert not (clone / "models/cnn.pt").exists()
+    clone_env = {**env, "PYTHONPATH": str(clone)}
+    dvc(clone, clone_env, "pull")
+    for path in ["models/cnn.pt", "models/lm/lstm.pt", "models/lm/gru.pt", "models/transformer.pt",
+                 "data/arrays/train_images.npy", "data/arrays/meta.json", "data/raw/timemachine.txt",
+                 "data/raw/petimages/Dog/3.jpg", "report.html"]:
+        assert (clone / path).read_bytes() == (repo / path).read_bytes(), path
+    assert "up to date" in dvc(clone, clone_env, "status")
+    assert ran(dvc(clone, clone_env, "repro")) == []
 
 
 def test_second_repro_runs_nothing_and_changes_rerun_only_what_they_affect(pipeline):

@@ -52,9 +52,9 @@ def jpeg_header(data: bytes) -> tuple[int, int, int] | None:
     return None
 
 
-def _decode_chw(path: Path, size: int, draft_oversample: int) -> torch.Tensor:
-    """Upright RGB uint8 (3, H, W), at reduced scale when a JPEG is large enough for draft mode."""
-    data = path.read_bytes()
+def _decode_chw(data: bytes, size: int, draft_oversample: int) -> torch.Tensor:
+    """An encoded image as upright RGB uint8 (3, H, W), at reduced scale when a JPEG is large enough
+    for draft mode."""
     header = jpeg_header(data) if data[:3] == JPEG_MAGIC else None
     if header is not None:
         width, height, components = header
@@ -73,7 +73,20 @@ def _decode_chw(path: Path, size: int, draft_oversample: int) -> torch.Tensor:
 def resized_array(path: Path | str, size: int, draft_oversample: int = 2) -> np.ndarray:
     """`path` decoded, resized to (size, size) like the primer's `transforms.Resize((size, size))`,
     as a (size, size, 3) uint8 array."""
-    chw = _decode_chw(Path(path), size, draft_oversample)
+    return photo_array(Path(path).read_bytes(), size, draft_oversample)
+
+
+def photo_array(photo: bytes | np.ndarray, size: int, draft_oversample: int = 2) -> np.ndarray:
+    """A photo as the augment stage stores it: encoded bytes (as read from an image file) or a uint8
+    array (H, W, 3) or (H, W) of any size, resized to a (size, size, 3) uint8 array."""
+    if isinstance(photo, (bytes, bytearray, memoryview)):
+        chw = _decode_chw(bytes(photo), size, draft_oversample)
+    else:
+        array = np.asarray(photo)
+        if array.dtype != np.uint8 or array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] != 3):
+            raise PrimerError(f"a photo array must be uint8 of shape (H, W, 3) or (H, W), not {array.dtype} {array.shape}.")
+        chw = torch.from_numpy(np.ascontiguousarray(array if array.ndim == 3 else np.repeat(array[..., None], 3, axis=2)))
+        chw = chw.permute(2, 0, 1)
     return TF.resize(chw, [size, size], antialias=True).permute(1, 2, 0).numpy()
 
 

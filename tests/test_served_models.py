@@ -1,0 +1,131 @@
+"""The pyfunc models (primer/served_models.py), logged to a real SQLite MLflow store and loaded back
+with `mlflow.pyfunc.load_model`, against the code the evaluate stage scores the same models with."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from mlflow.pyfunc.scoring_server import infer_and_parse_data
+from mlflow.types import ColSpec, Schema
+from PIL import Image
+
+from primer.batch_augment import eval_batch
+from primer.errors import PrimerError
+from primer.image_arrays import photo_array, resized_array
+from primer.models.cnn import build_cnn
+from primer.models.rnn import RNNLM, generate
+from primer.models.transformer import Seq2SeqTransformer
+from primer.sentence_pairs import build_vocab, preprocess_nmt
+from primer.served_models import PhotoClassifier, TextGenerator, Translator, log_served_model
+from primer.text import Vocab
+from primer.translation_eval import translate_sentences
+
+from conftest import photo
+from test_evaluate import PAIRS, TEXT
+
+EVAL_SIZE = 32
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.create_experiment("served", artifact_location=(tmp_path / "artifacts").as_uri())
+    mlflow.set_experiment("served")
+    yield tmp_path
+    mlflow.end_run()
+
+
+def logged(store, model_file, python_model, example, config=None, params=None):
+    with mlflow.start_run():
+        info = log_served_model(model_file, python_model, example, config, params)
+    return mlflow.pyfunc.load_model(info.model_uri), info
+
+
+def test_the_classifier_gives_the_evaluation_probability_for_photo_bytes_and_arrays(store):
+    torch.manual_seed(0)
+    args = {"arch": "primer", "width": 8}
+    cnn = build_cnn(**args).eval()
+    torch.save({"model": cnn.state_dict(), "model_args": args, "classes": ["Cat", "Dog"], "history": []}, store / "cnn.pt")
+    files = []
+    for i, (size, fmt) in enumerate([((80, 60), "JPEG"), ((50, 90), "PNG"), ((300, 200), "JPEG")]):
+        files.append(store / f"photo{i}.{fmt.lower()}")
+        photo(*size, seed=i).save(files[-1], fmt)
+    grey = store / "grey.png"
+    photo(40, 40, seed=9).convert("L").save(grey)
+    files.append(grey)
+
+    example = pd.DataFrame({"image": [files[0].read_bytes()]})
+    model, info = logged(store, store / "cnn.pt", PhotoClassifier(), example, {"eval_size": EVAL_SIZE, "draft_oversample": 2})
+    got = model.predict(pd.DataFrame({"image": [f.read_bytes() for f in files]}))
+
+    with torch.no_grad():  # the evaluate stage: the augment stage's arrays, eval_batch, sigmoid of the logits
+        arrays = torch.from_numpy(np.stack([resized_array(f, EVAL_SIZE) for f in files]))
+        expected = torch.sigmoid(cnn(eval_batch(arrays))[0]).numpy()
+    assert list(got.columns) == ["p_dog", "label"]
+    np.testing.assert_allclose(got["p_dog"].to_numpy(), expected, rtol=1e-5, atol=1e-6)
+    assert got["label"].tolist() == ["Dog" if p >= 0.5 else "Cat" for p in expected]
+    assert info.signature.inputs.to_dict() == [{"type": "binary", "name": "image", "required": True}]
+
+    pixels = [np.array(Image.open(f).convert("RGB")) for f in files[:2]] + [np.array(Image.open(grey))]
+    direct = PhotoClassifier()  # arrays go through Python (a JSON request carries bytes as base64)
+    direct.load_context(mlflow.pyfunc.PythonModelContext({"model_file": str(store / "cnn.pt")},
+                                                         {"eval_size": EVAL_SIZE, "draft_oversample": 2}))
+    from_arrays = direct.predict(None, pd.DataFrame({"image": pixels}))
+    np.testing.assert_allclose(from_arrays["p_dog"].to_numpy(), expected[[0, 1, 3]], atol=2e-3)  # PNGs exact, JPEG decode
+    assert from_arrays["p_dog"].to_numpy()[1] == pytest.approx(float(expected[1]), abs=1e-6)
+
+
+def test_the_classifier_names_a_bad_array_in_one_sentence():
+    with pytest.raises(PrimerError, match=r"uint8 of shape \(H, W, 3\) or \(H, W\), not float32 \(4, 4, 3\)"):
+        photo_array(np.zeros((4, 4, 3), np.float32), 8)
+
+
+def test_the_generator_writes_what_the_evaluation_samples(store):
+    torch.manual_seed(1)
+    vocab = Vocab(TEXT)
+    args = {"vocab_size": len(vocab), "cell": "gru", "num_hiddens": 16, "num_layers": 1, "impl": "fused"}
+    lm = RNNLM(**args).eval()
+    torch.save({"model": lm.state_dict(), "model_args": args, "vocab": vocab.idx_to_token, "history": []}, store / "lm.pt")
+    example = pd.DataFrame({"prefix": ["time traveller"], "length": [20]})
+    model, info = logged(store, store / "lm.pt", TextGenerator(), example)
+    got = model.predict(pd.DataFrame({"prefix": ["time traveller", "the "], "length": [30, 5]}))
+    assert got["text"].tolist() == [generate(lm, vocab, "time traveller", 30), generate(lm, vocab, "the ", 5)]
+    assert [c["name"] for c in info.signature.inputs.to_dict()] == ["prefix", "length"]
+
+
+def test_the_translator_translates_as_the_evaluation_with_its_beam_size(store):
+    torch.manual_seed(2)
+    lines = [preprocess_nmt(line).split("\t") for line in PAIRS.strip().split("\n")]
+    src, tgt = build_vocab([s.split() for s, _ in lines], 1), build_vocab([t.split() for _, t in lines], 1)
+    args = {"src_vocab_size": len(src), "tgt_vocab_size": len(tgt), "num_hiddens": 16, "num_heads": 2, "ffn_num_hiddens": 16,
+            "num_layers": 1, "dropout": 0.0, "label_smoothing": 0.0, "pad_id": 1, "bos_id": 2, "eos_id": 3}
+    tf = Seq2SeqTransformer(**args).eval()
+    torch.save({"model": tf.state_dict(), "model_args": args, "src_vocab": src.idx_to_token, "tgt_vocab": tgt.idx_to_token,
+                "history": []}, store / "tf.pt")
+    example = pd.DataFrame({"sentence": ["I see 3."]})
+    model, info = logged(store, store / "tf.pt", Translator(), example, {"num_steps": 8, "beam_size": 2}, {"beam_size": 2})
+    sentences = ["I see 3.", "Go 7!", "i see 12 ."]
+    got = model.predict(pd.DataFrame({"sentence": sentences}))
+    assert got["translation"].tolist() == translate_sentences(tf, sentences, src, Vocab.from_tokens(tgt.idx_to_token), 8, 2,
+                                                              torch.device("cpu"))
+    greedy = model.predict(pd.DataFrame({"sentence": sentences}), params={"beam_size": 1})
+    assert greedy["translation"].tolist() == translate_sentences(tf, sentences, src, tgt, 8, 1, torch.device("cpu"))
+    assert info.signature.params.to_dict() == [{"name": "beam_size", "default": 2, "shape": None, "type": "long"}]
+    with pytest.raises(Exception, match="a sentence to translate is empty"):
+        model.predict(pd.DataFrame({"sentence": ["  "]}))
+
+
+def test_a_photo_column_of_bytes_round_trips_through_json_as_the_server_reads_it(store):
+    """What `mlflow models serve` does with a JSON body: base64 strings in a binary column are decoded."""
+    jpeg = io.BytesIO()
+    photo(40, 30).save(jpeg, "JPEG")
+    body = json.dumps({"dataframe_records": [{"image": base64.b64encode(jpeg.getvalue()).decode()}]})
+    parsed = infer_and_parse_data(json.loads(body), Schema([ColSpec("binary", "image")]))
+    assert parsed["image"][0] == jpeg.getvalue()

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2 import functional as TF
 
@@ -133,3 +134,10 @@ def write_image_array(
         for _ in parallel_map(_fill, list(enumerate(rel_paths)), num_workers, desc, _open_job, initargs):
             pass
         _close_job()  # with 1 worker the job ran in this process
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    """A uint8 (H, W, 3) array as the bytes of a PNG file (lossless: it decodes to the same array)."""
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, "PNG")
+    return buffer.getvalue()

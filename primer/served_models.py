@@ -109,21 +109,31 @@ class Translator(mlflow.pyfunc.PythonModel):
                                                                 self.num_steps, beam_size, self.device)})
 
 
-def log_served_model(model_file: Path, python_model: mlflow.pyfunc.PythonModel, input_example: pd.DataFrame,
-                     model_config: dict | None = None, params: dict | None = None, name: str = "model"):
-    """Log `python_model` over `model_file` to the active MLflow run, with a signature inferred from
-    running it on `input_example`; returns MLflow's ModelInfo."""
+def served_signature(model_file: Path, python_model: mlflow.pyfunc.PythonModel, input_example: pd.DataFrame,
+                     model_config: dict | None = None, params: dict | None = None):
+    """The signature of `python_model` over `model_file`, inferred from running it on `input_example`."""
     from mlflow.models import infer_signature
-
-    import torchvision
 
     loaded = type(python_model)()  # run on the example; `python_model` itself is pickled as it came
     context = mlflow.pyfunc.PythonModelContext(artifacts={"model_file": str(model_file)}, model_config=model_config or {})
     loaded.load_context(context)
-    signature = infer_signature(input_example, loaded.predict(context, input_example, params), params)
-    return mlflow.pyfunc.log_model(
-        name=name, python_model=python_model, artifacts={"model_file": str(model_file)}, model_config=model_config,
-        signature=signature, input_example=input_example, code_paths=[str(PACKAGE)],
-        pip_requirements=[f"mlflow=={mlflow.__version__}", f"torch=={torch.__version__.split('+')[0]}",
-                          f"torchvision=={torchvision.__version__.split('+')[0]}", "pandas", "pillow", "numpy"],
-    )
+    return infer_signature(input_example, loaded.predict(context, input_example, params), params)
+
+
+def log_model_args(model_file: Path, python_model: mlflow.pyfunc.PythonModel, input_example: pd.DataFrame,
+                   model_config: dict | None, signature, name: str = "model") -> dict:
+    """Keyword arguments of `mlflow.pyfunc.log_model` for `python_model` over `model_file`: the model
+    file as an artifact, this package as code, and the pinned torch and mlflow it ran with."""
+    import torchvision
+
+    return dict(name=name, python_model=python_model, artifacts={"model_file": str(model_file)}, model_config=model_config,
+                signature=signature, input_example=input_example, code_paths=[str(PACKAGE)],
+                pip_requirements=[f"mlflow=={mlflow.__version__}", f"torch=={torch.__version__.split('+')[0]}",
+                                  f"torchvision=={torchvision.__version__.split('+')[0]}", "pandas", "pillow", "numpy"])
+
+
+def log_served_model(model_file: Path, python_model: mlflow.pyfunc.PythonModel, input_example: pd.DataFrame,
+                     model_config: dict | None = None, params: dict | None = None, name: str = "model"):
+    """Log `python_model` over `model_file` to the active MLflow run; returns MLflow's ModelInfo."""
+    signature = served_signature(model_file, python_model, input_example, model_config, params)
+    return mlflow.pyfunc.log_model(**log_model_args(model_file, python_model, input_example, model_config, signature, name))

@@ -142,18 +142,21 @@ class StageRun:
     def log_figure(self, figure, artifact_file: str) -> None:
         self._call("log_figure", figure, artifact_file)
 
-    def log_pytorch_model(self, model, input_example) -> None:
-        """The model in MLflow's PyTorch flavour, with a signature inferred from `input_example`
-        (a numpy array the model takes) and the model's output on it."""
+    def log_served_model(self, model_file, family: str, input_example: dict, model_config: dict | None = None,
+                         params: dict | None = None) -> None:
+        """`model_file` as the run's MLflow pyfunc model "model": `family` names its class in
+        primer/served_models.py (imported only here: mlflow.pyfunc is slow to import), with a signature
+        from running it on `input_example` ({column: values}); the evaluate stage registers it."""
         if not self._mlflow:
             return
-        import torch
-        from mlflow.models import infer_signature
+        import pandas as pd
 
-        with torch.no_grad():
-            output = model(torch.from_numpy(input_example)).numpy()
-        signature = infer_signature(input_example, output)
-        self._call("pytorch.log_model", model, name="model", signature=signature, input_example=input_example)
+        from primer import served_models
+        from primer.served_models import log_model_args, served_signature
+
+        python_model, input_example = getattr(served_models, family)(), pd.DataFrame(input_example)
+        signature = served_signature(model_file, python_model, input_example, model_config, params)
+        self._call("pyfunc.log_model", **log_model_args(model_file, python_model, input_example, model_config, signature))
 
 
 def tracking_enabled() -> bool:

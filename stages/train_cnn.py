@@ -28,11 +28,11 @@ import torch
 from primer import distributed
 from primer.atomic import atomic_path, write_text
 from primer.augment_policy import AugmentPolicy, augment_schema, check_augment
-from primer.batch_augment import eval_batch
 from primer.checkpoint import fingerprint
 from primer.curves import plot_history, write_history_csv
 from primer.image_batches import data_identity, eval_batches, evaluate_binary, load_arrays, train_batches, train_steps
-from primer.models.cnn import ARCHS, ProbabilityHead, build_cnn
+from primer.image_arrays import png_bytes
+from primer.models.cnn import ARCHS, build_cnn
 from primer.params import choice, flag, integer, number
 from primer.stage import add_training_outputs, cli, load_checked, open_stage, stage_parser
 from primer.train import (COMPILE_MODES, FIT_KEYS, OPTIMIZERS, check_fit_params, compile_model, configure_device, fit, fit_schema,
@@ -140,8 +140,8 @@ def train(args, params: dict, run, device: torch.device) -> None:
                           stopped=fitted.stopped_early)
     run.log_figure(figure, "training_curves.png")
     run.log_artifact(args.curves)
-    example = val_x[:2].cpu()
-    run.log_pytorch_model(ProbabilityHead(model.float().cpu()).eval(), eval_batch(example).numpy())
+    run.log_served_model(args.model, "PhotoClassifier", {"image": [png_bytes(val_x[0].cpu().numpy())]},
+                         {"eval_size": aug["eval_size"], "draft_oversample": aug["draft_oversample"]})
     print(f"train_cnn: kept epoch {fitted.best_epoch} of {summary['epochs']} (val/acc {fitted.best:.4f}) -> {args.model}", flush=True)
 
 

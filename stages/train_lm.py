@@ -165,6 +165,7 @@ def train(args, params: dict, run, corpus: str) -> None:
     with atomic_path(args.model) as tmp:  # the best epoch's weights: fit left them in the model
         torch.save({"model": model.state_dict(), "model_args": model_args, "vocab": vocab.idx_to_token, "history": history,
                     "best_epoch": fitted.best_epoch, "mlflow_run_id": run.run_id or ""}, tmp)
+    run.log_served_model(args.model, "TextGenerator", {"prefix": [p["prefix"]], "length": [p["sample_chars"]]})
     sample = generate(model, vocab, p["prefix"], p["sample_chars"])
     summary = {k: v for k, v in fitted.summary("val/ppl").items() if k in KEPT} | {"sample": sample}
     write_text(args.metrics, json.dumps(summary, indent=2) + "\n")

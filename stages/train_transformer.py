@@ -144,7 +144,8 @@ def train(args, params: dict, run) -> None:
     with atomic_path(args.model) as tmp:  # the best epoch's weights: fit left them in the model
         torch.save({"model": model.state_dict(), "model_args": model_args, **vocabs, "history": fitted.history,
                     "best_epoch": fitted.best_epoch, "mlflow_run_id": run.run_id or ""}, tmp)
-    run.log_artifact(args.model, "model")
+    run.log_served_model(args.model, "Translator", {"sentence": [p["attention_sentence"]]},
+                         {"num_steps": p["num_steps"], "beam_size": p["beam_size"]}, {"beam_size": p["beam_size"]})
     fitted.log_to(run, metric)
     report(args, p, model, data, fitted, metric, device, run)
 

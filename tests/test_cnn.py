@@ -16,7 +16,7 @@ from torch import nn
 from primer.augment_policy import AugmentPolicy
 from primer.checkpoint import fingerprint, load_matching
 from primer.image_batches import eval_batches, evaluate_binary, load_arrays, train_batches
-from primer.models.cnn import PrimerCNN, ProbabilityHead, ResidualCNN, build_cnn
+from primer.models.cnn import PrimerCNN, ResidualCNN, build_cnn
 from primer.train import fit, make_optimizer
 
 from conftest import REPO, tiny_cnn_params, venv_env, write_tiny_arrays
@@ -44,13 +44,11 @@ def test_primer_cnn_equals_the_primer_model_and_its_loss():
     assert ours(x)[1] is None
 
 
-def test_resnet_option_shapes_and_serving_head():
+def test_resnet_option_shapes():
     model = build_cnn("resnet", 8)
     assert isinstance(model, ResidualCNN)
     logits, loss = model(torch.randn(3, 3, 128, 128), torch.tensor([1, 0, 1]))
     assert logits.shape == (3,) and loss.ndim == 0
-    probs = ProbabilityHead(model.eval())(torch.randn(2, 3, 128, 128))
-    assert probs.shape == (2,) and ((probs >= 0) & (probs <= 1)).all()
 
 
 def train_tiny(folder, epochs: int, checkpoint=None, batches_hook=None, seed: int = 0):
@@ -155,7 +153,7 @@ def test_ddp_two_processes_match_one_and_rank0_alone_logs(tmp_path):
     assert len(client.get_metric_history(ddp.info.run_id, "val/acc")) == 4  # rank 0 alone: one point per epoch
     artifacts = {a.path for a in client.list_artifacts(ddp.info.run_id)}
     assert {"training_curves.png", "curves.csv"} <= artifacts
-    assert any(m.name == "model" for m in client.search_logged_models([ddp.info.experiment_id]))
+    assert any(m.name == "model" and m.source_run_id == ddp.info.run_id for m in client.search_logged_models([ddp.info.experiment_id]))
 
 
 @pytest.mark.slow

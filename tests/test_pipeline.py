@@ -9,7 +9,9 @@ import sys
 import zipfile
 from pathlib import Path
 
+import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
@@ -150,6 +152,26 @@ def test_mlflow_holds_one_finished_run_per_stage(pipeline):
     lms = [by_stage["train_lm@lstm"], by_stage["train_lm@gru"]]
     assert all(len(client.get_metric_history(r.info.run_id, "val/ppl")) == 2 for r in lms)  # same names: overlaid
     assert {"samples/epoch_00001.txt", "samples/epoch_00002.txt"} <= {a.path for a in client.list_artifacts(lms[0].info.run_id, "samples")}
+
+
+def test_each_training_run_holds_a_pyfunc_model_that_answers(pipeline, monkeypatch):
+    repo, _, _ = pipeline
+    monkeypatch.chdir(repo)  # the default artifact root is ./mlartifacts beside mlflow.db
+    mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
+    try:
+        client = MlflowClient()
+        runs = {r.info.run_name: r.info.run_id for r in client.search_runs([client.get_experiment_by_name("primer").experiment_id])}
+        cnn = mlflow.pyfunc.load_model(f"runs:/{runs['train_cnn']}/model")
+        photos = sorted((repo / "data/raw/petimages/Dog").glob("*.jpg"))[:2]
+        answer = cnn.predict(pd.DataFrame({"image": [p.read_bytes() for p in photos]}))
+        assert list(answer.columns) == ["p_dog", "label"] and answer["p_dog"].between(0, 1).all()
+        lm = mlflow.pyfunc.load_model(f"runs:/{runs['train_lm@gru']}/model")
+        text = lm.predict(pd.DataFrame({"prefix": ["time "], "length": [7]}))["text"][0]
+        assert text.startswith("time ") and len(text) == 12
+        translator = mlflow.pyfunc.load_model(f"runs:/{runs['train_transformer']}/model")
+        assert translator.predict(pd.DataFrame({"sentence": ["I see 3."]}), params={"beam_size": 1})["translation"].map(type).tolist() == [str]
+    finally:
+        mlflow.set_tracking_uri(None)
 
 
 SHARED_IN_GIT = [".dvc/config", "dvc.lock", "params.yaml", "data", "models", "metrics", "plots"]

@@ -80,14 +80,3 @@ class ResidualCNN(nn.Module):
 def build_cnn(arch: str = "primer", width: int = 16) -> nn.Module:
     """The CNN named by params `train_cnn.model` (keys = these arguments)."""
     return {"primer": PrimerCNN, "resnet": ResidualCNN}[arch](width)
-
-
-class ProbabilityHead(nn.Module):
-    """Wraps a model for serving (MLflow pyfunc): returns P(class 1) per image instead of (logits, loss)."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.model(x)[0])

@@ -76,12 +76,15 @@ class StageRun:
         if self.lost:
             raise TrackingLost(self._lost_message("it already failed once"))
 
-    def _call(self, method: str, /, *args, **kwargs) -> None:
+    def _call(self, method, /, *args, **kwargs):
+        """mlflow's `method` (a dotted name in the mlflow module, or a function given that module first)."""
         if not self._mlflow:
-            return
+            return None
         self.flush()
         try:
-            operator.attrgetter(method)(self._mlflow)(*args, **kwargs)
+            if callable(method):
+                return method(self._mlflow, *args, **kwargs)
+            return operator.attrgetter(method)(self._mlflow)(*args, **kwargs)
         except Exception as exc:  # MlflowException, requests' or the database driver's errors
             self.lost = True
             raise TrackingLost(self._lost_message(_short_reason(exc))) from None
@@ -157,6 +160,16 @@ class StageRun:
         python_model, input_example = getattr(served_models, family)(), pd.DataFrame(input_example)
         signature = served_signature(model_file, python_model, input_example, model_config, params)
         self._call("pyfunc.log_model", **log_model_args(model_file, python_model, input_example, model_config, signature))
+
+
+    def register_model(self, name: str, run_id: str, metric: str, value: float, higher_is_better: bool):
+        """Training run `run_id`'s model as a version of `name`, champion if best (primer/registry.py);
+        None when tracking is off, `run_id` is empty or not in this store."""
+        if not self._mlflow or not run_id:
+            return None
+        from primer.registry import register
+
+        return self._call(register, name, run_id, metric, value, higher_is_better)
 
 
 def tracking_enabled() -> bool:

@@ -7,7 +7,9 @@ figure, a little optimistic, not a test set. Transformer: corpus BLEU on its
 test split and example translations with attention maps. Writes metrics.json (DVC metrics), the
 confusion matrix as DVC's confusion-template CSV, and report.html: one self-contained page (images
 inlined) with the data summary, augmentation preview, curves and all of the above. Everything is
-logged to one MLflow run tagged with the run ids of the training runs it evaluated.
+logged to one MLflow run tagged with the run ids of the training runs it evaluated. Each model whose
+training run is in the same MLflow store is registered (`primer-cnn`, `primer-lm-VARIANT`,
+`primer-translator`), and the alias `champion` moves to it when its test metric beats the champion's.
 """
 
 from __future__ import annotations
@@ -132,12 +134,24 @@ def evaluate(args, params: dict, run) -> None:
     run.log_figure(grid, "misclassified.png")
     run.set_tags({"evaluated.train_cnn": cnn["run_id"], "evaluated.train_transformer": tf["run_id"],
                   **{f"evaluated.train_lm.{r['variant']}": r["run_id"] for r in lms}})
+    register_models(run, cnn, lms, tf)
     write_html(args, params, cnn, lms, tf)
     run.log_artifact(args.report)
     run.log_artifact(args.confusion)
     print(f"evaluate: CNN test acc {cnn['accuracy']:.3f} (AUC {cnn['roc_auc']:.3f}); "
           + ", ".join(f"{r['variant']} ppl {r['test_ppl']:.2f}" for r in lms)
           + f"; Transformer test BLEU {tf['bleu']:.2f} -> {args.report}", flush=True)
+
+
+def register_models(run, cnn: dict, lms: list[dict], tf: dict) -> None:
+    """Each scored model into MLflow's registry; the alias `champion` moves to it only if it is better."""
+    kept = [run.register_model("primer-cnn", cnn["run_id"], "test_acc", cnn["accuracy"], higher_is_better=True),
+            *[run.register_model(f"primer-lm-{r['variant']}", r["run_id"], "test_ppl", r["test_ppl"], higher_is_better=False)
+              for r in lms],
+            run.register_model("primer-translator", tf["run_id"], "test_bleu", tf["bleu"], higher_is_better=True)]
+    for registered in kept:
+        if registered is not None:
+            print(f"evaluate: {registered.sentence()}", flush=True)
 
 
 def write_html(args, params: dict, cnn: dict, lms: list[dict], tf: dict) -> None:

@@ -154,6 +154,18 @@ def test_mlflow_holds_one_finished_run_per_stage(pipeline):
     assert {"samples/epoch_00001.txt", "samples/epoch_00002.txt"} <= {a.path for a in client.list_artifacts(lms[0].info.run_id, "samples")}
 
 
+def test_evaluate_registers_each_model_as_the_first_champion_linked_to_its_training_run(pipeline):
+    repo, _, first = pipeline
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    runs = {r.info.run_name: r.info.run_id for r in client.search_runs([client.get_experiment_by_name("primer").experiment_id])}
+    for name, stage in [("primer-cnn", "train_cnn"), ("primer-lm-lstm", "train_lm@lstm"), ("primer-lm-gru", "train_lm@gru"),
+                        ("primer-translator", "train_transformer")]:
+        champion = client.get_model_version_by_alias(name, "champion")
+        assert champion.run_id == runs[stage], name
+        assert f"evaluate: {name} version 1 (" in first and f"{name} version 1" in first
+    assert "is the first champion" in first
+
+
 def test_each_training_run_holds_a_pyfunc_model_that_answers(pipeline, monkeypatch):
     repo, _, _ = pipeline
     monkeypatch.chdir(repo)  # the default artifact root is ./mlartifacts beside mlflow.db

@@ -1,0 +1,71 @@
+"""primer/registry.py against a real SQLite MLflow store: the alias `champion` moves only to a better
+model, a re-evaluated run keeps its version, and each version links back to its training run."""
+
+from __future__ import annotations
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from primer.image_arrays import png_bytes
+from primer.models.cnn import build_cnn
+from primer.registry import CHAMPION, register
+from primer.served_models import PhotoClassifier, log_served_model
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.create_experiment("primer", artifact_location=(tmp_path / "artifacts").as_uri())
+    mlflow.set_experiment("primer")
+    args = {"arch": "primer", "width": 4}
+    torch.save({"model": build_cnn(**args).state_dict(), "model_args": args, "classes": ["Cat", "Dog"], "history": []},
+               tmp_path / "cnn.pt")
+    yield tmp_path
+    mlflow.end_run()
+
+
+def training_run(store) -> str:
+    """A train_cnn-like run holding its served model "model"."""
+    with mlflow.start_run() as run:
+        example = pd.DataFrame({"image": [png_bytes(np.zeros((8, 8, 3), np.uint8))]})
+        log_served_model(store / "cnn.pt", PhotoClassifier(), example, {"eval_size": 16, "draft_oversample": 2})
+    return run.info.run_id
+
+
+def test_the_champion_moves_only_to_a_better_model(store):
+    first, worse, better_one = training_run(store), training_run(store), training_run(store)
+    client = mlflow.MlflowClient()
+
+    one = register(mlflow, "primer-cnn", first, "test_acc", 0.80, higher_is_better=True)
+    assert (one.version, one.champion, one.previous) == ("1", "1", None)
+    assert "is the first champion" in one.sentence()
+
+    two = register(mlflow, "primer-cnn", worse, "test_acc", 0.75, higher_is_better=True)
+    assert (two.version, two.champion) == ("2", "1") and not two.took_the_alias
+    assert str(client.get_model_version_by_alias("primer-cnn", CHAMPION).version) == "1"
+    assert two.sentence() == ("primer-cnn version 2 (test_acc 0.75) does not beat version 1 (test_acc 0.8), "
+                              "which stays the champion")
+
+    three = register(mlflow, "primer-cnn", better_one, "test_acc", 0.90, higher_is_better=True)
+    assert (three.version, three.champion) == ("3", "3") and three.took_the_alias
+    champion = client.get_model_version_by_alias("primer-cnn", CHAMPION)
+    assert str(champion.version) == "3" and champion.run_id == better_one  # linked to its training run
+    assert champion.tags["test_acc"] == "0.9"
+
+    again = register(mlflow, "primer-cnn", worse, "test_acc", 0.75, higher_is_better=True)  # evaluate reran
+    assert again.version == "2" and len(client.search_model_versions("name='primer-cnn'")) == 3
+
+    loaded = mlflow.pyfunc.load_model(f"models:/primer-cnn@{CHAMPION}")
+    answer = loaded.predict(pd.DataFrame({"image": [png_bytes(np.full((20, 30, 3), 90, np.uint8))]}))
+    assert list(answer.columns) == ["p_dog", "label"]
+
+
+def test_lower_is_better_for_perplexity_and_a_run_from_another_store_is_skipped(store):
+    first, second = training_run(store), training_run(store)
+    register(mlflow, "primer-lm-gru", first, "test_ppl", 9.0, higher_is_better=False)
+    lower = register(mlflow, "primer-lm-gru", second, "test_ppl", 8.5, higher_is_better=False)
+    assert lower.took_the_alias and lower.champion == "2"
+    assert register(mlflow, "primer-lm-gru", "0123456789abcdef0123456789abcdef", "test_ppl", 1.0, False) is None

@@ -1,0 +1,126 @@
+"""`mlflow models serve -m models:/NAME@champion --env-manager local` for real, on 127.0.0.1: a photo
+in (base64 in JSON, as README's curl line sends it), P(dog) out; a sentence in, French out."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from primer.image_arrays import png_bytes
+from primer.models.cnn import build_cnn
+from primer.models.transformer import Seq2SeqTransformer
+from primer.registry import register
+from primer.sentence_pairs import build_vocab, preprocess_nmt
+from primer.served_models import PhotoClassifier, Translator, log_served_model
+
+from conftest import photo, venv_env
+from test_evaluate import PAIRS
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def registry(tmp_path, monkeypatch):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.create_experiment("primer", artifact_location=(tmp_path / "artifacts").as_uri())
+    mlflow.set_experiment("primer")
+    torch.manual_seed(0)
+    args = {"arch": "primer", "width": 8}
+    torch.save({"model": build_cnn(**args).state_dict(), "model_args": args, "classes": ["Cat", "Dog"], "history": []},
+               tmp_path / "cnn.pt")
+    lines = [preprocess_nmt(line).split("\t") for line in PAIRS.strip().split("\n")]
+    src, tgt = build_vocab([s.split() for s, _ in lines], 1), build_vocab([t.split() for _, t in lines], 1)
+    tf_args = {"src_vocab_size": len(src), "tgt_vocab_size": len(tgt), "num_hiddens": 16, "num_heads": 2,
+               "ffn_num_hiddens": 16, "num_layers": 1, "dropout": 0.0, "label_smoothing": 0.0, "pad_id": 1, "bos_id": 2,
+               "eos_id": 3}
+    torch.save({"model": Seq2SeqTransformer(**tf_args).state_dict(), "model_args": tf_args, "src_vocab": src.idx_to_token,
+                "tgt_vocab": tgt.idx_to_token, "history": []}, tmp_path / "tf.pt")
+    with mlflow.start_run() as cnn_run:
+        log_served_model(tmp_path / "cnn.pt", PhotoClassifier(), pd.DataFrame({"image": [png_bytes(np.zeros((8, 8, 3), np.uint8))]}),
+                         {"eval_size": 32, "draft_oversample": 2})
+    with mlflow.start_run() as tf_run:
+        log_served_model(tmp_path / "tf.pt", Translator(), pd.DataFrame({"sentence": ["I see 3."]}),
+                         {"num_steps": 8, "beam_size": 2}, {"beam_size": 2})
+    register(mlflow, "primer-cnn", cnn_run.info.run_id, "test_acc", 0.5, True)
+    register(mlflow, "primer-translator", tf_run.info.run_id, "test_bleu", 0.1, True)
+    yield tmp_path, uri
+    mlflow.end_run()
+
+
+def serve(model_uri: str, tracking_uri: str, cwd: Path):
+    port = free_port()
+    mlflow_cli = shutil.which("mlflow", path=str(Path(sys.executable).parent))
+    env = {**venv_env(cwd), "MLFLOW_TRACKING_URI": tracking_uri}  # the venv's bin on PATH: the server runs uvicorn
+    server = subprocess.Popen([mlflow_cli, "models", "serve", "-m", model_uri, "--env-manager", "local", "-h", "127.0.0.1",
+                               "-p", str(port)], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
+                return server, f"http://127.0.0.1:{port}/invocations"
+        except OSError:
+            if server.poll() is not None:
+                raise AssertionError(server.stdout.read().decode(errors="replace")[-3000:])
+            time.sleep(0.5)
+    server.kill()
+    raise AssertionError("mlflow models serve did not answer /ping within 120 s")
+
+
+def post(url: str, body: dict) -> dict:
+    request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.load(response)
+
+
+def stop(server) -> None:
+    server.terminate()
+    try:
+        server.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        server.kill()
+
+
+def test_the_champion_cnn_answers_a_photo_over_http_with_p_dog(registry):
+    tmp_path, uri = registry
+    jpeg = tmp_path / "dog.jpg"
+    photo(120, 90, seed=4).save(jpeg)
+    server, url = serve("models:/primer-cnn@champion", uri, tmp_path)
+    try:
+        answer = post(url, {"dataframe_records": [{"image": base64.b64encode(jpeg.read_bytes()).decode()}]})
+    finally:
+        stop(server)
+    expected = mlflow.pyfunc.load_model("models:/primer-cnn@champion").predict(pd.DataFrame({"image": [jpeg.read_bytes()]}))
+    (row,) = answer["predictions"]
+    assert row["label"] == expected["label"][0] and row["p_dog"] == pytest.approx(float(expected["p_dog"][0]), abs=1e-6)
+
+
+def test_the_champion_translator_answers_a_sentence_with_its_beam_size(registry):
+    tmp_path, uri = registry
+    server, url = serve("models:/primer-translator@champion", uri, tmp_path)
+    try:
+        answer = post(url, {"dataframe_records": [{"sentence": "I see 7."}], "params": {"beam_size": 1}})
+    finally:
+        stop(server)
+    expected = mlflow.pyfunc.load_model("models:/primer-translator@champion").predict(
+        pd.DataFrame({"sentence": ["I see 7."]}), params={"beam_size": 1})
+    assert answer["predictions"] == [{"translation": expected["translation"][0]}]

@@ -16,6 +16,7 @@ wherever torch and mlflow do. It runs on the GPU when there is one, else on the 
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import mlflow.pyfunc
@@ -43,7 +44,19 @@ def column(model_input, name: str) -> list:
     return list(model_input)
 
 
-class PhotoClassifier(mlflow.pyfunc.PythonModel):
+with warnings.catch_warnings(record=True):  # swallowed: this class's own "add type hints" warning
+
+    class ServedModel(mlflow.pyfunc.PythonModel):
+        """mlflow 3 warns at each PythonModel subclass whose `predict` has no type hints, inside its own
+        `catch_warnings` (so no filter reaches it); ours take and return DataFrames, checked by the
+        signature logged with them, so their subclasses' warnings are swallowed here."""
+
+        def __init_subclass__(cls, **kwargs) -> None:
+            with warnings.catch_warnings(record=True):
+                super().__init_subclass__(**kwargs)
+
+
+class PhotoClassifier(ServedModel):
     def load_context(self, context) -> None:
         from primer.model_files import load_model
 
@@ -67,7 +80,7 @@ class PhotoClassifier(mlflow.pyfunc.PythonModel):
                              "label": [self.classes[int(v >= 0.5)] for v in p.tolist()]})
 
 
-class TextGenerator(mlflow.pyfunc.PythonModel):
+class TextGenerator(ServedModel):
     def load_context(self, context) -> None:
         from primer.model_files import load_model
         from primer.text import Vocab
@@ -85,7 +98,7 @@ class TextGenerator(mlflow.pyfunc.PythonModel):
                                       for prefix, length in zip(prefixes, lengths)]})
 
 
-class Translator(mlflow.pyfunc.PythonModel):
+class Translator(ServedModel):
     def load_context(self, context) -> None:
         from primer.model_files import load_model
         from primer.text import Vocab

@@ -216,6 +216,10 @@ def test_a_clone_pulls_data_arrays_and_models_from_a_local_remote_and_repro_has_
         assert (clone / path).read_bytes() == (repo / path).read_bytes(), path
     assert "up to date" in dvc(clone, clone_env, "status")
     assert ran(dvc(clone, clone_env, "repro")) == []
+    primer = Path(sys.executable).parent / "primer"  # the models work there without training
+    classified = subprocess.run([str(primer), "classify", "data/raw/petimages/Dog/3.jpg"], cwd=clone, capture_output=True,
+                                text=True, timeout=300)
+    assert classified.returncode == 0 and classified.stdout.splitlines()[1].startswith("data/raw/petimages/Dog/3.jpg"), classified
 
 
 def test_second_repro_runs_nothing_and_changes_rerun_only_what_they_affect(pipeline):

@@ -1,0 +1,173 @@
+"""`primer`: use the trained models from the command line.
+
+  primer classify PHOTO...                       P(dog) and the label of each photo, as a table
+  primer generate --variant lstm "time traveller"  a language model's continuation of the prefix
+  primer translate "i'm home ."                  the Transformer's French
+
+Each reads the model the pipeline wrote under models/ (paths from dvc.yaml, preprocessing settings
+from params.yaml, run from the repository root), or `--model URI` for an MLflow model such as
+models:/primer-cnn@champion. The answers are the served pyfunc models' (primer/served_models.py), so
+they equal the evaluate stage's and `mlflow models serve`'s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import yaml
+
+from primer.errors import PrimerError
+from primer.stage import cli
+
+DVC_YAML, PARAMS = Path("dvc.yaml"), Path("params.yaml")
+
+
+def dvc_paths(dvc_yaml: Path = DVC_YAML) -> dict:
+    """The `paths` of dvc.yaml's vars, where every output path is written once."""
+    if not dvc_yaml.is_file():
+        raise PrimerError(f"'{dvc_yaml}' not found; run primer from the repository root, or give --model.")
+    for block in yaml.safe_load(dvc_yaml.read_text()).get("vars", []):
+        if isinstance(block, dict) and "paths" in block:
+            return block["paths"]
+    raise PrimerError(f"'{dvc_yaml}' has no vars.paths; restore it from git.")
+
+
+def params_section(name: str) -> dict:
+    if not PARAMS.is_file():
+        raise PrimerError(f"'{PARAMS}' not found; run primer from the repository root, or give --model.")
+    return (yaml.safe_load(PARAMS.read_text()) or {}).get(name) or {}
+
+
+def local_model(family: str, model_file: Path, stage: str, config: dict):
+    """The served model `family` over a model file of the pipeline's, ready to predict."""
+    import mlflow.pyfunc
+
+    from primer import served_models
+
+    if not model_file.is_file():
+        raise PrimerError(f"{model_file} does not exist; run `dvc repro {stage}` first (or give --model).")
+    model = getattr(served_models, family)()
+    context = mlflow.pyfunc.PythonModelContext(artifacts={"model_file": str(model_file)}, model_config=config)
+    model.load_context(context)
+    return lambda frame, params=None: model.predict(context, frame, params)
+
+
+def mlflow_model(uri: str):
+    import mlflow.pyfunc
+
+    try:
+        model = mlflow.pyfunc.load_model(uri)
+    except Exception as exc:  # MlflowException, OSError: a wrong URI, a store that does not answer
+        raise PrimerError(f"cannot load the MLflow model '{uri}' ({str(exc).splitlines()[0][:200]}); check the URI and "
+                          "MLFLOW_TRACKING_URI.") from None
+    return lambda frame, params=None: model.predict(frame, params=params)
+
+
+def why_unreadable(exc: Exception) -> str:
+    from PIL import UnidentifiedImageError
+
+    if isinstance(exc, FileNotFoundError):
+        return "no such file"
+    if isinstance(exc, IsADirectoryError):
+        return "a folder, not a photo"
+    if isinstance(exc, UnidentifiedImageError):
+        return "not an image file Pillow can open"
+    return (str(exc).splitlines() or [type(exc).__name__])[0][:160]
+
+
+def classify(args) -> int:
+    import pandas as pd
+    from tqdm import tqdm
+
+    if args.model:
+        predict = mlflow_model(args.model)
+    else:
+        augment = params_section("augment")
+        predict = local_model("PhotoClassifier", Path(dvc_paths()["cnn_model"]), "train_cnn",
+                              {"eval_size": augment.get("eval_size", 128), "draft_oversample": augment.get("draft_oversample", 2)})
+    rows, failed = [], []
+    for photo in tqdm(args.photos, desc="classify", unit="photo", disable=len(args.photos) < 10 or None, file=sys.stderr):
+        try:
+            answer = predict(pd.DataFrame({"image": [Path(photo).read_bytes()]}))
+        except Exception as exc:  # unreadable: missing, not an image, truncated
+            failed.append(photo)
+            print(f"primer classify: cannot read {photo} ({why_unreadable(exc)}); the other photos are classified.",
+                  file=sys.stderr)
+            continue
+        rows.append((photo, float(answer.iloc[0, 0]), str(answer["label"].iloc[0])))
+    if rows:
+        width = max(len(str(p)) for p, _, _ in rows)
+        print(f"{'photo':<{width}}  p_dog   label")
+        for photo, p, label in rows:
+            print(f"{str(photo):<{width}}  {p:.4f}  {label}")
+    return 1 if failed else 0
+
+
+def generate(args) -> int:
+    import pandas as pd
+
+    if not args.prefix:
+        raise PrimerError("the prefix is empty; give the text to continue, e.g. \"time traveller\".")
+    if args.model:
+        predict = mlflow_model(args.model)
+    else:
+        folder = Path(dvc_paths()["lm_models"])
+        predict = local_model("TextGenerator", folder / f"{args.variant}.pt", f"train_lm@{args.variant}", {})
+    print(predict(pd.DataFrame({"prefix": [args.prefix], "length": [args.length]}))["text"].iloc[0])
+    return 0
+
+
+def translate(args) -> int:
+    import pandas as pd
+
+    sentences = args.sentences
+    if not sentences or not all(s.strip() for s in sentences):
+        raise PrimerError("a sentence to translate is empty; give the English text, e.g. \"i'm home .\".")
+    params = {"beam_size": args.beam_size} if args.beam_size else None
+    if args.model:
+        predict = mlflow_model(args.model)
+    else:
+        p = params_section("train_transformer")
+        predict = local_model("Translator", Path(dvc_paths()["transformer_model"]), "train_transformer",
+                              {"num_steps": p.get("num_steps", 10), "beam_size": p.get("beam_size", 2)})
+    for sentence, french in zip(sentences, predict(pd.DataFrame({"sentence": sentences}), params)["translation"]):
+        print(f"{sentence} => {french}")
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="primer", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = top.add_subparsers(dest="command", required=True)
+    model_help = "an MLflow model URI instead of the file under models/, e.g. models:/primer-cnn@champion"
+
+    c = commands.add_parser("classify", help="P(dog) and the label of each photo")
+    c.add_argument("photos", nargs="+", help="image files (JPEG, PNG, ...), any size")
+    c.add_argument("--model", help=model_help)
+    c.set_defaults(run=classify)
+
+    g = commands.add_parser("generate", help="continue a prefix with a language model")
+    g.add_argument("prefix", help='the text to continue, e.g. "time traveller"')
+    g.add_argument("--variant", default="lstm", help="which of train_lm.variants (default: lstm)")
+    g.add_argument("--length", type=int, default=100, help="characters to add (default: 100)")
+    g.add_argument("--model", help=model_help.replace("primer-cnn", "primer-lm-lstm"))
+    g.set_defaults(run=generate)
+
+    t = commands.add_parser("translate", help="English sentences to French")
+    t.add_argument("sentences", nargs="+", help='English sentences, e.g. "i\'m home ."')
+    t.add_argument("--beam-size", type=int, help="beams (default: train_transformer.beam_size, the evaluated one)")
+    t.add_argument("--model", help=model_help.replace("primer-cnn", "primer-translator"))
+    t.set_defaults(run=translate)
+    return top
+
+
+def run(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    code = args.run(args)
+    if code:
+        raise SystemExit(code)
+
+
+def main() -> int:
+    return cli(run)

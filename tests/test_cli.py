@@ -1,0 +1,114 @@
+"""The `primer` console script (primer/cli.py) run for real from a folder laid out like the repository:
+its answers equal the served models' and the evaluation code's, and every mistake is one sentence."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from primer.batch_augment import eval_batch
+from primer.image_arrays import resized_array
+from primer.models.cnn import build_cnn
+from primer.models.rnn import RNNLM, generate
+from primer.models.transformer import Seq2SeqTransformer
+from primer.sentence_pairs import build_vocab, preprocess_nmt
+from primer.text import Vocab
+from primer.translation_eval import translate_sentences
+
+from conftest import REPO, photo
+from test_evaluate import PAIRS, TEXT
+
+PRIMER = shutil.which("primer", path=str(Path(sys.executable).parent))
+
+
+@pytest.fixture
+def repo(tmp_path):
+    """dvc.yaml and a params.yaml (eval size 32, beam 2, 8 steps), and tiny models where dvc.yaml puts them."""
+    shutil.copy(REPO / "dvc.yaml", tmp_path / "dvc.yaml")
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["augment"]["eval_size"] = 32
+    params["train_transformer"].update(num_steps=8, beam_size=2)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    (tmp_path / "models/lm").mkdir(parents=True)
+    torch.manual_seed(0)
+    args = {"arch": "primer", "width": 8}
+    cnn = build_cnn(**args).eval()
+    torch.save({"model": cnn.state_dict(), "model_args": args, "classes": ["Cat", "Dog"], "history": []},
+               tmp_path / "models/cnn.pt")
+    vocab = Vocab(TEXT)
+    lm_args = {"vocab_size": len(vocab), "cell": "lstm", "num_hiddens": 16, "num_layers": 1, "impl": "fused"}
+    lm = RNNLM(**lm_args).eval()
+    torch.save({"model": lm.state_dict(), "model_args": lm_args, "vocab": vocab.idx_to_token, "history": []},
+               tmp_path / "models/lm/lstm.pt")
+    lines = [preprocess_nmt(line).split("\t") for line in PAIRS.strip().split("\n")]
+    src, tgt = build_vocab([s.split() for s, _ in lines], 1), build_vocab([t.split() for _, t in lines], 1)
+    tf_args = {"src_vocab_size": len(src), "tgt_vocab_size": len(tgt), "num_hiddens": 16, "num_heads": 2,
+               "ffn_num_hiddens": 16, "num_layers": 1, "dropout": 0.0, "label_smoothing": 0.0, "pad_id": 1, "bos_id": 2,
+               "eos_id": 3}
+    tf = Seq2SeqTransformer(**tf_args).eval()
+    torch.save({"model": tf.state_dict(), "model_args": tf_args, "src_vocab": src.idx_to_token,
+                "tgt_vocab": tgt.idx_to_token, "history": []}, tmp_path / "models/transformer.pt")
+    return tmp_path, {"cnn": cnn, "lm": (lm, vocab), "tf": (tf, src, tgt)}
+
+
+def primer(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([PRIMER, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+def test_classify_prints_p_dog_per_photo_and_names_the_unreadable_one(repo):
+    root, models = repo
+    good = []
+    for i, fmt in enumerate(["jpg", "png"]):
+        good.append(root / f"pet{i}.{fmt}")
+        photo(90, 70, seed=i).save(good[-1])
+    (root / "broken.jpg").write_bytes(b"not a photo")
+    done = primer(root, "classify", good[0].name, "broken.jpg", good[1].name)
+    assert done.returncode == 1
+    assert done.stderr.strip() == ("primer classify: cannot read broken.jpg (not an image file Pillow can open); "
+                                   "the other photos are classified.")
+    header, *rows = done.stdout.splitlines()
+    assert header.split() == ["photo", "p_dog", "label"]
+    with torch.no_grad():
+        expected = torch.sigmoid(models["cnn"](eval_batch(torch.from_numpy(np.stack([resized_array(p, 32) for p in good]))))[0])
+    assert [r.split()[0] for r in rows] == [p.name for p in good]
+    assert [float(r.split()[1]) for r in rows] == pytest.approx(expected.tolist(), abs=1e-4)
+    assert [r.split()[2] for r in rows] == ["Dog" if p >= 0.5 else "Cat" for p in expected.tolist()]
+
+
+def test_generate_and_translate_answer_as_the_evaluation(repo):
+    root, models = repo
+    lm, vocab = models["lm"]
+    done = primer(root, "generate", "--variant", "lstm", "--length", "25", "time traveller")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == generate(lm, vocab, "time traveller", 25) + "\n"
+    tf, src, tgt = models["tf"]
+    done = primer(root, "translate", "I see 3.", "go 4 !")
+    assert done.returncode == 0, done.stderr
+    french = translate_sentences(tf, ["I see 3.", "go 4 !"], src, tgt, 8, 2, torch.device("cpu"))
+    assert done.stdout.splitlines() == [f"I see 3. => {french[0]}", f"go 4 ! => {french[1]}"]
+
+
+def test_mistakes_are_one_sentence_each(repo):
+    root, _ = repo
+    (root / "models/cnn.pt").unlink()
+    for args, sentence in [
+        (["classify", "x.jpg"], "primer: error: models/cnn.pt does not exist; run `dvc repro train_cnn` first (or give --model)."),
+        (["generate", "--variant", "gru", "the"], "primer: error: models/lm/gru.pt does not exist; run `dvc repro train_lm@gru` "
+                                                  "first (or give --model)."),
+        (["translate", "  "], "primer: error: a sentence to translate is empty; give the English text, e.g. \"i'm home .\"."),
+        (["generate", ""], "primer: error: the prefix is empty; give the text to continue, e.g. \"time traveller\"."),
+    ]:
+        done = primer(root, *args)
+        assert (done.returncode, done.stderr.strip()) == (1, sentence)
+
+
+def test_help_explains_each_command():
+    done = subprocess.run([PRIMER, "--help"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and all(c in done.stdout for c in ("classify", "generate", "translate", "models:/"))

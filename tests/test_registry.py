@@ -1,4 +1,4 @@
-"""primer/registry.py against a real SQLite MLflow store: the alias `champion` moves only to a better
+"""primer/registry.py against a real SQLite MLflow store and a real `mlflow server`: the alias `champion` moves only to a better
 model, a re-evaluated run keeps its version, and each version links back to its training run."""
 
 from __future__ import annotations
@@ -14,17 +14,30 @@ from primer.models.cnn import build_cnn
 from primer.registry import CHAMPION, register
 from primer.served_models import PhotoClassifier, log_served_model
 
+from conftest import venv_env
+from test_faults_tracking import free_port, start_server, stop
 
-@pytest.fixture
-def store(tmp_path, monkeypatch):
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
-    mlflow.create_experiment("primer", artifact_location=(tmp_path / "artifacts").as_uri())
+
+@pytest.fixture(params=["sqlite", "server"])
+def store(request, tmp_path, monkeypatch):
+    """A SQLite store, or a real `mlflow server` (on SQLite, proxying artifacts) reached over HTTP."""
+    server = None
+    if request.param == "server":
+        port = free_port()
+        server = start_server(tmp_path, port, venv_env(tmp_path))
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{port}")
+        mlflow.create_experiment("primer")
+    else:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+        mlflow.create_experiment("primer", artifact_location=(tmp_path / "artifacts").as_uri())
     mlflow.set_experiment("primer")
     args = {"arch": "primer", "width": 4}
     torch.save({"model": build_cnn(**args).state_dict(), "model_args": args, "classes": ["Cat", "Dog"], "history": []},
                tmp_path / "cnn.pt")
     yield tmp_path
     mlflow.end_run()
+    if server is not None:
+        stop(server)
 
 
 def training_run(store) -> str:
@@ -63,6 +76,7 @@ def test_the_champion_moves_only_to_a_better_model(store):
     assert list(answer.columns) == ["p_dog", "label"]
 
 
+@pytest.mark.parametrize("store", ["sqlite"], indirect=True)
 def test_lower_is_better_for_perplexity_and_a_run_from_another_store_is_skipped(store):
     first, second = training_run(store), training_run(store)
     register(mlflow, "primer-lm-gru", first, "test_ppl", 9.0, higher_is_better=False)

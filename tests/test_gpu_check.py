@@ -15,7 +15,7 @@ BENCHMARKS = REPO / "benchmarks"
 IMPORT_D2L = {"lm_throughput.py", "transformer_throughput.py"}  # d2l: benchmarks/requirements.txt
 NEED_D2L = IMPORT_D2L | {"gpu_check.py"}  # gpu_check runs those two
 SCRIPTS = ["cnn_throughput.py", "lm_throughput.py", "transformer_throughput.py", "prepare_throughput.py",
-           "gpu_check.py", "host_syncs.py", "lm_validation.py", "tracking_latency.py"]
+           "gpu_check.py", "host_syncs.py", "lm_validation.py", "tracking_latency.py", "serving_latency.py"]
 
 
 def needs_d2l(script: str) -> None:

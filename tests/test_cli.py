@@ -3,12 +3,15 @@ its answers equal the served models' and the evaluation code's, and every mistak
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import yaml
@@ -18,7 +21,9 @@ from primer.image_arrays import resized_array
 from primer.models.cnn import build_cnn
 from primer.models.rnn import RNNLM, generate
 from primer.models.transformer import Seq2SeqTransformer
+from primer.registry import register
 from primer.sentence_pairs import build_vocab, preprocess_nmt
+from primer.served_models import PhotoClassifier, log_served_model
 from primer.text import Vocab
 from primer.translation_eval import translate_sentences
 
@@ -58,8 +63,8 @@ def repo(tmp_path):
     return tmp_path, {"cnn": cnn, "lm": (lm, vocab), "tf": (tf, src, tgt)}
 
 
-def primer(cwd: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([PRIMER, *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+def primer(cwd: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([PRIMER, *args], cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
 
 
 def test_classify_prints_p_dog_per_photo_and_names_the_unreadable_one(repo):
@@ -112,3 +117,24 @@ def test_mistakes_are_one_sentence_each(repo):
 def test_help_explains_each_command():
     done = subprocess.run([PRIMER, "--help"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0 and all(c in done.stdout for c in ("classify", "generate", "translate", "models:/"))
+
+
+def test_classify_with_the_registered_champion_answers_as_with_the_file(repo, monkeypatch):
+    root, _ = repo
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_experiment(experiment_id=mlflow.create_experiment("primer", artifact_location=(root / "art").as_uri()))
+    pet = root / "pet.jpg"
+    photo(64, 48, seed=3).save(pet)
+    with mlflow.start_run() as run:
+        log_served_model(root / "models/cnn.pt", PhotoClassifier(), pd.DataFrame({"image": [pet.read_bytes()]}),
+                         {"eval_size": 32, "draft_oversample": 2})
+    register(mlflow, "primer-cnn", run.info.run_id, "test_acc", 0.5, True)
+    mlflow.end_run()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    from_file = primer(root, "classify", "pet.jpg")
+    from_registry = primer(root, "classify", "--model", "models:/primer-cnn@champion", "pet.jpg", env=env)
+    assert from_registry.returncode == 0, from_registry.stderr
+    assert from_registry.stdout == from_file.stdout
+    wrong = primer(root, "classify", "--model", "models:/primer-nothing@champion", "pet.jpg", env=env)
+    assert wrong.returncode == 1 and wrong.stderr.startswith("primer: error: cannot load the MLflow model 'models:/primer-nothing@champion'")

@@ -20,15 +20,13 @@ from primer.batch_augment import eval_batch
 from primer.image_arrays import resized_array
 from primer.models.cnn import build_cnn
 from primer.models.rnn import RNNLM, generate
-from primer.models.transformer import Seq2SeqTransformer
 from primer.registry import register
-from primer.sentence_pairs import build_vocab, preprocess_nmt
 from primer.served_models import PhotoClassifier, log_served_model
 from primer.text import Vocab
 from primer.translation_eval import translate_sentences
 
 from conftest import REPO, photo
-from test_evaluate import PAIRS, TEXT
+from test_evaluate import TEXT, save_tiny_translator
 
 PRIMER = shutil.which("primer", path=str(Path(sys.executable).parent))
 
@@ -52,14 +50,7 @@ def repo(tmp_path):
     lm = RNNLM(**lm_args).eval()
     torch.save({"model": lm.state_dict(), "model_args": lm_args, "vocab": vocab.idx_to_token, "history": []},
                tmp_path / "models/lm/lstm.pt")
-    lines = [preprocess_nmt(line).split("\t") for line in PAIRS.strip().split("\n")]
-    src, tgt = build_vocab([s.split() for s, _ in lines], 1), build_vocab([t.split() for _, t in lines], 1)
-    tf_args = {"src_vocab_size": len(src), "tgt_vocab_size": len(tgt), "num_hiddens": 16, "num_heads": 2,
-               "ffn_num_hiddens": 16, "num_layers": 1, "dropout": 0.0, "label_smoothing": 0.0, "pad_id": 1, "bos_id": 2,
-               "eos_id": 3}
-    tf = Seq2SeqTransformer(**tf_args).eval()
-    torch.save({"model": tf.state_dict(), "model_args": tf_args, "src_vocab": src.idx_to_token,
-                "tgt_vocab": tgt.idx_to_token, "history": []}, tmp_path / "models/transformer.pt")
+    tf, src, tgt = save_tiny_translator(tmp_path / "models/transformer.pt")
     return tmp_path, {"cnn": cnn, "lm": (lm, vocab), "tf": (tf, src, tgt)}
 
 

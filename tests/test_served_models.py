@@ -21,14 +21,12 @@ from primer.errors import PrimerError
 from primer.image_arrays import photo_array, resized_array
 from primer.models.cnn import build_cnn
 from primer.models.rnn import RNNLM, generate
-from primer.models.transformer import Seq2SeqTransformer
-from primer.sentence_pairs import build_vocab, preprocess_nmt
 from primer.served_models import PhotoClassifier, TextGenerator, Translator, log_served_model
 from primer.text import Vocab
 from primer.translation_eval import translate_sentences
 
 from conftest import photo
-from test_evaluate import PAIRS, TEXT
+from test_evaluate import TEXT, save_tiny_translator
 
 EVAL_SIZE = 32
 
@@ -102,13 +100,7 @@ def test_the_generator_writes_what_the_evaluation_samples(store):
 
 def test_the_translator_translates_as_the_evaluation_with_its_beam_size(store):
     torch.manual_seed(2)
-    lines = [preprocess_nmt(line).split("\t") for line in PAIRS.strip().split("\n")]
-    src, tgt = build_vocab([s.split() for s, _ in lines], 1), build_vocab([t.split() for _, t in lines], 1)
-    args = {"src_vocab_size": len(src), "tgt_vocab_size": len(tgt), "num_hiddens": 16, "num_heads": 2, "ffn_num_hiddens": 16,
-            "num_layers": 1, "dropout": 0.0, "label_smoothing": 0.0, "pad_id": 1, "bos_id": 2, "eos_id": 3}
-    tf = Seq2SeqTransformer(**args).eval()
-    torch.save({"model": tf.state_dict(), "model_args": args, "src_vocab": src.idx_to_token, "tgt_vocab": tgt.idx_to_token,
-                "history": []}, store / "tf.pt")
+    tf, src, tgt = save_tiny_translator(store / "tf.pt")
     example = pd.DataFrame({"sentence": ["I see 3."]})
     model, info = logged(store, store / "tf.pt", Translator(), example, {"num_steps": 8, "beam_size": 2}, {"beam_size": 2})
     sentences = ["I see 3.", "Go 7!", "i see 12 ."]

@@ -21,13 +21,11 @@ import torch
 
 from primer.image_arrays import png_bytes
 from primer.models.cnn import build_cnn
-from primer.models.transformer import Seq2SeqTransformer
 from primer.registry import register
-from primer.sentence_pairs import build_vocab, preprocess_nmt
 from primer.served_models import PhotoClassifier, Translator, log_served_model
 
 from conftest import SHARED_DATASETS, photo, venv_env
-from test_evaluate import PAIRS
+from test_evaluate import save_tiny_translator
 
 pytestmark = pytest.mark.slow
 
@@ -48,13 +46,7 @@ def registry(tmp_path, monkeypatch):
     args = {"arch": "primer", "width": 8}
     torch.save({"model": build_cnn(**args).state_dict(), "model_args": args, "classes": ["Cat", "Dog"], "history": []},
                tmp_path / "cnn.pt")
-    lines = [preprocess_nmt(line).split("\t") for line in PAIRS.strip().split("\n")]
-    src, tgt = build_vocab([s.split() for s, _ in lines], 1), build_vocab([t.split() for _, t in lines], 1)
-    tf_args = {"src_vocab_size": len(src), "tgt_vocab_size": len(tgt), "num_hiddens": 16, "num_heads": 2,
-               "ffn_num_hiddens": 16, "num_layers": 1, "dropout": 0.0, "label_smoothing": 0.0, "pad_id": 1, "bos_id": 2,
-               "eos_id": 3}
-    torch.save({"model": Seq2SeqTransformer(**tf_args).state_dict(), "model_args": tf_args, "src_vocab": src.idx_to_token,
-                "tgt_vocab": tgt.idx_to_token, "history": []}, tmp_path / "tf.pt")
+    save_tiny_translator(tmp_path / "tf.pt")
     with mlflow.start_run() as cnn_run:
         log_served_model(tmp_path / "cnn.pt", PhotoClassifier(), pd.DataFrame({"image": [png_bytes(np.zeros((8, 8, 3), np.uint8))]}),
                          {"eval_size": 32, "draft_oversample": 2})

@@ -18,7 +18,8 @@ import torch
 
 from primer.errors import PrimerError
 from primer.host_sync import HostSyncs
-from primer.train import COMPILE_MODES, configure_device, pick_device
+from primer.devices import configure_device, pick_device
+from primer.training.loop import COMPILE_MODES
 
 COMPILE_WARMUP = 3  # untimed steps at least, with torch.compile: compiling, recompiling, CUDA-graph capture
 

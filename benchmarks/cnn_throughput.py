@@ -6,7 +6,7 @@ All three train the primer's CNN for the same number of steps (batch --batch, Ad
       RandomRotation 15, ToTensor, Normalize), DataLoader(num_workers=4, shuffle), Sigmoid + BCELoss, fp32,
       each batch moved to the device in the loop;
   (b) ours: the augment stage's uint8 arrays, batched augmentation on the device, channels_last,
-      bf16 autocast where supported, through primer.train.fit (the loop train_cnn uses);
+      bf16 autocast where supported, through primer.training.loop.fit (the loop train_cnn uses);
   (c) compute only: random input tensors already on the device, the same model and step as (b).
 --compile applies torch.compile to (b) and (c) only. Prints images/s of each, the ratios and the host
 syncs of one step of (b) (its next batch + forward/backward/step, counted outside the timed region);
@@ -28,11 +28,12 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
-from primer.augment_policy import AugmentPolicy
-from primer.image_arrays import write_image_array
-from primer.image_batches import train_batches
+from primer.vision.augment_policy import AugmentPolicy
+from primer.vision.image_arrays import write_image_array
+from primer.vision.image_batches import train_batches
 from primer.models.cnn import PrimerCNN
-from primer.train import compile_model, fit, make_optimizer, use_bf16
+from primer.devices import use_bf16
+from primer.training.loop import compile_model, fit, make_optimizer
 
 from bench_device import add_device_args, choose_device, clock, describe, syncs_per_step, timed_batches, untimed_steps
 
@@ -80,7 +81,7 @@ def primer_loop(samples, steps: int, warmup: int, batch: int, device) -> float:
 
 
 def our_loop(images, labels, steps: int, warmup: int, batch: int, device, compile_mode: str) -> tuple[float, int]:
-    """(b): images/s of primer.train.fit over the augment arrays (warmup steps not counted), and the
+    """(b): images/s of primer.training.loop.fit over the augment arrays (warmup steps not counted), and the
     host syncs of one more step: the next batch of train_batches, forward, backward, optimizer step."""
     model = compile_model(PrimerCNN(16).to(device).to(memory_format=torch.channels_last), compile_mode)
     optimizer = make_optimizer(model, "adam", 1e-3)

@@ -1,6 +1,6 @@
 """Host syncs per training step, and the seeded losses, of every model family (issue 14).
 
-Each family trains through primer.train.fit on its stage's own batch source (CNN with every
+Each family trains through primer.training.loop.fit on its stage's own batch source (CNN with every
 augmentation step on; fused and scratch LSTM with random and sequential sampling; the Transformer),
 tiny sizes, on the CPU, seeded. `primer.host_sync.HostSyncs` counts, from the second step to the end
 of the epoch's last step, the calls that make the host wait for a GPU (see that module). Adam is built
@@ -19,13 +19,13 @@ from pathlib import Path
 
 import torch
 
-from primer.augment_policy import AugmentPolicy
+from primer.vision.augment_policy import AugmentPolicy
 from primer.host_sync import HostSyncs
-from primer.image_batches import train_batches
+from primer.vision.image_batches import train_batches
 from primer.models.cnn import build_cnn
 from primer.models.rnn import RNNLM
 from primer.models.transformer import Seq2SeqTransformer
-from primer.train import fit
+from primer.training.loop import fit
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the stages' own batch sources, from this checkout
 from stages.train_lm import batches_for  # noqa: E402

@@ -5,8 +5,8 @@ the real Time Machine, already on --device, training tokens/s (after --warmup un
   (a) the primer's way: its per-gate equations restated here (one-hot inputs, a separate matmul per
       gate and time step, a Python loop), driven by d2l 0.17.6's RNNModelScratch and train_epoch_ch8
       (SGD lr 1, clipping 1) — d2l installed with --no-deps, see benchmarks/requirements.txt;
-  (b) our scratch implementation (primer.models.rnn, impl=scratch) through primer.train.fit;
-  (c) our fused implementation (nn.LSTM/GRU/RNN) through primer.train.fit.
+  (b) our scratch implementation (primer.models.rnn, impl=scratch) through primer.training.loop.fit;
+  (c) our fused implementation (nn.LSTM/GRU/RNN) through primer.training.loop.fit.
 --compile applies torch.compile to (b) and (c) only. Median of --repeats interleaved rounds; also the
 host syncs of one step of (b) and (c) (forward, backward, clip, SGD step; counted outside the timed
 region). Last line: `ratio=X.XX` for the first cell's (b)/(a).
@@ -25,8 +25,8 @@ import torch
 from d2l import torch as d2l
 
 from primer.models.rnn import RNNLM
-from primer.text import Vocab, load_corpus, seq_data_iter_random
-from primer.train import compile_model, fit, make_optimizer
+from primer.text.corpus import Vocab, load_corpus, seq_data_iter_random
+from primer.training.loop import compile_model, fit, make_optimizer
 
 from bench_device import add_device_args, choose_device, describe, syncs_per_step, timed_batches, untimed_steps
 
@@ -111,7 +111,7 @@ def d2l_rate(cell: str, v: int, batches: list, warmup: int, device) -> float:
 
 
 def our_rate(cell: str, impl: str, v: int, batches: list, warmup: int, device, compile_mode: str) -> tuple[float, int]:
-    """(b) / (c): tokens/s of primer.train.fit over the same batches after `warmup` of them, and the host
+    """(b) / (c): tokens/s of primer.training.loop.fit over the same batches after `warmup` of them, and the host
     syncs of one more step (forward, backward, clip, SGD step) on a batch already on the device."""
     model = compile_model(RNNLM(v, cell, H, 1, impl).to(device), compile_mode)
     optimizer, stamps = make_optimizer(model, "sgd", 1.0), {}

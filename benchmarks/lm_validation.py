@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 
 from primer.models.rnn import RNNLM, perplexity
-from primer.text import Vocab, load_corpus, seq_data_iter_random, seq_data_iter_sequential, split_tail
-from primer.train import make_optimizer
+from primer.text.corpus import Vocab, load_corpus, seq_data_iter_random, seq_data_iter_sequential, split_tail
+from primer.training.loop import make_optimizer
 
 from bench_device import add_device_args, choose_device, clock, describe
 

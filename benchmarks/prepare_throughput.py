@@ -2,8 +2,8 @@
 
 Runs, in one process and in turn (median of --repeats rounds):
   baseline  a single-process loop of Image.open(p).load() over the photos (a plain full decode)
-  verify    primer.verify.verify_images on all cores (full decode, EXIF, RGB check, classification)
-  augment   primer.image_arrays.write_image_array at the train size (150) on all cores
+  verify    primer.data.verify.verify_images on all cores (full decode, EXIF, RGB check, classification)
+  augment   primer.vision.image_arrays.write_image_array at the train size (150) on all cores
             (decode once, resize, write the uint8 .npy)
 and prints images/s and the ratio to the baseline for each, with 1-worker rows for scale. The last
 line, `ratio=X.XX`, is the slower stage over the baseline (target: >= 0.8 x cores).
@@ -22,9 +22,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from primer.image_arrays import write_image_array
-from primer.parallel import resolve_workers
-from primer.verify import verify_images
+from primer.data.parallel import resolve_workers
+from primer.data.verify import verify_images
+from primer.vision.image_arrays import write_image_array
 
 DEFAULT_IMAGES = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "petimages"
 

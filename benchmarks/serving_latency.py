@@ -49,7 +49,7 @@ def free_port() -> int:
 def build_models(folder: Path, params: dict) -> None:
     from primer.models.cnn import build_cnn
     from primer.models.transformer import Seq2SeqTransformer
-    from primer.sentence_pairs import BOS, EOS, PAD, build_vocab, read_pairs
+    from primer.text.sentence_pairs import BOS, EOS, PAD, build_vocab, read_pairs
 
     torch.manual_seed(0)
     cnn_args = params["train_cnn"]["model"]
@@ -68,8 +68,8 @@ def build_models(folder: Path, params: dict) -> None:
 
 
 def register_champions(folder: Path, params: dict, photo: Path) -> str:
-    from primer.registry import register
-    from primer.served_models import PhotoClassifier, Translator, log_served_model
+    from primer.serving.registry import register
+    from primer.serving.served_models import PhotoClassifier, Translator, log_served_model
 
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     mlflow.set_tracking_uri(uri)

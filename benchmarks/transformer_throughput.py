@@ -35,8 +35,8 @@ from d2l import torch as d2l
 from torch import nn
 
 from primer.models.transformer import PositionalEncoding, Seq2SeqTransformer, TransformerEncoder, padding_mask
-from primer.sentence_pairs import BOS, EOS, PAD, build_vocab, preprocess_nmt, to_array
-from primer.train import compile_model, make_optimizer
+from primer.text.sentence_pairs import BOS, EOS, PAD, build_vocab, preprocess_nmt, to_array
+from primer.training.loop import compile_model, make_optimizer
 
 from bench_device import COMPILE_WARMUP, add_device_args, choose_device, clock, describe, syncs_per_step
 

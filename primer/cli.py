@@ -6,7 +6,7 @@
 
 Each reads the model the pipeline wrote under models/ (paths from dvc.yaml, preprocessing settings
 from params.yaml, run from the repository root), or `--model URI` for an MLflow model such as
-models:/primer-cnn@champion. The answers are the served pyfunc models' (primer/served_models.py), so
+models:/primer-cnn@champion. The answers are the served pyfunc models' (primer/serving/served_models.py), so
 they equal the evaluate stage's and `mlflow models serve`'s.
 """
 
@@ -44,7 +44,7 @@ def local_model(family: str, model_file: Path, stage: str, config: dict):
     """The served model `family` over a model file of the pipeline's, ready to predict."""
     import mlflow.pyfunc
 
-    from primer import served_models
+    from primer.serving import served_models
 
     if not model_file.is_file():
         raise PrimerError(f"{model_file} does not exist; run `dvc repro {stage}` first (or give --model).")

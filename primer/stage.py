@@ -23,15 +23,6 @@ def stage_parser(doc: str) -> argparse.ArgumentParser:
     return parser
 
 
-def add_training_outputs(parser: argparse.ArgumentParser) -> None:
-    """The arguments every training stage takes: its checkpoint and what it writes."""
-    parser.add_argument("--checkpoint", required=True, type=Path, help="checkpoint file (kept between runs)")
-    parser.add_argument("--model", required=True, type=Path, help="final model file to write")
-    parser.add_argument("--metrics", required=True, type=Path, help="metrics JSON to write")
-    parser.add_argument("--curves", required=True, type=Path, help="per-epoch CSV to write (DVC plots)")
-    parser.add_argument("--curves-png", required=True, type=Path, help="training-curve PNG to write")
-
-
 def load_checked(params_file: Path, schema: Schema, check: Callable[[dict], None] | None = None) -> dict:
     """The stage's params, validated key by key and then by `check(params)`, the stage's checks across
     keys (or against its inputs); a `PrimerError` from `check` is prefixed with the params file read."""

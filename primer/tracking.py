@@ -148,14 +148,14 @@ class StageRun:
     def log_served_model(self, model_file, family: str, input_example: dict, model_config: dict | None = None,
                          params: dict | None = None) -> None:
         """`model_file` as the run's MLflow pyfunc model "model": `family` names its class in
-        primer/served_models.py (imported only here: mlflow.pyfunc is slow to import), with a signature
+        primer/serving/served_models.py (imported only here: mlflow.pyfunc is slow to import), with a signature
         from running it on `input_example` ({column: values}); the evaluate stage registers it."""
         if not self._mlflow:
             return
         import pandas as pd
 
-        from primer import served_models
-        from primer.served_models import log_model_args, served_signature
+        from primer.serving import served_models
+        from primer.serving.served_models import log_model_args, served_signature
 
         python_model, input_example = getattr(served_models, family)(), pd.DataFrame(input_example)
         signature = served_signature(model_file, python_model, input_example, model_config, params)
@@ -163,11 +163,11 @@ class StageRun:
 
 
     def register_model(self, name: str, run_id: str, metric: str, value: float, higher_is_better: bool):
-        """Training run `run_id`'s model as a version of `name`, champion if best (primer/registry.py);
+        """Training run `run_id`'s model as a version of `name`, champion if best (primer/serving/registry.py);
         None when tracking is off, `run_id` is empty or not in this store."""
         if not self._mlflow or not run_id:
             return None
-        from primer.registry import register
+        from primer.serving.registry import register
 
         return self._call(register, name, run_id, metric, value, higher_is_better)
 

@@ -18,13 +18,13 @@ from pathlib import Path
 import numpy as np
 
 from primer.atomic import atomic_path
-from primer.augment_policy import AugmentPolicy, augment_schema, check_augment
-from primer.image_arrays import write_image_array
+from primer.data.split import SPLITS
+from primer.data.table import read_table
 from primer.params import integer
-from primer.preview import augmentation_preview
-from primer.split import SPLITS
 from primer.stage import cli, open_stage, stage_parser
-from primer.table import read_table
+from primer.vision.augment_policy import AugmentPolicy, augment_schema, check_augment
+from primer.vision.image_arrays import write_image_array
+from primer.vision.preview import augmentation_preview
 
 SCHEMA = {"seed": integer(0), "augment": augment_schema()}
 

@@ -20,21 +20,21 @@ from pathlib import Path
 import torch
 
 from primer.atomic import write_text
-from primer.attention_plot import plot_attention_maps
-from primer.binary_metrics import binary_report
+from primer.data.table import write_table
+from primer.devices import pick_device
 from primer.errors import PrimerError
-from primer.image_batches import eval_batches, load_arrays
-from primer.misclassified import plot_misclassified
-from primer.model_files import load_model
+from primer.evaluation.model_files import load_model
+from primer.evaluation.translation_eval import attention_maps, d2l_examples, test_bleu
 from primer.models.rnn import generate, perplexity
 from primer.params import choice, integer, number, some_of, text
 from primer.report import image, paragraph, table, write_report
-from primer.sentence_pairs import read_pairs, split_pairs
 from primer.stage import cli, open_stage, stage_parser
-from primer.table import write_table
-from primer.text import Vocab, load_corpus, split_tail
-from primer.train import pick_device
-from primer.translation_eval import attention_maps, d2l_examples, test_bleu
+from primer.text.attention_plot import plot_attention_maps
+from primer.text.corpus import Vocab, load_corpus, split_tail
+from primer.text.sentence_pairs import read_pairs, split_pairs
+from primer.vision.binary_metrics import binary_report
+from primer.vision.image_batches import eval_batches, load_arrays
+from primer.vision.misclassified import plot_misclassified
 
 SCHEMA = {
     "seed": integer(0),

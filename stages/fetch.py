@@ -12,8 +12,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from primer.data.fetch import fetch_source
 from primer.errors import PrimerError
-from primer.fetch import fetch_source
 from primer.params import integer, number, text
 from primer.stage import cli, open_stage, stage_parser
 

@@ -7,10 +7,10 @@ manifest order: the same manifest and seed give a byte-identical file.
 
 from __future__ import annotations
 
+from primer.data.split import check_fractions, split_counts, stratified_split
+from primer.data.table import read_table, write_table
 from primer.params import integer, number
-from primer.split import check_fractions, split_counts, stratified_split
 from primer.stage import cli, open_stage, stage_parser
-from primer.table import read_table, write_table
 
 SCHEMA = {"seed": integer(0), "split": {"val_fraction": number(0, 0.9), "test_fraction": number(0, 0.9)}}
 COLUMNS = ["path", "label", "width", "height", "split"]

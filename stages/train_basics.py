@@ -20,9 +20,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from primer import regression as rg  # noqa: E402
 from primer.atomic import atomic_path, write_text  # noqa: E402
 from primer.errors import PrimerError  # noqa: E402
+from primer.models import regression as rg  # noqa: E402
 from primer.params import integer, number  # noqa: E402
 from primer.stage import cli, open_stage, stage_parser  # noqa: E402
 

@@ -16,7 +16,6 @@ Several processes (DDP): set train_cnn.nproc (the stage relaunches itself under 
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import sys
@@ -26,17 +25,18 @@ from pathlib import Path
 import torch
 
 from primer import distributed
-from primer.atomic import atomic_path, write_text
-from primer.augment_policy import AugmentPolicy, augment_schema, check_augment
-from primer.checkpoint import fingerprint
-from primer.curves import plot_history, write_history_csv
-from primer.image_batches import data_identity, eval_batches, evaluate_binary, load_arrays, train_batches, train_steps
-from primer.image_arrays import png_bytes
+from primer.devices import configure_device, pick_device, use_bf16
 from primer.models.cnn import ARCHS, build_cnn
 from primer.params import choice, flag, integer, number
-from primer.stage import add_training_outputs, cli, load_checked, open_stage, stage_parser
-from primer.train import (COMPILE_MODES, FIT_KEYS, OPTIMIZERS, check_fit_params, compile_model, configure_device, fit, fit_schema,
-                          make_optimizer, pick_device, use_bf16)
+from primer.stage import cli, load_checked, open_stage, stage_parser
+from primer.training.checkpoint import fingerprint
+from primer.training.loop import (COMPILE_MODES, FIT_KEYS, OPTIMIZERS, check_fit_params, compile_model, fit,
+                                  fit_schema, make_optimizer)
+from primer.training.outputs import Curves, TrainingOutputs, add_training_outputs
+from primer.vision.augment_policy import AugmentPolicy, augment_schema, check_augment
+from primer.vision.image_arrays import png_bytes
+from primer.vision.image_batches import (data_identity, eval_batches, evaluate_binary, load_arrays, train_batches,
+                                         train_steps)
 
 SCHEMA = {
     "seed": integer(0),
@@ -64,12 +64,6 @@ def relaunch_under_torchrun(nproc: int) -> None:
     """Replace this process with `torchrun --standalone --nproc_per_node nproc` running this script."""
     argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", __file__]
     os.execv(sys.executable, argv + sys.argv[1:])
-
-
-def save_model(path: Path, model: torch.nn.Module, model_args: dict, classes: list, history: list, run_id: str) -> None:
-    with atomic_path(path) as tmp:
-        torch.save({"model": model.state_dict(), "model_args": model_args, "classes": classes, "history": history,
-                    "mlflow_run_id": run_id}, tmp)
 
 
 def check_params(params: dict) -> None:
@@ -129,19 +123,12 @@ def train(args, params: dict, run, device: torch.device) -> None:
     )
     if not distributed.is_main():
         return
-    history = fitted.history
-    classes = data["meta"]["classes"]
-    save_model(args.model, model, p["model"], classes, history, run.run_id or "")  # the best epoch's weights
     summary = fitted.summary("val/acc")
-    write_text(args.metrics, json.dumps(summary, indent=2) + "\n")
-    fitted.log_to(run, "val/acc")
-    write_history_csv(history, args.curves)
-    figure = plot_history(history, args.curves_png, f"train_cnn ({p['model']['arch']})", best_epoch=fitted.best_epoch,
-                          stopped=fitted.stopped_early)
-    run.log_figure(figure, "training_curves.png")
-    run.log_artifact(args.curves)
-    run.log_served_model(args.model, "PhotoClassifier", {"image": [png_bytes(val_x[0].cpu().numpy())]},
-                         {"eval_size": aug["eval_size"], "draft_oversample": aug["draft_oversample"]})
+    TrainingOutputs.from_args(args).write(
+        run, model, p["model"], fitted, "val/acc", summary, Curves(f"train_cnn ({p['model']['arch']})", "training_curves.png"),
+        served={"family": "PhotoClassifier", "input_example": {"image": [png_bytes(val_x[0].cpu().numpy())]},
+                "model_config": {"eval_size": aug["eval_size"], "draft_oversample": aug["draft_oversample"]}},
+        extra={"classes": data["meta"]["classes"]})
     print(f"train_cnn: kept epoch {fitted.best_epoch} of {summary['epochs']} (val/acc {fitted.best:.4f}) -> {args.model}", flush=True)
 
 

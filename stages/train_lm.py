@@ -15,7 +15,6 @@ MLflow compare view overlays their val/ppl curves.
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from functools import partial
@@ -23,17 +22,17 @@ from pathlib import Path
 
 import torch
 
-from primer.atomic import atomic_path, write_text
-from primer.checkpoint import fingerprint
-from primer.curves import plot_history, write_history_csv
+from primer.devices import configure_device, pick_device
 from primer.errors import PrimerError
 from primer.models.rnn import RNNLM, generate, perplexity
 from primer.params import choice, each_of, integer, number, text
-from primer.stage import add_training_outputs, cli, open_stage, stage_parser
-from primer.text import (Vocab, epoch_positions, gather_batches, load_corpus, num_batches, seq_data_iter_random,
-                         seq_data_iter_sequential, split_tail)
-from primer.train import (COMPILE_MODES, FIT_KEYS, check_fit_params, compile_model, configure_device, fit, fit_schema, make_optimizer,
-                          pick_device)
+from primer.stage import cli, open_stage, stage_parser
+from primer.text.corpus import (Vocab, epoch_positions, gather_batches, load_corpus, num_batches, seq_data_iter_random,
+                                seq_data_iter_sequential, split_tail)
+from primer.training.checkpoint import fingerprint
+from primer.training.loop import (COMPILE_MODES, FIT_KEYS, check_fit_params, compile_model, fit, fit_schema,
+                                  make_optimizer)
+from primer.training.outputs import Curves, TrainingOutputs, add_training_outputs
 
 VARIANT = {
     "model": {"cell": choice("rnn", "lstm", "gru"), "num_hiddens": integer(1, 8192), "num_layers": integer(1, 16),
@@ -159,22 +158,15 @@ def train(args, params: dict, run, corpus: str) -> None:
         patience=variant["patience"], steps_per_epoch=steps, val_every=p["val_every"], checkpoint_every=p["checkpoint_every"],
         count=lambda x, y: x.numel(), unit="tok", desc=f"train_lm@{args.variant}",
     )
-    history = fitted.history
-    for row in history:
+    for row in fitted.history:
         row["train/ppl"] = math.exp(row["train/epoch_loss"])
-    with atomic_path(args.model) as tmp:  # the best epoch's weights: fit left them in the model
-        torch.save({"model": model.state_dict(), "model_args": model_args, "vocab": vocab.idx_to_token, "history": history,
-                    "best_epoch": fitted.best_epoch, "mlflow_run_id": run.run_id or ""}, tmp)
-    run.log_served_model(args.model, "TextGenerator", {"prefix": [p["prefix"]], "length": [p["sample_chars"]]})
     sample = generate(model, vocab, p["prefix"], p["sample_chars"])
     summary = {k: v for k, v in fitted.summary("val/ppl").items() if k in KEPT} | {"sample": sample}
-    write_text(args.metrics, json.dumps(summary, indent=2) + "\n")
-    fitted.log_to(run, "val/ppl")
-    write_history_csv(history, args.curves)
-    figure = plot_history(history, args.curves_png, f"train_lm@{args.variant}", {"perplexity": ["train/ppl", "val/ppl"]},
-                          best_epoch=fitted.best_epoch, stopped=fitted.stopped_early)
-    run.log_figure(figure, "perplexity.png")
-    run.log_artifact(args.curves)
+    TrainingOutputs.from_args(args).write(
+        run, model, model_args, fitted, "val/ppl", summary,
+        Curves(f"train_lm@{args.variant}", "perplexity.png", {"perplexity": ["train/ppl", "val/ppl"]}),
+        served={"family": "TextGenerator", "input_example": {"prefix": [p["prefix"]], "length": [p["sample_chars"]]}},
+        extra={"vocab": vocab.idx_to_token})
     print(f"train_lm@{args.variant}: kept epoch {fitted.best_epoch} of {summary['epochs']}: train ppl {summary['train/ppl']:.2f}, "
           f"val ppl {summary['val/ppl']:.2f}; {sample!r}", flush=True)
 

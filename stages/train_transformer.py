@@ -12,26 +12,25 @@ d2l's BLEU (k=2) on its four sentences, a table of example translations and atte
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from pathlib import Path
 
 import torch
 
-from primer.atomic import atomic_path, write_text
-from primer.attention_plot import plot_attention_maps
-from primer.checkpoint import fingerprint
-from primer.curves import plot_history, write_history_csv
+from primer.data.table import write_table
+from primer.devices import configure_device, pick_device, use_bf16
 from primer.errors import PrimerError
+from primer.evaluation.translation_eval import attention_maps, d2l_examples, mean_token_loss, test_bleu
 from primer.models.transformer import Seq2SeqTransformer
 from primer.params import choice, flag, integer, number, text
-from primer.sentence_pairs import BOS, EOS, PAD, load_translation_data
-from primer.stage import add_training_outputs, cli, open_stage, stage_parser
-from primer.table import write_table
-from primer.train import (COMPILE_MODES, FIT_KEYS, check_fit_params, compile_model, configure_device, fit, fit_schema,
-                          make_optimizer, pick_device, use_bf16)
-from primer.translation_eval import attention_maps, d2l_examples, mean_token_loss, test_bleu
+from primer.stage import cli, open_stage, stage_parser
+from primer.text.attention_plot import plot_attention_maps
+from primer.text.sentence_pairs import BOS, EOS, PAD, load_translation_data
+from primer.training.checkpoint import fingerprint
+from primer.training.loop import (COMPILE_MODES, FIT_KEYS, check_fit_params, compile_model, fit, fit_schema,
+                                  make_optimizer)
+from primer.training.outputs import Curves, TrainingOutputs, add_training_outputs
 
 SCHEMA = {
     "seed": integer(0),
@@ -141,17 +140,12 @@ def train(args, params: dict, run) -> None:
         best_metric=metric, **{k: p[k] for k in FIT_KEYS}, steps_per_epoch=-(-len(train_src) // p["batch_size"]),
         count=lambda x, y: (y != pad).sum(), unit="tok", desc="train_transformer",
     )
-    with atomic_path(args.model) as tmp:  # the best epoch's weights: fit left them in the model
-        torch.save({"model": model.state_dict(), "model_args": model_args, **vocabs, "history": fitted.history,
-                    "best_epoch": fitted.best_epoch, "mlflow_run_id": run.run_id or ""}, tmp)
-    run.log_served_model(args.model, "Translator", {"sentence": [p["attention_sentence"]]},
-                         {"num_steps": p["num_steps"], "beam_size": p["beam_size"]}, {"beam_size": p["beam_size"]})
-    fitted.log_to(run, metric)
-    report(args, p, model, data, fitted, metric, device, run)
+    report(args, p, model, model_args, vocabs, data, fitted, metric, device, run)
 
 
-def report(args, p: dict, model: Seq2SeqTransformer, data, fitted, metric: str, device: torch.device, run) -> None:
-    """Test BLEU, d2l's four sentences, example translations, attention heatmaps, curves."""
+def report(args, p: dict, model: Seq2SeqTransformer, model_args: dict, vocabs: dict, data, fitted, metric: str,
+           device: torch.device, run) -> None:
+    """Test BLEU, d2l's four sentences, example translations, attention heatmaps; then the training outputs."""
     steps, beam, history = p["num_steps"], p["beam_size"], fitted.history
     bleu, rows = test_bleu(model, data.splits["test"], data.src_vocab, data.tgt_vocab, steps, beam, device)
     examples = d2l_examples(model, data.src_vocab, data.tgt_vocab, steps, beam, device)
@@ -163,7 +157,6 @@ def report(args, p: dict, model: Seq2SeqTransformer, data, fitted, metric: str, 
         "d2l_examples": examples,
     }
     run.log_metrics({"test/bleu": bleu, "d2l/bleu_k2_mean": summary["d2l/bleu_k2_mean"]}, kept["epochs"])
-    write_text(args.metrics, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     write_table(args.translations, rows[: p["examples"]], ["source", "translation", "references"])
     run.log_artifact(args.translations)
     run.log_text("\n".join(f"{e['source']} => {e['translation']} (bleu {e['bleu_k2']:.3f})" for e in examples) + "\n",
@@ -171,11 +164,12 @@ def report(args, p: dict, model: Seq2SeqTransformer, data, fitted, metric: str, 
     maps = attention_maps(model, p["attention_sentence"], data.src_vocab, data.tgt_vocab, steps, device)
     for name, figure in plot_attention_maps(maps, args.attention).items():
         run.log_figure(figure, f"attention/{name}")
-    write_history_csv(history, args.curves)
-    panels = {"loss": [k for k in ("train/epoch_loss", "val/loss") if k in history[0]]}
-    run.log_figure(plot_history(history, args.curves_png, "train_transformer", panels, best_epoch=fitted.best_epoch,
-                                stopped=fitted.stopped_early), "curves.png")
-    run.log_artifact(args.curves)
+    TrainingOutputs.from_args(args).write(
+        run, model, model_args, fitted, metric, summary,
+        Curves("train_transformer", "curves.png", {"loss": [k for k in ("train/epoch_loss", "val/loss") if k in history[0]]}),
+        served={"family": "Translator", "input_example": {"sentence": [p["attention_sentence"]]},
+                "model_config": {"num_steps": steps, "beam_size": beam}, "params": {"beam_size": beam}},
+        extra=vocabs)
     for e in examples:
         print(f"train_transformer: {e['source']!r} => {e['translation']!r}, bleu {e['bleu_k2']:.3f}", flush=True)
     print(f"train_transformer: test BLEU {bleu:.2f} on {len(rows)} sentences (beam {beam})", flush=True)

@@ -13,10 +13,10 @@ import json
 from dataclasses import asdict
 
 from primer.atomic import write_text
+from primer.data.table import write_table
+from primer.data.verify import summarize, verify_images
 from primer.params import integer
 from primer.stage import cli, open_stage, stage_parser
-from primer.table import write_table
-from primer.verify import summarize, verify_images
 
 SCHEMA = {"verify": {"num_workers": integer(0, 1024), "max_image_pixels": integer(1)}}
 MANIFEST_COLUMNS = ["path", "label", "width", "height"]

@@ -10,9 +10,9 @@ from torchvision.transforms import v2
 from torchvision.transforms.functional import _get_perspective_coeffs
 from torchvision.transforms.v2 import InterpolationMode
 
-from primer import augment_policy
-from primer.augment_policy import AugmentPolicy, Cutout
-from primer.batch_augment import (
+from primer.vision import augment_policy
+from primer.vision.augment_policy import AugmentPolicy, Cutout
+from primer.vision.batch_augment import (
     MEAN,
     STD,
     augment_batch,
@@ -386,7 +386,7 @@ def test_cuda_gives_the_cpu_result_for_the_same_seed(blur, atol):
 
 def test_packed_parameters_come_back_exactly():
     """What to_device sends to a GPU in one copy: every dtype and shape the augmentation uses, byte for byte."""
-    from primer.batch_augment import pack, unpack
+    from primer.vision.batch_augment import pack, unpack
 
     g = gen(0)
     tensors = {"top": torch.randint(0, 30, (5,), generator=g), "hflip": torch.rand(5, generator=g) < 0.5,
@@ -399,7 +399,7 @@ def test_packed_parameters_come_back_exactly():
     for name, t in tensors.items():
         assert back[name].dtype == t.dtype and back[name].shape == t.shape and torch.equal(back[name], t), name
     # and to_device's path for another device, where only dtypes and shapes can be seen (no CUDA here)
-    from primer.batch_augment import to_device
+    from primer.vision.batch_augment import to_device
 
     sent = to_device(tensors, torch.device("meta"))
     assert all(sent[k].device.type == "meta" and sent[k].dtype == t.dtype and sent[k].shape == t.shape for k, t in tensors.items())

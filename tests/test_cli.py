@@ -16,14 +16,14 @@ import pytest
 import torch
 import yaml
 
-from primer.batch_augment import eval_batch
-from primer.image_arrays import resized_array
+from primer.vision.batch_augment import eval_batch
+from primer.vision.image_arrays import resized_array
 from primer.models.cnn import build_cnn
 from primer.models.rnn import RNNLM, generate
-from primer.registry import register
-from primer.served_models import PhotoClassifier, log_served_model
-from primer.text import Vocab
-from primer.translation_eval import translate_sentences
+from primer.serving.registry import register
+from primer.serving.served_models import PhotoClassifier, log_served_model
+from primer.text.corpus import Vocab
+from primer.evaluation.translation_eval import translate_sentences
 
 from conftest import REPO, photo
 from test_evaluate import TEXT, save_tiny_translator

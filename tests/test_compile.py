@@ -11,7 +11,8 @@ import yaml
 from primer.errors import PrimerError
 from primer.models.rnn import RNNLM
 from primer.params import load_params
-from primer.train import compile_model, configure_device, fit, make_optimizer
+from primer.devices import configure_device
+from primer.training.loop import compile_model, fit, make_optimizer
 from stages import train_cnn, train_lm, train_transformer
 
 from conftest import REPO

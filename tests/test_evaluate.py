@@ -12,12 +12,12 @@ import pytest
 import torch
 import yaml
 
-from primer.binary_metrics import binary_report, confusion, roc_auc
+from primer.vision.binary_metrics import binary_report, confusion, roc_auc
 from primer.models.cnn import build_cnn
 from primer.models.rnn import RNNLM
 from primer.models.transformer import Seq2SeqTransformer
-from primer.sentence_pairs import build_vocab, preprocess_nmt
-from primer.text import Vocab
+from primer.text.sentence_pairs import build_vocab, preprocess_nmt
+from primer.text.corpus import Vocab
 
 from conftest import REPO, venv_env, write_tiny_arrays
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from primer.errors import PrimerError
-from primer.extract import extract
+from primer.data.extract import extract
 
 
 def make_zip(path: Path, entries: list[tuple[str, bytes]], links: dict[str, str] | None = None) -> Path:

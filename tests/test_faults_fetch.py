@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from primer.errors import PrimerError
-from primer.fetch import fetch_source
+from primer.data.fetch import fetch_source
 
 REPO = Path(__file__).resolve().parents[1]
 HTML = b"<!DOCTYPE html><html><head><title>Sign in</title></head><body>Please sign in.</body></html>\n"

@@ -11,9 +11,9 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from primer.checkpoint import load_matching
+from primer.training.checkpoint import load_matching
 from primer.errors import PrimerError
-from primer.image_batches import load_arrays
+from primer.vision.image_batches import load_arrays
 from primer.models.cnn import build_cnn
 from primer.models.rnn import RNNLM
 
@@ -262,7 +262,7 @@ def test_checkpoint_that_is_not_a_pytorch_file_starts_fresh_without_weights_only
 
 
 def test_missing_test_labels_npy_names_the_file_and_augment(tmp_path):
-    from primer.image_batches import data_identity
+    from primer.vision.image_batches import data_identity
 
     folder = write_tiny_arrays(tmp_path / "arrays")
     (folder / "test_labels.npy").unlink()  # train_cnn fingerprints every split's labels, the test split's too

@@ -9,9 +9,9 @@ import zipfile
 
 import pytest
 
-from primer.download import download
+from primer.data.download import download
 from primer.errors import PrimerError
-from primer.fetch import fetch_source
+from primer.data.fetch import fetch_source
 
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
 SHA1 = hashlib.sha1(PAYLOAD).hexdigest()

@@ -1,6 +1,6 @@
 """A training step of each model family makes the host wait for nothing (issue 14).
 
-Each family trains for a few steps through `primer.train.fit` on its stage's own batches, on the CPU,
+Each family trains for a few steps through `primer.training.loop.fit` on its stage's own batches, on the CPU,
 with `primer.host_sync.HostSyncs` recording from the second step on (the first makes the per-device
 constants) to the end of the epoch's last step: any `.item()` / Python value of a tensor, data-dependent
 shape, tensor made from Python data or copy between devices fails the test. Logging windows and epoch
@@ -14,13 +14,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from primer.augment_policy import AugmentPolicy
+from primer.vision.augment_policy import AugmentPolicy
 from primer.host_sync import HostSyncs
-from primer.image_batches import train_batches
+from primer.vision.image_batches import train_batches
 from primer.models.cnn import build_cnn
 from primer.models.rnn import RNNLM
 from primer.models.transformer import Seq2SeqTransformer
-from primer.train import fit, make_optimizer
+from primer.training.loop import fit, make_optimizer
 from stages.train_lm import batches_for
 from stages.train_transformer import shuffled_batches
 
@@ -100,8 +100,8 @@ def test_seeded_runs_give_the_same_losses():
 
 
 def test_device_gathered_lm_batches_are_the_samplers():
-    """What the LM stage gathers from the device is what d2l's samplers (primer.text) give for the seed."""
-    from primer.text import seq_data_iter_random, seq_data_iter_sequential
+    """What the LM stage gathers from the device is what d2l's samplers (primer.text.corpus) give for the seed."""
+    from primer.text.corpus import seq_data_iter_random, seq_data_iter_sequential
 
     ids = torch.randint(0, 12, (150,), generator=torch.Generator().manual_seed(2))
     for sampling, sampler in (("random", seq_data_iter_random), ("sequential", seq_data_iter_sequential)):

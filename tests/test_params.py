@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from primer.augment_policy import AugmentPolicy, policy_schema
+from primer.vision.augment_policy import AugmentPolicy, policy_schema
 from primer.errors import PrimerError
 from primer.params import flatten, integer, load_params, number
 

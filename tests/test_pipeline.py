@@ -238,6 +238,35 @@ def test_second_repro_runs_nothing_and_changes_rerun_only_what_they_affect(pipel
     assert "up to date" in dvc(repo, env, "status")
 
 
+TOUCHED = {  # one module per subpackage, and two of the MLflow plumbing: the stages that use it
+    "primer/data/download.py": ["fetch"],
+    "primer/vision/preview.py": ["augment"],
+    "primer/text/bleu.py": ["train_transformer", "evaluate"],
+    "primer/models/bptt.py": ["train_lm@lstm", "train_lm@gru", "evaluate"],
+    "primer/training/schedule.py": ["train_cnn", "train_lm@lstm", "train_lm@gru", "train_transformer"],  # not evaluate
+    "primer/evaluation/model_files.py": ["evaluate"],
+    "primer/serving/registry.py": [],
+    "primer/tracking.py": [],
+}
+
+
+def test_a_changed_module_makes_only_the_stages_that_use_it_stale(pipeline):
+    repo, env, _ = pipeline
+    for module, stages in TOUCHED.items():
+        path = repo / module
+        text = path.read_text()
+        path.write_text(text + "\n# changed\n")
+        try:
+            status = subprocess.run(["dvc", "status", "--json"], cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+        finally:
+            path.write_text(text)
+        assert status.returncode == 0, status.stderr
+        stale = json.loads(status.stdout)
+        assert sorted(stale) == sorted(stages), module
+        assert all(change == [{"changed deps": {module: "modified"}}] for change in stale.values()), stale
+    assert "up to date" in dvc(repo, env, "status")
+
+
 QUICK_STAGES = ["train_cnn", "train_lm@lstm", "train_lm@gru", "train_transformer", "evaluate"]
 
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from primer.augment_policy import AugmentPolicy, Cutout
+from primer.vision.augment_policy import AugmentPolicy, Cutout
 from primer.errors import PrimerError
-from primer.preview import augmentation_preview
+from primer.vision.preview import augmentation_preview
 
 
 def test_defaults_are_the_primer_train_transform():

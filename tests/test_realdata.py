@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from primer.verify import summarize, verify_images
+from primer.data.verify import summarize, verify_images
 
 from conftest import shared_datasets
 

@@ -1,4 +1,4 @@
-"""primer/registry.py against a real SQLite MLflow store and a real `mlflow server`: the alias `champion` moves only to a better
+"""primer/serving/registry.py against a real SQLite MLflow store and a real `mlflow server`: the alias `champion` moves only to a better
 model, a re-evaluated run keeps its version, and each version links back to its training run."""
 
 from __future__ import annotations
@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 import torch
 
-from primer.image_arrays import png_bytes
+from primer.vision.image_arrays import png_bytes
 from primer.models.cnn import build_cnn
-from primer.registry import CHAMPION, register
-from primer.served_models import PhotoClassifier, log_served_model
+from primer.serving.registry import CHAMPION, register
+from primer.serving.served_models import PhotoClassifier, log_served_model
 
 from conftest import venv_env
 from test_faults_tracking import free_port, start_server, stop

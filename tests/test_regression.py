@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from primer import regression as rg
+from primer.models import regression as rg
 from primer.params import load_params
 
 from conftest import REPO, venv_env

@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from primer.errors import PrimerError
 from primer.models.bptt import recurrence
 from primer.models.rnn import RNNLM, generate, perplexity, scratch_to_fused_state_dict
-from primer.text import Vocab, seq_data_iter_random, seq_data_iter_sequential
-from primer.train import make_optimizer
+from primer.text.corpus import Vocab, seq_data_iter_random, seq_data_iter_sequential
+from primer.training.loop import make_optimizer
 
 V, H, B, T = 7, 8, 3, 6
 # The primer's gates in the order PyTorch stacks them: LSTM rows (i, f, g, o), GRU rows (r, z, n).

@@ -8,9 +8,9 @@ import zipfile
 import pytest
 import sacrebleu
 
-from primer.bleu import corpus_bleu, sentence_bleu
+from primer.text.bleu import corpus_bleu, sentence_bleu
 from primer.errors import PrimerError
-from primer.sentence_pairs import (
+from primer.text.sentence_pairs import (
     build_vocab,
     ids_to_sentence,
     load_translation_data,

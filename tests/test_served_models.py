@@ -1,4 +1,4 @@
-"""The pyfunc models (primer/served_models.py), logged to a real SQLite MLflow store and loaded back
+"""The pyfunc models (primer/serving/served_models.py), logged to a real SQLite MLflow store and loaded back
 with `mlflow.pyfunc.load_model`, against the code the evaluate stage scores the same models with."""
 
 from __future__ import annotations
@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import pickle
 
 import mlflow
 import numpy as np
@@ -16,14 +17,14 @@ from mlflow.pyfunc.scoring_server import infer_and_parse_data
 from mlflow.types import ColSpec, Schema
 from PIL import Image
 
-from primer.batch_augment import eval_batch
+from primer.vision.batch_augment import eval_batch
 from primer.errors import PrimerError
-from primer.image_arrays import photo_array, resized_array
+from primer.vision.image_arrays import photo_array, resized_array
 from primer.models.cnn import build_cnn
 from primer.models.rnn import RNNLM, generate
-from primer.served_models import PhotoClassifier, TextGenerator, Translator, log_served_model
-from primer.text import Vocab
-from primer.translation_eval import translate_sentences
+from primer.serving.served_models import PhotoClassifier, TextGenerator, Translator, log_served_model
+from primer.text.corpus import Vocab
+from primer.evaluation.translation_eval import translate_sentences
 
 from conftest import photo
 from test_evaluate import TEXT, save_tiny_translator
@@ -96,6 +97,25 @@ def test_the_generator_writes_what_the_evaluation_samples(store):
     got = model.predict(pd.DataFrame({"prefix": ["time traveller", "the "], "length": [30, 5]}))
     assert got["text"].tolist() == [generate(lm, vocab, "time traveller", 30), generate(lm, vocab, "the ", 5)]
     assert [c["name"] for c in info.signature.inputs.to_dict()] == ["prefix", "length"]
+
+
+def test_a_model_logged_before_the_layout_move_still_loads_where_primer_is_imported(store):
+    """Models logged before primer/ was grouped into subpackages pickled their class as
+    `primer.served_models.TextGenerator`; the `primer` CLI imports primer before it loads one."""
+    torch.manual_seed(1)
+    vocab = Vocab(TEXT)
+    args = {"vocab_size": len(vocab), "cell": "gru", "num_hiddens": 16}
+    lm = RNNLM(**args).eval()
+    torch.save({"model": lm.state_dict(), "model_args": args, "vocab": vocab.idx_to_token, "history": []}, store / "lm.pt")
+    _, info = logged(store, store / "lm.pt", TextGenerator(), pd.DataFrame({"prefix": ["the "], "length": [5]}))
+    (pickled,) = (store / "artifacts").rglob("python_model.pkl")
+    with open(pickled, "rb") as f:
+        python_model = pickle.load(f)
+    old = pickle.dumps(python_model, protocol=0).replace(b"primer.serving.served_models", b"primer.served_models")
+    assert b"cprimer.served_models\nTextGenerator\n" in old
+    pickled.write_bytes(old)
+    model = mlflow.pyfunc.load_model(info.model_uri)
+    assert model.predict(pd.DataFrame({"prefix": ["time "], "length": [12]}))["text"][0] == generate(lm, vocab, "time ", 12)
 
 
 def test_the_translator_translates_as_the_evaluation_with_its_beam_size(store):

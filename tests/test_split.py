@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from primer.errors import PrimerError
-from primer.split import split_counts, stratified_split
-from primer.table import write_table
+from primer.data.split import split_counts, stratified_split
+from primer.data.table import write_table
 
 
 def manifest(cats: int, dogs: int) -> list[dict]:

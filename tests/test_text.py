@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from primer.errors import PrimerError
-from primer.text import (
+from primer.text.corpus import (
     Vocab,
     clean_lines,
     load_corpus,

@@ -65,9 +65,9 @@ def lm_fit(tmp_path, epochs: int, checkpoint=None, hook=None, sampling: str = "s
 
     from primer.models.rnn import perplexity
 
-    from primer.checkpoint import fingerprint
-    from primer.text import Vocab, split_tail
-    from primer.train import fit, make_optimizer
+    from primer.training.checkpoint import fingerprint
+    from primer.text.corpus import Vocab, split_tail
+    from primer.training.loop import fit, make_optimizer
 
     torch.manual_seed(0)
     text = TINY_TEXT.lower()

@@ -11,12 +11,12 @@ import pytest
 import torch
 import yaml
 
-from primer.bleu import corpus_bleu, sentence_bleu
-from primer.checkpoint import fingerprint
-from primer.decoding import greedy_decode
+from primer.text.bleu import corpus_bleu, sentence_bleu
+from primer.training.checkpoint import fingerprint
+from primer.models.decoding import greedy_decode
 from primer.models.transformer import Seq2SeqTransformer
-from primer.sentence_pairs import BOS, EOS, PAD, build_vocab, ids_to_sentence, to_array
-from primer.train import fit, make_optimizer
+from primer.text.sentence_pairs import BOS, EOS, PAD, build_vocab, ids_to_sentence, to_array
+from primer.training.loop import fit, make_optimizer
 
 from conftest import REPO, venv_env
 
@@ -47,7 +47,7 @@ def fit_pairs(tmp_path, epochs, checkpoint=None, hook=None, dropout=0.0):
     """Train a small Transformer on the 20 pairs with the stage's batches; returns model, history, vocabs, arrays."""
     from stages.train_transformer import shuffled_batches
 
-    from primer.sentence_pairs import preprocess_nmt
+    from primer.text.sentence_pairs import preprocess_nmt
 
     pairs = [tuple(side.split() for side in preprocess_nmt(line).split("\t")) for line in PAIRS.strip().split("\n")]
     src_vocab, tgt_vocab = build_vocab([s for s, _ in pairs], 1), build_vocab([t for _, t in pairs], 1)
@@ -149,7 +149,7 @@ def test_heads_that_do_not_divide_the_width_are_one_sentence(tmp_path):
 
 
 def test_validation_loss_is_plain_cross_entropy_even_with_label_smoothing():
-    from primer.translation_eval import mean_token_loss
+    from primer.evaluation.translation_eval import mean_token_loss
 
     torch.manual_seed(0)
     model = Seq2SeqTransformer(9, 11, 16, 2, 16, 1, 0.0, label_smoothing=0.3).eval()

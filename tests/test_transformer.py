@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from primer.decoding import beam_search, greedy_decode
+from primer.models.decoding import beam_search, greedy_decode
 from primer.models.transformer import (
     DecoderBlock,
     EncoderBlock,

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from primer.errors import PrimerError
-from primer.verify import summarize, verify_images
+from primer.data.verify import summarize, verify_images
 
 from conftest import photo
 

@@ -23,7 +23,6 @@ from torch import nn
 
 from primer.errors import PrimerError
 from primer.models.bptt import recurrence
-from primer.text import seq_data_iter_sequential
 
 CELLS = ("rnn", "lstm", "gru")
 IMPLS = ("scratch", "fused")

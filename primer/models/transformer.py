@@ -193,7 +193,7 @@ class Seq2SeqTransformer(nn.Module):
     def forward(self, src, tgt=None):
         memory, src_mask = self.encode(src)
         if tgt is None:
-            raise ValueError("the Transformer needs targets for teacher forcing; decode with primer.decoding instead")
+            raise ValueError("the Transformer needs targets for teacher forcing; decode with primer.models.decoding instead")
         bos = torch.full_like(tgt[:, :1], self.bos_id)
         logits = self.decode(torch.cat([bos, tgt[:, :-1]], dim=1), memory, src_mask)  # (B, T, V)
         loss = F.cross_entropy(logits.flatten(0, 1).float(), tgt.flatten(), ignore_index=self.pad_id,

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import torch
 
-from primer.checkpoint import load_torch_file
 from primer.errors import PrimerError
 from primer.models.cnn import build_cnn
 from primer.models.rnn import RNNLM
 from primer.models.transformer import Seq2SeqTransformer
+from primer.training.checkpoint import load_torch_file
 
 MODEL_FILES = {  # kind: (keys its training stage saves and evaluate reads, the model's constructor, that stage)
     "CNN model": ({"model", "model_args", "classes"}, build_cnn, "train_cnn"),

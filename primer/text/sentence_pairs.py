@@ -5,7 +5,7 @@ Semantics follow d2l 0.17 (chapter 9.5): U+202F and U+00A0 become spaces, text i
 goes before `, . ! ?` when none is there, tokens are split on spaces; vocabularies keep words
 seen at least `min_freq` times, with `<unk>` first and then `<pad> <bos> <eos>`; each sentence gets
 `<eos>` and is truncated or padded to `num_steps`. The character-level text utilities live in
-`primer/text.py`; this file reuses its `Vocab` and its corpus-reading errors.
+`primer/text/corpus.py`; this file reuses its `Vocab` and its corpus-reading errors.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from primer.errors import PrimerError
-from primer.text import Vocab, read_text_file
+from primer.text.corpus import Vocab, read_text_file
 
 PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
 RESERVED = (PAD, BOS, EOS)

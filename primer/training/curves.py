@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from primer.atomic import atomic_path  # noqa: E402
-from primer.table import write_table  # noqa: E402
+from primer.data.table import write_table  # noqa: E402
 
 
 def write_history_csv(history: list[dict], path: Path | str) -> None:

@@ -13,9 +13,9 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
+from primer.data.images import open_rgb
+from primer.data.parallel import parallel_map
 from primer.errors import PrimerError
-from primer.images import open_rgb
-from primer.parallel import parallel_map
 
 REASONS = ("empty", "truncated", "not_an_image", "undecodable", "decompression_bomb", "unreadable")
 

@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from primer.atomic import atomic_path  # noqa: E402
-from primer.augment_policy import AugmentPolicy  # noqa: E402
+from primer.vision.augment_policy import AugmentPolicy  # noqa: E402
 
 
 def augmentation_preview(images: np.ndarray, policy: AugmentPolicy, out: Path | str, seed: int) -> None:

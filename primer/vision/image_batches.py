@@ -11,11 +11,10 @@ import numpy as np
 import torch
 
 from primer import distributed
-from primer.augment_policy import AugmentPolicy
-from primer.batch_augment import augment_batch, eval_batch
+from primer.data.split import SPLITS
 from primer.errors import PrimerError
-from primer.split import SPLITS
-
+from primer.vision.augment_policy import AugmentPolicy
+from primer.vision.batch_augment import augment_batch, eval_batch
 
 RERUN_AUGMENT = "rerun `dvc repro augment`"
 
@@ -105,7 +104,7 @@ def train_batches(
 
     The random draws happen on the host (one CPU generator, so every device sees the same stream); the
     epoch's order and the labels move to the images' device once, so a step gathers its batch there and
-    waits on nothing (see primer.batch_augment for the augmentation parameters)."""
+    waits on nothing (see primer.vision.batch_augment for the augmentation parameters)."""
     generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
     order = _shard(torch.randperm(len(images), generator=generator)).to(images.device)
     labels = labels.to(images.device)

@@ -9,6 +9,7 @@ summed log-probability and picks the finished one with the best score / length^a
 from __future__ import annotations
 
 import torch
+from tqdm import tqdm
 
 from primer.models.transformer import Seq2SeqTransformer
 
@@ -69,11 +70,15 @@ def _until_eos(ids: list[int], model: Seq2SeqTransformer) -> list[int]:
     return out
 
 
-def translate(model: Seq2SeqTransformer, src: torch.Tensor, beam_size: int, max_len: int, batch_size: int = 256) -> list[list[int]]:
-    """Decode src (N, S) in batches: greedy when beam_size is 1, beam search otherwise."""
+def translate(model: Seq2SeqTransformer, src: torch.Tensor, beam_size: int, max_len: int, batch_size: int = 256,
+              progress: str | None = None) -> list[list[int]]:
+    """Decode src (N, S) in batches: greedy when beam_size is 1, beam search otherwise. `progress` names a
+    bar over the sentences (none by default: a served model answering one request draws nothing)."""
     model.eval()
     out = []
-    for start in range(0, src.shape[0], batch_size):
-        chunk = src[start:start + batch_size]
-        out += greedy_decode(model, chunk, max_len) if beam_size == 1 else beam_search(model, chunk, beam_size, max_len)
+    with tqdm(total=src.shape[0], desc=progress, unit="sentence", leave=False, disable=progress is None) as bar:
+        for start in range(0, src.shape[0], batch_size):
+            chunk = src[start:start + batch_size]
+            out += greedy_decode(model, chunk, max_len) if beam_size == 1 else beam_search(model, chunk, beam_size, max_len)
+            bar.update(chunk.shape[0])
     return out

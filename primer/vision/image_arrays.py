@@ -21,9 +21,9 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2 import functional as TF
 
 from primer.atomic import atomic_path
+from primer.data.images import open_rgb
+from primer.data.parallel import parallel_map
 from primer.errors import PrimerError
-from primer.images import open_rgb
-from primer.parallel import parallel_map
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 # torchvision 0.29 deprecates its decoders in favour of TorchCodec, but they are still there in the

@@ -16,9 +16,9 @@ from pathlib import Path
 from tqdm import tqdm
 
 from primer.atomic import atomic_path
-from primer.download import OFFLINE_README, download, first_bytes, is_archive, sha1_of
+from primer.data.download import OFFLINE_README, download, first_bytes, is_archive, sha1_of
+from primer.data.extract import extract
 from primer.errors import PrimerError
-from primer.extract import extract
 
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 

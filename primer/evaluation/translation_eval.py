@@ -6,11 +6,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from primer.bleu import corpus_bleu, sentence_bleu
-from primer.decoding import greedy_decode, translate
+from primer.models.decoding import greedy_decode, translate
 from primer.models.transformer import Seq2SeqTransformer
-from primer.sentence_pairs import EOS, ids_to_sentence, preprocess_nmt, references_by_source, to_array
-from primer.text import Vocab
+from primer.text.bleu import corpus_bleu, sentence_bleu
+from primer.text.corpus import Vocab
+from primer.text.sentence_pairs import EOS, ids_to_sentence, preprocess_nmt, references_by_source, to_array
 
 # d2l's four sentences (chapter 10.7) and their references: its anchor is BLEU 1.0 on all four
 D2L_EXAMPLES = [("go .", "va !"), ("i lost .", "j'ai perdu ."), ("he's calm .", "il est calme ."), ("i'm home .", "je suis chez moi .")]
@@ -33,10 +33,11 @@ def mean_token_loss(model: Seq2SeqTransformer, src: torch.Tensor, tgt: torch.Ten
 
 
 def translate_sentences(model: Seq2SeqTransformer, sentences: list[str], src_vocab: Vocab, tgt_vocab: Vocab,
-                        num_steps: int, beam_size: int, device: torch.device) -> list[str]:
-    """English sentences (preprocessed as the training data) -> French sentences."""
+                        num_steps: int, beam_size: int, device: torch.device, progress: str | None = None) -> list[str]:
+    """English sentences (preprocessed as the training data) -> French sentences (`progress`: a bar's name)."""
     src = to_array([preprocess_nmt(s).split() for s in sentences], src_vocab, num_steps).to(device)
-    return [ids_to_sentence(ids, tgt_vocab) for ids in translate(model, src, beam_size, max_len=num_steps)]
+    ids = translate(model, src, beam_size, max_len=num_steps, progress=progress)
+    return [ids_to_sentence(row, tgt_vocab) for row in ids]
 
 
 def test_bleu(model: Seq2SeqTransformer, test_pairs: list, src_vocab: Vocab, tgt_vocab: Vocab, num_steps: int,
@@ -46,7 +47,8 @@ def test_bleu(model: Seq2SeqTransformer, test_pairs: list, src_vocab: Vocab, tgt
     Returns the score and one row per source: source, hypothesis, references (joined by ' | ').
     """
     sources, references = references_by_source(test_pairs)
-    hypotheses = translate_sentences(model, sources, src_vocab, tgt_vocab, num_steps, beam_size, device)
+    hypotheses = translate_sentences(model, sources, src_vocab, tgt_vocab, num_steps, beam_size, device,
+                                     progress=f"test BLEU, beam {beam_size}")
     rows = [{"source": s, "translation": h, "references": " | ".join(r)} for s, h, r in zip(sources, hypotheses, references)]
     return corpus_bleu(hypotheses, references), rows
 

@@ -27,8 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from primer.augment_policy import AugmentPolicy
 from primer.host_sync import host_only
+from primer.vision.augment_policy import AugmentPolicy
 
 MEAN = (0.485, 0.456, 0.406)  # ImageNet, as the primer's Normalize
 STD = (0.229, 0.224, 0.225)

@@ -22,10 +22,10 @@ import torch
 from tqdm import tqdm
 
 from primer import distributed
-from primer.checkpoint import load_matching, rng_state, save, set_rng_state
 from primer.errors import PrimerError
 from primer.params import choice, integer, number
-from primer.schedule import SCHEDULES, check_schedule, lr_factor
+from primer.training.checkpoint import load_matching, rng_state, save, set_rng_state
+from primer.training.schedule import SCHEDULES, check_schedule, lr_factor
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
 FIT_KEYS = ("patience", "min_delta", "schedule", "warmup_epochs")
@@ -57,16 +57,6 @@ def make_optimizer(model: torch.nn.Module, name: str, lr: float, weight_decay: f
                                                                         fused=fused or None)
 
 
-def configure_device(device: torch.device) -> torch.device:
-    """Fast fp32 kernels where they exist: TF32 for matmuls and convolutions on CUDA (Ampere and later;
-    a 10-bit mantissa, as every mainstream training recipe accepts). Nothing changes on the CPU."""
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True  # fixed batch shapes: pick the fastest conv algorithm once
-    return device
-
-
 def compile_model(model: torch.nn.Module, mode: str) -> torch.nn.Module:
     """`model` with its forward compiled by torch.compile in place (`off`: unchanged). In place, so the
     state dict keeps its keys and checkpoints stay interchangeable with eager ones. `reduce-overhead`
@@ -78,28 +68,24 @@ def compile_model(model: torch.nn.Module, mode: str) -> torch.nn.Module:
     return model
 
 
-def pick_device(name: str, key: str) -> torch.device:
-    """'auto' (CUDA when there is one), 'cpu' or 'cuda'; `key` names the param in the error (stages call
-    it in their params check, so that the error also names the params file)."""
-    if name == "cuda" and not torch.cuda.is_available():
-        raise PrimerError(f"'{key}' is 'cuda', but torch sees no CUDA device; use 'auto' or 'cpu'.")
-    return torch.device("cuda" if name == "cuda" or (name == "auto" and torch.cuda.is_available()) else "cpu")
-
-
-def use_bf16(device: torch.device, wanted: bool) -> bool:
-    """bf16 autocast where the device runs it natively: CUDA with bf16 support, or a CPU with
-    AVX512-BF16 or AMX. (On an AVX2-only CPU, bf16 autocast measured ~4x slower than fp32.)"""
-    if not wanted:
-        return False
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    native = (getattr(torch.cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
-    return device.type == "cpu" and any(native)
-
-
 def _mean_over_ranks(total: torch.Tensor, count: int) -> float:
     summed = distributed.all_sum(torch.stack([total.detach().float(), torch.tensor(float(count), device=total.device)]))
     return (summed[0] / summed[1].clamp(min=1)).item()
+
+
+def time_left(seconds: float, epochs_done: int, epochs_left: int) -> str:
+    """" (12.3 s/epoch, about 1 min 14 s left)": the mean epoch so far (validation included) times the epochs left."""
+    per_epoch = seconds / max(epochs_done, 1)
+    if not epochs_left:
+        return f" ({per_epoch:.1f} s/epoch)"
+    left = round(per_epoch * epochs_left)
+    if left >= 3600:
+        words = f"{left // 3600} h {left % 3600 // 60} min"
+    elif left >= 60:
+        words = f"{left // 60} min {left % 60} s"
+    else:
+        words = f"{left} s"
+    return f" ({per_epoch:.1f} s/epoch, about {words} left)"
 
 
 @dataclass
@@ -202,6 +188,7 @@ def fit(
         if distributed.is_main():
             print(f"{desc}: resumed from {checkpoint} after epoch {start}" + (" (it had stopped early)" if stopped else ""),
                   flush=True)
+    run_began = time.perf_counter()  # for the time left, from the epochs this process has run
     for epoch in range(start, epochs):
         if stopped:
             break
@@ -255,8 +242,8 @@ def fit(
                 failed.append(exc)
         if distributed.is_main():
             summary = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k.startswith("val/"))
-            print(f"{desc} epoch {epoch + 1}/{epochs}: loss {metrics['train/epoch_loss']:.4f}" + (f", {summary}" if summary else ""),
-                  flush=True)
+            print(f"{desc} epoch {epoch + 1}/{epochs}: loss {metrics['train/epoch_loss']:.4f}" + (f", {summary}" if summary else "")
+                  + time_left(time.perf_counter() - run_began, epoch + 1 - start, epochs - epoch - 1), flush=True)
             # on the cadence, at the end, and before an error of `log` stops the run (the rerun resumes here)
             if checkpoint and ((epoch + 1) % checkpoint_every == 0 or last or stopped or failed):
                 save(checkpoint, model=distributed.unwrap(model).state_dict(), optimizer=optimizer.state_dict(),

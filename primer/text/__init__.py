@@ -1,0 +1,2 @@
+"""The text path: the character corpus and its vocabulary, English-French sentence pairs, BLEU and
+attention plots."""

@@ -1,0 +1,2 @@
+"""Training any model: the one loop, checkpoints, learning-rate schedules, the curves, and the files a
+training stage writes."""

@@ -1,0 +1,2 @@
+"""The image path: the augmentation policy, the photo arrays, batches augmented on the device, and the
+CNN's figures and binary metrics."""

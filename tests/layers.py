@@ -9,6 +9,8 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import yaml
+
 REPO = Path(__file__).resolve().parents[1]
 
 LAYERS = {  # name: (rank, the modules or packages it holds)
@@ -31,6 +33,12 @@ LAYERS = {  # name: (rank, the modules or packages it holds)
 # leaving them out keeps a change to logging from redoing the pipeline.
 NOT_DEPS = {"primer.errors", "primer.atomic", "primer.processes", "primer.params", "primer.host_sync",
             "primer.tracking", "primer.stage"}
+
+
+def dvc_stages() -> dict:
+    """dvc.yaml's stages by name (train_lm: its foreach template)."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    return {name: stage.get("do", stage) for name, stage in stages.items()}
 
 
 def layer_of(module: str) -> str | None:

@@ -6,8 +6,7 @@ from __future__ import annotations
 import re
 
 import pytest
-import yaml
-from layers import LAYERS, REPO, modules
+from layers import LAYERS, REPO, dvc_stages, modules
 
 DOC = REPO / "docs" / "architecture.md"
 TOP_LEVEL_NODES = {"plumbing", "stage_plumbing"}  # nodes of modules directly in primer/
@@ -15,11 +14,6 @@ TOP_LEVEL_NODES = {"plumbing", "stage_plumbing"}  # nodes of modules directly in
 
 def diagrams() -> list[str]:
     return re.findall(r"```mermaid\n(.*?)```", DOC.read_text(), re.S)
-
-
-def dvc_stages() -> dict:
-    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    return {name: stage.get("do", stage) for name, stage in stages.items()}
 
 
 def test_the_doc_has_its_two_diagrams():

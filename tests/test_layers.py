@@ -6,13 +6,7 @@ from __future__ import annotations
 import textwrap
 
 import pytest
-import yaml
-from layers import LAYERS, NOT_DEPS, REPO, back_imports, modules, stage_deps
-
-
-def dvc_stages() -> dict:
-    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    return {name: stage.get("do", stage) for name, stage in stages.items()}  # train_lm: its foreach template
+from layers import LAYERS, NOT_DEPS, REPO, back_imports, dvc_stages, modules, stage_deps
 
 
 def test_no_module_imports_from_a_later_layer():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,20 @@ SHARED_DATASETS = REPO.parent / "shared" / "datasets"
 def _no_tracking_by_default(monkeypatch):
     """Library tests run with tracking off; tracking tests turn it on against a temp store."""
     monkeypatch.setenv("PRIMER_TRACKING", "off")
+    yield
+    _forget_mlflow_tracking_uri()
+
+
+def _forget_mlflow_tracking_uri() -> None:
+    """A stage_run in this process set mlflow's process-wide tracking URI to its store (stage processes
+    want that); left set, it would win over the next test's MLFLOW_TRACKING_URI."""
+    mlflow = sys.modules.get("mlflow")
+    if mlflow is None:
+        return
+    env = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(None)  # also unsets MLFLOW_TRACKING_URI, which monkeypatch restores after this
+    if env is not None:
+        os.environ["MLFLOW_TRACKING_URI"] = env
 
 
 def photo(width: int, height: int, seed: int = 0) -> Image.Image:

@@ -197,3 +197,22 @@ def test_a_failed_queued_write_is_one_sentence_at_the_next_call(store, monkeypat
         with stage_run("train_cnn", {}) as run:
             run.log_metrics({"train/loss": 1.0}, 1)
             run.flush()
+
+
+def test_a_stage_run_sets_mlflow_s_process_wide_tracking_uri(store):
+    """The premise of the next test: stage_run leaves mlflow's global tracking URI at its store."""
+    import mlflow
+
+    with stage_run("split", {}):
+        pass
+    assert mlflow.get_tracking_uri() == store
+
+
+def test_a_later_test_sees_its_own_tracking_uri_not_an_earlier_stage_runs(tmp_path, monkeypatch):
+    """conftest forgets the URI the test above left, so a test's MLFLOW_TRACKING_URI wins again (without it,
+    a registry test that ran after an in-process stage_run wrote into that run's store)."""
+    import mlflow
+
+    uri = f"sqlite:///{tmp_path / 'other.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    assert mlflow.get_tracking_uri() == uri

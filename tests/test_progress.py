@@ -19,6 +19,7 @@ from primer.training.loop import time_left
     (100.0, 1, 2, " (100.0 s/epoch, about 3 min 20 s left)"),
     (3000.0, 1, 2, " (3000.0 s/epoch, about 1 h 40 min left)"),
     (12.34, 4, 0, " (3.1 s/epoch)"),
+    (0.8, 2, 1, " (0.4 s/epoch, under 1 s left)"),
 ])
 def test_time_left_is_the_mean_epoch_times_the_epochs_left(seconds, done, left, words):
     assert time_left(seconds, done, left) == words
@@ -31,7 +32,7 @@ def test_each_epoch_bar_counts_to_its_batches_and_each_line_says_the_time_left(t
         assert re.search(rf"train epoch {epoch}/3: +0%\S* *\| *0/4 \[00:00<", err), err  # the total, and elapsed<remaining
     lines = [line for line in out.splitlines() if re.match(r"train epoch \d/3: loss", line)]
     assert len(lines) == 3
-    assert all(re.search(r" \(\d+\.\d s/epoch, about \d+ s left\)$", line) for line in lines[:2]), lines
+    assert all(re.search(r" \(\d+\.\d s/epoch, (about \d+ s|under 1 s) left\)$", line) for line in lines[:2]), lines
     assert re.search(r" \(\d+\.\d s/epoch\)$", lines[2]), lines
 
 

@@ -80,12 +80,12 @@ def time_left(seconds: float, epochs_done: int, epochs_left: int) -> str:
         return f" ({per_epoch:.1f} s/epoch)"
     left = round(per_epoch * epochs_left)
     if left >= 3600:
-        words = f"{left // 3600} h {left % 3600 // 60} min"
+        words = f"about {left // 3600} h {left % 3600 // 60} min"
     elif left >= 60:
-        words = f"{left // 60} min {left % 60} s"
+        words = f"about {left // 60} min {left % 60} s"
     else:
-        words = f"{left} s"
-    return f" ({per_epoch:.1f} s/epoch, about {words} left)"
+        words = f"about {left} s" if left else "under 1 s"
+    return f" ({per_epoch:.1f} s/epoch, {words} left)"
 
 
 @dataclass

@@ -26,6 +26,7 @@ from primer.models.transformer import Seq2SeqTransformer
 from primer.params import choice, flag, integer, number, text
 from primer.stage import cli, open_stage, stage_parser
 from primer.text.attention_plot import plot_attention_maps
+from primer.text.length_batches import bucketed_batches
 from primer.text.sentence_pairs import BOS, EOS, PAD, load_translation_data
 from primer.training.checkpoint import fingerprint
 from primer.training.loop import (COMPILE_MODES, FIT_KEYS, check_fit_params, compile_model, fit, fit_schema,
@@ -64,19 +65,12 @@ SCHEMA = {
 }
 
 
-def shuffled_batches(src: torch.Tensor, tgt: torch.Tensor, batch_size: int, seed: int, device: torch.device):
-    """epoch -> (src, tgt) batches in an order fixed by seed and epoch (so a resumed epoch is the same).
-
-    The id arrays go to the device once (160k pairs x 10 steps is ~26 MB), and each epoch's order once per
-    epoch; a step gathers its batch there and waits on nothing.
-    """
-    src, tgt = src.to(device), tgt.to(device)
-
-    def batches(epoch: int):
-        order = torch.randperm(len(src), generator=torch.Generator().manual_seed(seed * 100_003 + epoch)).to(device)
-        return ((src[rows], tgt[rows]) for rows in order.split(batch_size))
-
-    return batches
+def shuffled_batches(src: torch.Tensor, tgt: torch.Tensor, batch_size: int, seed: int, device: torch.device,
+                     pad: int = 1):
+    """epoch -> (src, tgt) batches in an order fixed by seed and epoch (so a resumed epoch is the same): pairs
+    of similar length together, each batch cut to its longest sentence (primer/text/length_batches.py).
+    `pad` is `<pad>`'s id, 1 in both vocabularies that `build_vocab` makes."""
+    return bucketed_batches(src, tgt, batch_size, seed, device, pad)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -132,7 +126,7 @@ def train(args, params: dict, run) -> None:
     vocabs = {"src_vocab": data.src_vocab.idx_to_token, "tgt_vocab": tgt.idx_to_token}
     metric = "val/loss" if len(val_src) else "train/epoch_loss"
     fitted = fit(
-        model, optimizer, shuffled_batches(train_src, train_tgt, p["batch_size"], seed, device), evaluate, p["epochs"],
+        model, optimizer, shuffled_batches(train_src, train_tgt, p["batch_size"], seed, device, pad), evaluate, p["epochs"],
         device=device, grad_clip=p["grad_clip"], bf16=bf16, checkpoint=args.checkpoint,
         fingerprint=fingerprint(model=model_args, train={k: v for k, v in p.items() if k not in ("model", "examples", "attention_sentence", "beam_size", "compile")},
                                 seed=seed, vocabs=vocabs, pairs=len(train_src)),

@@ -8,7 +8,9 @@ every attention over source keys.
 
 Contract of the training loop: `logits, loss = model(src, tgt)`, src and tgt (B, T) ids padded with
 `pad_id`; the decoder input is tgt shifted right behind `<bos>` (teacher forcing), the loss is
-cross-entropy over non-padding target positions.
+cross-entropy over non-padding target positions. In training mode the output layer and the loss are
+computed together a slice of rows at a time (`linear_cross_entropy`: the same loss and gradients, no
+(B, T, V) logits tensor) and `logits` is None; in eval mode the logits come back whole.
 """
 
 from __future__ import annotations
@@ -19,13 +21,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from primer.models.dropout import Dropout
+from primer.models.linear_cross_entropy import linear_cross_entropy
+
 
 class PositionalEncoding(nn.Module):
     """P[pos, 2i] = sin(pos / 10000^(2i/d)), P[pos, 2i+1] = cos(same), added to the input."""
 
     def __init__(self, num_hiddens: int, dropout: float, max_len: int = 1000):
         super().__init__()
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         position = torch.arange(max_len, dtype=torch.float32)[:, None]  # (L, 1)
         rate = torch.pow(10000.0, torch.arange(0, num_hiddens, 2, dtype=torch.float32) / num_hiddens)  # (ceil(d/2),)
         table = torch.zeros(max_len, num_hiddens)
@@ -95,7 +100,7 @@ class PositionWiseFFN(nn.Module):
     def __init__(self, num_hiddens: int, ffn_num_hiddens: int, dropout: float):
         super().__init__()
         self.dense1, self.dense2 = nn.Linear(num_hiddens, ffn_num_hiddens), nn.Linear(ffn_num_hiddens, num_hiddens)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, x):
         return self.dense2(self.dropout(F.relu(self.dense1(x))))
@@ -106,7 +111,7 @@ class AddNorm(nn.Module):
 
     def __init__(self, num_hiddens: int, dropout: float):
         super().__init__()
-        self.dropout, self.norm = nn.Dropout(dropout), nn.LayerNorm(num_hiddens)
+        self.dropout, self.norm = Dropout(dropout), nn.LayerNorm(num_hiddens)
 
     def forward(self, x, y):
         return self.norm(x + self.dropout(y))
@@ -165,11 +170,14 @@ class TransformerDecoder(nn.Module):
         self.blocks = nn.ModuleList(DecoderBlock(num_hiddens, num_heads, ffn_num_hiddens, dropout) for _ in range(num_layers))
         self.dense = nn.Linear(num_hiddens, vocab_size)
 
-    def forward(self, tgt_in, memory, src_mask):  # tgt_in: (B, T) ids -> logits (B, T, V)
+    def features(self, tgt_in, memory, src_mask):  # tgt_in: (B, T) ids -> the last block's output (B, T, d)
         x = self.pos_encoding(self.embedding(tgt_in) * math.sqrt(self.num_hiddens))
         for block in self.blocks:  # causal self-attention: is_causal, no mask tensor
             x = block(x, memory, src_mask)
-        return self.dense(x)
+        return x
+
+    def forward(self, tgt_in, memory, src_mask):  # tgt_in: (B, T) ids -> logits (B, T, V)
+        return self.dense(self.features(tgt_in, memory, src_mask))
 
 
 class Seq2SeqTransformer(nn.Module):
@@ -194,8 +202,13 @@ class Seq2SeqTransformer(nn.Module):
         memory, src_mask = self.encode(src)
         if tgt is None:
             raise ValueError("the Transformer needs targets for teacher forcing; decode with primer.models.decoding instead")
-        bos = torch.full_like(tgt[:, :1], self.bos_id)
-        logits = self.decode(torch.cat([bos, tgt[:, :-1]], dim=1), memory, src_mask)  # (B, T, V)
+        tgt_in = torch.cat([torch.full_like(tgt[:, :1], self.bos_id), tgt[:, :-1]], dim=1)
+        if self.training:  # the output layer and the loss fused, slice by slice: no (B, T, V) logits
+            hidden = self.decoder.features(tgt_in, memory, src_mask).flatten(0, 1)
+            dense = self.decoder.dense
+            return None, linear_cross_entropy(hidden, dense.weight, dense.bias, tgt.flatten(), self.pad_id,
+                                              self.label_smoothing)
+        logits = self.decode(tgt_in, memory, src_mask)  # (B, T, V)
         loss = F.cross_entropy(logits.flatten(0, 1).float(), tgt.flatten(), ignore_index=self.pad_id,
                                label_smoothing=self.label_smoothing)
         return logits, loss

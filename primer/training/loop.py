@@ -45,14 +45,15 @@ def check_fit_params(p: dict, key: str) -> None:
 
 def make_optimizer(model: torch.nn.Module, name: str, lr: float, weight_decay: float = 0.0, momentum: float = 0.0,
                    fused: bool | None = None):
-    """SGD, Adam or AdamW over the model's parameters. Adam and AdamW are fused into one kernel on CUDA
-    (`fused` None: when every parameter is on CUDA): the same update in a few launches instead of dozens,
-    with the step counts kept on the device (the unfused one reads them as Python numbers every step)."""
+    """SGD, Adam or AdamW over the model's parameters. Adam and AdamW are fused into one kernel on CUDA and
+    on the CPU (`fused` None: when every parameter is on one of them): the same update in a few launches
+    instead of dozens, with the step counts kept on the device (the unfused one reads them as Python
+    numbers every step); on the CPU a third of the time of the per-tensor update (benchmarks/RESULTS.md)."""
     params = list(model.parameters())
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
     if fused is None:
-        fused = bool(params) and all(p.device.type == "cuda" for p in params)
+        fused = bool(params) and all(p.device.type in ("cuda", "cpu") for p in params)
     return {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[name](params, lr=lr, weight_decay=weight_decay,
                                                                         fused=fused or None)
 

@@ -19,6 +19,9 @@ Seq2SeqTransformer (forward, backward, clip, Adam step), counted outside the tim
 
     python benchmarks/transformer_throughput.py [--pairs fra.txt|fra-eng.zip] [--steps 30] [--repeats 5]
         [--sizes d2l,large] [--device auto|cpu|cuda] [--compile off|default|reduce-overhead]
+
+`--size default` times the stage's own training path at params.yaml's size instead, beside another
+checkout's (benchmarks/transformer_default.py: `--size default --help`).
 """
 
 from __future__ import annotations
@@ -26,12 +29,12 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
+import sys
 import zipfile
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from d2l import torch as d2l
 from torch import nn
 
 from primer.models.transformer import PositionalEncoding, Seq2SeqTransformer, TransformerEncoder, padding_mask
@@ -79,6 +82,8 @@ class D2LEncoderLM(nn.Module):
 
     def __init__(self, vocab, out, s):
         super().__init__()
+        from d2l import torch as d2l  # only these sizes need d2l (benchmarks/requirements.txt)
+
         d = s["num_hiddens"]
         self.encoder = d2l.TransformerEncoder(vocab, d, d, d, d, [d], d, s["ffn_num_hiddens"], s["num_heads"], s["num_layers"], s["dropout"])
         self.head = nn.Linear(d, out)
@@ -165,6 +170,10 @@ def tokens_per_second(model: nn.Module, batches, tokens: int, device, count_sync
 
 
 def main() -> None:
+    if "--size" in sys.argv[1:]:
+        from transformer_default import main as default_size
+
+        return default_size(sys.argv[1:])
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pairs", type=Path, default=DEFAULT_PAIRS, help="fra.txt or d2l's fra-eng.zip")
     parser.add_argument("--steps", type=int, default=30, help="timed training steps per measurement")

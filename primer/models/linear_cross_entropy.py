@@ -34,7 +34,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
             valid = target != ignore_index
             index = torch.where(valid, target, torch.zeros_like(target))  # any real class for ignored rows
             weights = valid.to(acc)
-            count = weights.sum().clamp(min=1.0)
+            valid_rows = weights.sum()
+            count = valid_rows.clamp(min=1.0)  # no rows to count: loss and gradients 0, not 0 / 0
             h = (hidden * valid[:, None]).to(dtype)  # ignored rows give no gradient to the weights
             w, b = weight.to(dtype), bias.to(dtype)
             rows, vocab = h.shape[0], w.shape[0]
@@ -71,7 +72,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
             grad_w.index_add_(0, index, h_acc, alpha=-keep)
             grad_w -= (eps / vocab) * h_acc.sum(dim=0)
             grad_b.index_add_(0, index, weights, alpha=-keep)
-            grad_b -= (eps / vocab) * count
+            grad_b -= (eps / vocab) * valid_rows
         ctx.save_for_backward(grad_h, grad_w, grad_b, count)
         ctx.dtypes = hidden.dtype, weight.dtype, bias.dtype
         return loss / count

@@ -140,3 +140,19 @@ def test_on_cuda_no_step_synchronises():
     fit(model, optimizer, strict(batches), lambda m, e: {"val/loss": 0.0}, 1, device=cuda, grad_clip=1.0, log_every=10**9)
     fit(lm, make_optimizer(lm, "sgd", 1.0), strict(batches_for(lm, ids, {**LM, "sampling": "random"}, 0, cuda)),
         lambda m, e: {"val/loss": 0.0}, 1, device=cuda, grad_clip=1.0, log_every=10**9)
+
+
+def test_fused_adam_on_the_cpu_takes_the_per_tensor_adams_steps():
+    torch.manual_seed(0)
+    models = [torch.nn.Sequential(torch.nn.Linear(7, 5), torch.nn.ReLU(), torch.nn.Linear(5, 3)) for _ in range(2)]
+    models[1].load_state_dict(models[0].state_dict())
+    fused, plain = make_optimizer(models[0], "adam", 1e-2), make_optimizer(models[1], "adam", 1e-2, fused=False)
+    assert fused.defaults["fused"] and not plain.defaults["fused"]  # the CPU default is the fused kernel
+    x = torch.randn(16, 7)
+    for _ in range(5):
+        for model, optimizer in ((models[0], fused), (models[1], plain)):
+            optimizer.zero_grad()
+            model(x).square().mean().backward()
+            optimizer.step()
+    for a, b in zip(models[0].parameters(), models[1].parameters()):
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-7)

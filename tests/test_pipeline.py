@@ -78,7 +78,7 @@ def pipeline(tmp_path_factory):
             "gru": {"model": {"cell": "gru", "impl": "scratch", **small}, "lr": 1.0, "patience": 0},
         }
         p["quick"] = {"train_cnn": {"epochs": 1, "warmup_epochs": 0}, "train_lm": {"epochs": 1},
-                      "train_transformer": {"num_pairs": 40, "epochs": 1}}
+                      "train_transformer": {"num_pairs": 40, "epochs": 1, "warmup_epochs": 0}}
 
     set_params(repo, tiny)
     env = {**venv_env(tmp), "PYTHONPATH": str(repo)}  # the copy's own primer package

@@ -68,10 +68,11 @@ def test_cuda_gets_tf32_and_the_autotuner_and_the_cpu_nothing():
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark = saved
 
 
-def test_adam_is_fused_where_the_parameters_are_on_cuda_only():
+def test_adam_is_fused_where_the_parameters_are_on_the_cpu_or_cuda():
     model = torch.nn.Linear(3, 2)
-    assert not make_optimizer(model, "adam", 1e-3).param_groups[0]["fused"]  # CPU parameters: the usual loop
-    assert make_optimizer(model, "adamw", 1e-3, fused=True).param_groups[0]["fused"]
+    assert make_optimizer(model, "adam", 1e-3).param_groups[0]["fused"]  # CPU parameters: the fused kernel too
+    assert not make_optimizer(model, "adamw", 1e-3, fused=False).param_groups[0]["fused"]
+    assert not make_optimizer(torch.nn.Linear(3, 2, device="meta"), "adam", 1e-3).param_groups[0]["fused"]
     assert not make_optimizer(model, "sgd", 0.1).param_groups[0].get("fused")
 
 

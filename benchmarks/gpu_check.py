@@ -6,6 +6,8 @@ part that fails or hangs:
   (b) the throughput benchmarks at reduced sizes on --device: cnn_throughput at batch 256 and
       lm_throughput at 32x35 (scratch and fused LSTM), each with --compile off and default, and
       transformer_throughput (d2l and large sizes) eagerly: ms/step, img/s or tok/s, host syncs/step;
+      and transformer_throughput --size default (the train_transformer stage's own training path at
+      params.yaml's size): ms/step, target tok/s and the step's share of the fp32 GEMM rate;
   (c) a tiny `dvc repro` of every stage in a temporary copy of the repo, on tiny synthetic data
       (as tests/test_pipeline.py builds it) with every `device` param set to --device: one
       `dvc repro -s STAGE` at a time, with its wall seconds (MLflow tracking on, as in the tests; off
@@ -197,6 +199,21 @@ def transformer(pairs: Path, sizes: dict, device: str, budget: Budget, limit: fl
     return [report(row, code, out) for row in rows]
 
 
+def transformer_default(pairs: Path, steps: int, device: str, budget: Budget, limit: float) -> Row:
+    cmd = [sys.executable, str(HERE / "transformer_throughput.py"), "--size", "default", "--pairs", str(pairs),
+           "--repeats", "1", "--steps", str(steps), "--warmup", "2", "--device", device]
+    code, out, seconds = run(cmd, budget.timeout(limit))
+    row = Row("transformer_throughput --size default: the stage's training path", device, seconds=seconds)
+
+    def fill(out):
+        mine = table_rows(out)[-1]  # code, batch, num_steps, bf16, padding, ms/step, tok/s, min, max, GFLOP/step, GFLOP/s, ceiling
+        row.result, row.ms_per_step, row.rate = "PASS", number(mine[5]), f"{mine[6]} tok/s"
+        row.note = f"{mine[11]} of the fp32 GEMM rate, batch {mine[1]}, bf16 {mine[3]}"
+
+    code = read_table(fill, code, out)
+    return report(row, code, out)
+
+
 # (c) the pipeline
 
 @functools.cache
@@ -291,12 +308,12 @@ def benchmark_data(tmp: Path, photos_needed: int, tiny: bool) -> tuple[Path, Pat
 
 SIZES = {  # the benchmarks' reduced sizes
     "full": {"cnn": {"batch": 256, "steps": 4, "warmup": 3}, "lm": {"batches": 20, "warmup": 3},
-             "transformer": {"sizes": "d2l,large", "steps": 20}},
+             "transformer": {"sizes": "d2l,large", "steps": 20}, "transformer_default": {"steps": 20}},
     "tiny": {"cnn": {"batch": 8, "steps": 2, "warmup": 1}, "lm": {"batches": 2, "warmup": 1},
-             "transformer": {"sizes": "d2l", "steps": 2}},
+             "transformer": {"sizes": "d2l", "steps": 2}, "transformer_default": {"steps": 2}},
 }
 LIMITS = {  # seconds per part (each dvc stage is one), within --budget; torch.compile takes the longest
-    "pytest": 90, "cnn": 60, "lm": 60, "transformer": 60, "stage": 60, "cnn compiled": 120, "lm compiled": 150,
+    "pytest": 90, "cnn": 60, "lm": 60, "transformer": 60, "transformer default": 90, "stage": 60, "cnn compiled": 120, "lm compiled": 150,
 }
 
 
@@ -321,6 +338,8 @@ def main() -> None:
         rows.append(cnn(images, cnn_sizes, args.device, "off", budget, LIMITS["cnn"]))
         rows += lm(text, sizes["lm"], args.device, "off", budget, LIMITS["lm"])
         rows += transformer(pairs, sizes["transformer"], args.device, budget, LIMITS["transformer"])
+        rows.append(transformer_default(pairs, sizes["transformer_default"]["steps"], args.device, budget,
+                                        LIMITS["transformer default"]))
         (Path(tmp) / "pipeline").mkdir()
         try:
             rows += pipeline(Path(tmp) / "pipeline", args.device, not args.tiny, budget, LIMITS["stage"])

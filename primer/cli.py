@@ -19,6 +19,7 @@ from pathlib import Path
 import yaml
 
 from primer.errors import PrimerError
+from primer.serving.limits import MAX_BEAM_SIZE, MAX_LENGTH
 from primer.stage import cli
 
 DVC_YAML, PARAMS = Path("dvc.yaml"), Path("params.yaml")
@@ -34,10 +35,14 @@ def dvc_paths(dvc_yaml: Path = DVC_YAML) -> dict:
     raise PrimerError(f"'{dvc_yaml}' has no vars.paths; restore it from git.")
 
 
-def params_section(name: str) -> dict:
+def params_of(schema: dict) -> dict:
+    """The sections of params.yaml that `schema` names (after its `profile`), checked as the stages
+    check them: a missing, malformed or wrong file is one sentence naming it."""
+    from primer.params import apply_profile, read_yaml, validate
+
     if not PARAMS.is_file():
         raise PrimerError(f"'{PARAMS}' not found; run primer from the repository root, or give --model.")
-    return (yaml.safe_load(PARAMS.read_text()) or {}).get(name) or {}
+    return validate(apply_profile(read_yaml(PARAMS), str(PARAMS)), schema, "", str(PARAMS))
 
 
 def local_model(family: str, model_file: Path, stage: str, config: dict):
@@ -68,6 +73,12 @@ def mlflow_model(uri: str):
 def why_unreadable(exc: Exception) -> str:
     from PIL import UnidentifiedImageError
 
+    from primer.serving.served_models import ServedInputError
+
+    if isinstance(exc, ServedInputError) and exc.reasons:  # the served model's own reason for the one row
+        return next(iter(exc.reasons.values()))
+    if isinstance(exc, PrimerError):
+        return str(exc).rstrip(".")
     if isinstance(exc, FileNotFoundError):
         return "no such file"
     if isinstance(exc, IsADirectoryError):
@@ -84,9 +95,12 @@ def classify(args) -> int:
     if args.model:
         predict = mlflow_model(args.model)
     else:
-        augment = params_section("augment")
+        from primer.params import integer, some_of
+
+        p = params_of({"augment": some_of({"eval_size": integer(8, 4096), "draft_oversample": integer(0, 8)}),
+                       "verify": some_of({"max_image_pixels": integer(1)})})
         predict = local_model("PhotoClassifier", Path(dvc_paths()["cnn_model"]), "train_cnn",
-                              {"eval_size": augment.get("eval_size", 128), "draft_oversample": augment.get("draft_oversample", 2)})
+                              {**p["augment"], "max_image_pixels": p["verify"]["max_image_pixels"]})
     rows, failed = [], []
     for photo in tqdm(args.photos, desc="classify", unit="photo", disable=len(args.photos) < 10 or None, file=sys.stderr):
         try:
@@ -125,16 +139,31 @@ def translate(args) -> int:
     sentences = args.sentences
     if not sentences or not all(s.strip() for s in sentences):
         raise PrimerError("a sentence to translate is empty; give the English text, e.g. \"i'm home .\".")
-    params = {"beam_size": args.beam_size} if args.beam_size else None
+    params = {"beam_size": args.beam_size} if args.beam_size is not None else None
     if args.model:
         predict = mlflow_model(args.model)
     else:
-        p = params_section("train_transformer")
+        from primer.params import integer, some_of
+
+        p = params_of({"train_transformer": some_of({"num_steps": integer(2, 1000), "beam_size": integer(1, MAX_BEAM_SIZE)})})
         predict = local_model("Translator", Path(dvc_paths()["transformer_model"]), "train_transformer",
-                              {"num_steps": p.get("num_steps", 10), "beam_size": p.get("beam_size", 2)})
+                              p["train_transformer"])
     for sentence, french in zip(sentences, predict(pd.DataFrame({"sentence": sentences}), params)["translation"]):
         print(f"{sentence} => {french}")
     return 0
+
+
+def whole(low: int, high: int):
+    """An argparse type: a whole number from `low` to `high`, else argparse's one-line usage error."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number; give one from {low} to {high:,}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is out of range; give a whole number from {low} to {high:,}")
+        return value
+    return parse
 
 
 def parser() -> argparse.ArgumentParser:
@@ -150,13 +179,14 @@ def parser() -> argparse.ArgumentParser:
     g = commands.add_parser("generate", help="continue a prefix with a language model")
     g.add_argument("prefix", help='the text to continue, e.g. "time traveller"')
     g.add_argument("--variant", default="lstm", help="which of train_lm.variants (default: lstm)")
-    g.add_argument("--length", type=int, default=100, help="characters to add (default: 100)")
+    g.add_argument("--length", type=whole(1, MAX_LENGTH), default=100, help=f"characters to add, 1 to {MAX_LENGTH:,} (default: 100)")
     g.add_argument("--model", help=model_help.replace("primer-cnn", "primer-lm-lstm"))
     g.set_defaults(run=generate)
 
     t = commands.add_parser("translate", help="English sentences to French")
     t.add_argument("sentences", nargs="+", help='English sentences, e.g. "i\'m home ."')
-    t.add_argument("--beam-size", type=int, help="beams (default: train_transformer.beam_size, the evaluated one)")
+    t.add_argument("--beam-size", type=whole(1, MAX_BEAM_SIZE),
+                   help=f"beams, 1 to {MAX_BEAM_SIZE} (default: train_transformer.beam_size, the evaluated one)")
     t.add_argument("--model", help=model_help.replace("primer-cnn", "primer-translator"))
     t.set_defaults(run=translate)
     return top

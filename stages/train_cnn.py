@@ -27,7 +27,7 @@ import torch
 from primer import distributed
 from primer.devices import configure_device, pick_device, use_bf16
 from primer.models.cnn import ARCHS, build_cnn
-from primer.params import choice, flag, integer, number
+from primer.params import choice, flag, integer, number, some_of
 from primer.stage import cli, load_checked, open_stage, stage_parser
 from primer.training.checkpoint import fingerprint
 from primer.training.loop import (COMPILE_MODES, FIT_KEYS, OPTIMIZERS, check_fit_params, compile_model, fit,
@@ -41,6 +41,7 @@ from primer.vision.image_batches import (data_identity, eval_batches, evaluate_b
 SCHEMA = {
     "seed": integer(0),
     "augment": augment_schema(),
+    "verify": some_of({"max_image_pixels": integer(1)}),  # the served model refuses larger photos, as verify did
     "train_cnn": {
         "model": {"arch": choice(*ARCHS), "width": integer(1, 512)},
         "optimizer": choice(*OPTIMIZERS),
@@ -127,7 +128,8 @@ def train(args, params: dict, run, device: torch.device) -> None:
     TrainingOutputs.from_args(args).write(
         run, model, p["model"], fitted, "val/acc", summary, Curves(f"train_cnn ({p['model']['arch']})", "training_curves.png"),
         served={"family": "PhotoClassifier", "input_example": {"image": [png_bytes(val_x[0].cpu().numpy())]},
-                "model_config": {"eval_size": aug["eval_size"], "draft_oversample": aug["draft_oversample"]}},
+                "model_config": {"eval_size": aug["eval_size"], "draft_oversample": aug["draft_oversample"],
+                                 "max_image_pixels": params["verify"]["max_image_pixels"]}},
         extra={"classes": data["meta"]["classes"]})
     print(f"train_cnn: kept epoch {fitted.best_epoch} of {summary['epochs']} (val/acc {fitted.best:.4f}) -> {args.model}", flush=True)
 

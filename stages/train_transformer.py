@@ -24,6 +24,7 @@ from primer.errors import PrimerError
 from primer.evaluation.translation_eval import attention_maps, d2l_examples, mean_token_loss, test_bleu
 from primer.models.transformer import Seq2SeqTransformer
 from primer.params import choice, flag, integer, number, text
+from primer.serving.limits import MAX_BEAM_SIZE
 from primer.stage import cli, open_stage, stage_parser
 from primer.text.attention_plot import plot_attention_maps
 from primer.text.length_batches import bucketed_batches
@@ -49,7 +50,7 @@ SCHEMA = {
         "device": choice("auto", "cpu", "cuda"),
         "compile": choice(*COMPILE_MODES, false_means="off"),  # YAML reads a bare off as false
         "log_every": integer(1),
-        "beam_size": integer(1, 64),
+        "beam_size": integer(1, MAX_BEAM_SIZE),
         "examples": integer(0, 10_000),
         "attention_sentence": text(),
         **fit_schema(),

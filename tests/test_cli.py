@@ -25,7 +25,7 @@ from primer.serving.served_models import PhotoClassifier, log_served_model
 from primer.text.corpus import Vocab
 from primer.evaluation.translation_eval import translate_sentences
 
-from conftest import REPO, photo
+from conftest import REPO, photo, png_bomb
 from test_evaluate import TEXT, save_tiny_translator
 
 PRIMER = shutil.which("primer", path=str(Path(sys.executable).parent))
@@ -67,7 +67,7 @@ def test_classify_prints_p_dog_per_photo_and_names_the_unreadable_one(repo):
     (root / "broken.jpg").write_bytes(b"not a photo")
     done = primer(root, "classify", good[0].name, "broken.jpg", good[1].name)
     assert done.returncode == 1
-    assert done.stderr.strip() == ("primer classify: cannot read broken.jpg (not an image file Pillow can open); "
+    assert done.stderr.strip() == ("primer classify: cannot read broken.jpg (not an image Pillow can open); "
                                    "the other photos are classified.")
     header, *rows = done.stdout.splitlines()
     assert header.split() == ["photo", "p_dog", "label"]
@@ -103,6 +103,68 @@ def test_mistakes_are_one_sentence_each(repo):
     ]:
         done = primer(root, *args)
         assert (done.returncode, done.stderr.strip()) == (1, sentence)
+
+
+def test_a_broken_params_file_is_one_sentence_naming_it(repo):
+    root, _ = repo
+    for text, sentence in [
+        ("- a\n- b\n", "params file 'params.yaml' must hold a mapping of sections, not list."),
+        ("42\n", "params file 'params.yaml' must hold a mapping of sections, not int."),
+        ("augment: {eval_size: 32\n", "params file 'params.yaml' is not valid YAML at line 2: expected ',' or '}', but got '<stream end>'."),
+        ("augment: {eval_size: 32}\n", "params.yaml: key 'augment.draft_oversample' is missing; add it (an integer from 0 to 8)."),
+        ("augment: {eval_size: 2, draft_oversample: 2}\nverify: {max_image_pixels: 100}\n",
+         "params.yaml: 'augment.eval_size' is 2, but it must be an integer from 8 to 4096."),
+    ]:
+        (root / "params.yaml").write_text(text)
+        done = primer(root, "classify", "x.jpg")
+        assert (done.returncode, done.stderr.strip()) == (1, f"primer: error: {sentence}"), text
+    (root / "params.yaml").write_text("[1, 2]\n")
+    done = primer(root, "translate", "go .")
+    assert (done.returncode, done.stderr.strip()) == (1, "primer: error: params file 'params.yaml' must hold a mapping of "
+                                                         "sections, not list.")
+    (root / "params.yaml").unlink()
+    done = primer(root, "translate", "go .")
+    assert (done.returncode, done.stderr.strip()) == (1, "primer: error: 'params.yaml' not found; run primer from the "
+                                                         "repository root, or give --model.")
+
+
+def test_arguments_out_of_range_are_refused_by_argparse_in_one_line(repo):
+    root, _ = repo
+    for args, sentence in [
+        (["translate", "--beam-size", "-1", "go ."], "argument --beam-size: -1 is out of range; give a whole number from 1 to 64"),
+        (["translate", "--beam-size", "0", "go ."], "argument --beam-size: 0 is out of range; give a whole number from 1 to 64"),
+        (["translate", "--beam-size", "two", "go ."], "argument --beam-size: 'two' is not a whole number; give one from 1 to 64"),
+        (["generate", "--length", "-5", "the"], "argument --length: -5 is out of range; give a whole number from 1 to 10,000"),
+        (["generate", "--length", "0", "the"], "argument --length: 0 is out of range; give a whole number from 1 to 10,000"),
+        (["generate", "--length", "10000000", "the"],
+         "argument --length: 10000000 is out of range; give a whole number from 1 to 10,000"),
+    ]:
+        done = primer(root, *args)
+        assert done.returncode == 2 and done.stderr.strip().splitlines()[-1] == f"primer {args[0]}: error: {sentence}"
+    done = primer(root, "translate", "--beam-size", "1", "go .")
+    assert done.returncode == 0, done.stderr
+
+
+def test_classify_refuses_a_png_bomb_at_the_params_limit_and_classifies_the_rest(repo):
+    root, _ = repo
+    (root / "bomb.png").write_bytes(png_bomb(12000, 12000))
+    photo(60, 40).save(root / "pet.jpg")
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["verify"]["max_image_pixels"] = 2000  # 60 x 40 = 2,400 is over it too
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    done = primer(root, "classify", "bomb.png", "pet.jpg")
+    assert done.returncode == 1 and done.stdout == ""
+    assert done.stderr.strip().splitlines() == [
+        "primer classify: cannot read bomb.png (the photo declares "
+        "12000 x 12000 = 144,000,000 pixels, over the limit of 2,000 (verify.max_image_pixels); it was not decoded: send "
+        "a smaller photo, or raise the limit if you trust the source); the other photos are classified.",
+        "primer classify: cannot read pet.jpg (the photo declares 60 x 40 = 2,400 pixels, over the limit of 2,000 (verify.max_image_pixels); it was not decoded: send a "
+        "smaller photo, or raise the limit if you trust the source); the other photos are classified."]
+    params["verify"]["max_image_pixels"] = 89_478_485
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    done = primer(root, "classify", "bomb.png", "pet.jpg")
+    assert done.returncode == 1 and [r.split()[0] for r in done.stdout.splitlines()[1:]] == ["pet.jpg"]
+    assert "144,000,000 pixels, over the limit of 89,478,485" in done.stderr and "Warning" not in done.stderr
 
 
 def test_help_explains_each_command():

@@ -22,11 +22,13 @@ from primer.errors import PrimerError
 from primer.vision.image_arrays import photo_array, resized_array
 from primer.models.cnn import build_cnn
 from primer.models.rnn import RNNLM, generate
-from primer.serving.served_models import PhotoClassifier, TextGenerator, Translator, log_served_model
+from primer.serving.limits import MAX_REQUEST_BYTES
+from primer.serving.served_models import (PhotoClassifier, ServedInputError, TextGenerator, Translator,
+                                           log_served_model)
 from primer.text.corpus import Vocab
 from primer.evaluation.translation_eval import translate_sentences
 
-from conftest import photo
+from conftest import photo, png_bomb
 from test_evaluate import TEXT, save_tiny_translator
 
 EVAL_SIZE = 32
@@ -130,8 +132,74 @@ def test_the_translator_translates_as_the_evaluation_with_its_beam_size(store):
     greedy = model.predict(pd.DataFrame({"sentence": sentences}), params={"beam_size": 1})
     assert greedy["translation"].tolist() == translate_sentences(tf, sentences, src, tgt, 8, 1, torch.device("cpu"))
     assert info.signature.params.to_dict() == [{"name": "beam_size", "default": 2, "shape": None, "type": "long"}]
-    with pytest.raises(Exception, match="a sentence to translate is empty"):
-        model.predict(pd.DataFrame({"sentence": ["  "]}))
+    with pytest.raises(ServedInputError, match=r"^1 of 2 rows cannot be answered, so none was: row 1: the sentence is empty\.$"):
+        model.predict(pd.DataFrame({"sentence": ["I see 3.", "  "]}))
+    for beam in (0, -1, 65):
+        with pytest.raises(ServedInputError, match=rf"^beam_size is {beam}, but it must be a whole number from 1 to 64\.$"):
+            model.predict(pd.DataFrame({"sentence": sentences}), params={"beam_size": beam})
+
+
+def test_the_generator_refuses_a_length_out_of_range_and_an_empty_prefix_naming_the_row(store):
+    vocab = Vocab(TEXT)
+    args = {"vocab_size": len(vocab), "cell": "gru", "num_hiddens": 16, "num_layers": 1, "impl": "fused"}
+    torch.save({"model": RNNLM(**args).state_dict(), "model_args": args, "vocab": vocab.idx_to_token, "history": []},
+               store / "lm.pt")
+    model, _ = logged(store, store / "lm.pt", TextGenerator(), pd.DataFrame({"prefix": ["the "], "length": [5]}))
+    with pytest.raises(ServedInputError) as refused:
+        model.predict(pd.DataFrame({"prefix": ["the ", "", "time ", "a"], "length": [5, 3, -5, 10_000_000]}))
+    assert str(refused.value) == ("3 of 4 rows cannot be answered, so none was: row 2: the length is -5, but it must be a whole "
+                                  "number from 1 to 10,000; row 3: the length is 10000000, but it must be a whole number from "
+                                  "1 to 10,000; row 1: the prefix is empty.")
+    assert model.predict(pd.DataFrame({"prefix": ["the "], "length": [10_000]}))["text"][0].startswith("the ")
+
+
+@pytest.fixture
+def classifier(store):
+    torch.manual_seed(0)
+    args = {"arch": "primer", "width": 8}
+    torch.save({"model": build_cnn(**args).state_dict(), "model_args": args, "classes": ["Cat", "Dog"], "history": []},
+               store / "cnn.pt")
+    example = pd.DataFrame({"image": [png_bomb(8, 8)]})
+    model, _ = logged(store, store / "cnn.pt", PhotoClassifier(), example,
+                      {"eval_size": EVAL_SIZE, "draft_oversample": 2, "max_image_pixels": 89_478_485})
+    return model
+
+
+def jpeg_of(img: Image.Image) -> bytes:
+    out = io.BytesIO()
+    img.save(out, "JPEG")
+    return out.getvalue()
+
+
+def test_the_classifier_refuses_a_png_bomb_from_its_header_without_decoding_it(classifier):
+    with pytest.raises(ServedInputError) as refused:
+        classifier.predict(pd.DataFrame({"image": [jpeg_of(photo(40, 30)), png_bomb(12000, 12000)]}))
+    assert str(refused.value) == (
+        "1 of 2 rows cannot be answered, so none was: row 1: 17,582 bytes starting b'\\x89PNG\\r\\n\\x1a\\n', the photo "
+        "declares 12000 x 12000 = 144,000,000 pixels, over the limit of 89,478,485 (verify.max_image_pixels); it was not "
+        "decoded: send a smaller photo, or raise the limit if you trust the source.")
+    assert refused.value.reasons.keys() == {1}
+    far_over = png_bomb(20000, 20000)  # over twice Pillow's own limit, which Pillow refuses at open
+    with pytest.raises(ServedInputError, match=r"row 0: .* over the limit of 89,478,485 \(verify\.max_image_pixels\)"):
+        classifier.predict(pd.DataFrame({"image": [far_over]}))
+
+
+def test_the_classifier_names_each_row_that_is_not_a_photo(classifier):
+    good = jpeg_of(photo(40, 30))
+    with pytest.raises(ServedInputError) as refused:
+        classifier.predict(pd.DataFrame({"image": [good, b"hello world", good, good[:200]]}))
+    message = str(refused.value)
+    assert message.startswith("2 of 4 rows cannot be answered, so none was: row 1: 11 bytes starting b'hello wo', not an "
+                              "image Pillow can open; row 3: 200 bytes starting b'\\xff\\xd8\\xff")
+    assert "\n" not in message and "Traceback" not in message
+    assert len(classifier.predict(pd.DataFrame({"image": [good, good]}))) == 2
+
+
+def test_the_classifier_refuses_a_request_over_its_size_before_decoding(classifier):
+    big = [b"\0" * (MAX_REQUEST_BYTES // 2), b"\0" * (MAX_REQUEST_BYTES // 2 + 1)]
+    with pytest.raises(ServedInputError, match=r"^the request holds 64\.0 MiB of photos in 2 rows, over the limit of 64 MiB "
+                                               r"per request; send them in smaller batches\.$"):
+        classifier.predict(pd.DataFrame({"image": big}))
 
 
 def test_a_photo_column_of_bytes_round_trips_through_json_as_the_server_reads_it(store):

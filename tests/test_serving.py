@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from primer.models.cnn import build_cnn
 from primer.serving.registry import register
 from primer.serving.served_models import PhotoClassifier, Translator, log_served_model
 
-from conftest import SHARED_DATASETS, photo, venv_env
+from conftest import SHARED_DATASETS, photo, png_bomb, venv_env
 from test_evaluate import save_tiny_translator
 
 pytestmark = pytest.mark.slow
@@ -84,6 +85,15 @@ def post(url: str, body: dict) -> dict:
         return json.load(response)
 
 
+def refused(url: str, body: dict) -> tuple[int, dict]:
+    """The status and JSON body of a request the server refuses."""
+    try:
+        post(url, body)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.load(exc)
+    raise AssertionError("the server answered a request it should refuse")
+
+
 def stop(server) -> None:
     server.terminate()
     try:
@@ -118,3 +128,24 @@ def test_the_champion_translator_answers_a_sentence_with_its_beam_size(registry)
     expected = mlflow.pyfunc.load_model("models:/primer-translator@champion").predict(
         pd.DataFrame({"sentence": ["I see 7."]}), params={"beam_size": 1})
     assert answer["predictions"] == [{"translation": expected["translation"][0]}]
+
+
+def test_the_champion_cnn_refuses_a_bomb_and_a_row_that_is_not_a_photo_with_400_and_one_sentence(registry):
+    tmp_path, uri = registry
+    good = tmp_path / "cat.jpg"
+    photo(60, 40, seed=5).save(good)
+    rows = [good.read_bytes(), png_bomb(12000, 12000), b"not a photo"]
+    server, url = serve("models:/primer-cnn@champion", uri, tmp_path)
+    try:
+        status, body = refused(url, {"dataframe_records": [{"image": base64.b64encode(r).decode()} for r in rows]})
+        ok = post(url, {"dataframe_records": [{"image": base64.b64encode(rows[0]).decode()}]})
+    finally:
+        stop(server)
+    assert status == 400 and body["error_code"] == "INVALID_PARAMETER_VALUE"
+    assert body["message"] == (
+        "2 of 3 rows cannot be answered, so none was: row 1: 17,582 bytes starting b'\\x89PNG\\r\\n\\x1a\\n', the photo "
+        "declares 12000 x 12000 = 144,000,000 pixels, over the limit of 89,478,485 (verify.max_image_pixels); it was not "
+        "decoded: send a smaller photo, or raise the limit if you trust the source; row 2: 11 bytes starting b'not a ph', "
+        "not an image Pillow can open.")
+    assert "stack_trace" not in body
+    assert len(ok["predictions"]) == 1

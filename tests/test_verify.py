@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -14,15 +12,7 @@ from PIL import Image
 from primer.errors import PrimerError
 from primer.data.verify import summarize, verify_images
 
-from conftest import photo
-
-
-def png_bytes_claiming(width: int, height: int) -> bytes:
-    """A tiny PNG whose header claims width x height: a decompression bomb for Pillow's check."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
+from conftest import photo, png_bomb
 
 
 def jpeg_bytes(img: Image.Image, **kw) -> bytes:
@@ -62,7 +52,7 @@ def odd_folder(tmp_path) -> Path:
     garbled = bytearray(whole)
     garbled[200:] = b"\x00\xff" * ((len(garbled) - 200) // 2) + b"\x00" * ((len(garbled) - 200) % 2)
     (bad / "garbled.jpg").write_bytes(bytes(garbled))
-    (bad / "bomb.png").write_bytes(png_bytes_claiming(20000, 20000))
+    (bad / "bomb.png").write_bytes(png_bomb(20000, 20000))
     (bad / "dangling.jpg").symlink_to(tmp_path / "missing.jpg")
     photo(30, 20).save(bad / "fine.jpg")  # the class keeps one valid image
     return root

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
 from PIL import ExifTags, Image
+
+from primer.errors import PrimerError
+
+# Pillow's own decompression-bomb limit (89,478,485 pixels), the default of verify.max_image_pixels.
+PILLOW_MAX_PIXELS = Image.MAX_IMAGE_PIXELS
 
 SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
 TRANSPOSE = {
@@ -37,13 +43,35 @@ def orientation(img: Image.Image) -> int:
     return value if value in TRANSPOSE else 1
 
 
-def open_rgb(path: Path | str, draft_size: int = 0) -> Image.Image:
-    """Fully decode `path` into an upright RGB image.
+def refuse_too_many_pixels(width: int, height: int, max_pixels: int) -> None:
+    """A photo that declares more than `max_pixels` pixels is refused before it is decoded: a few
+    kilobytes of PNG can declare 12000 x 12000 and take gigabytes to decode."""
+    if max_pixels and width * height > max_pixels:
+        raise PrimerError(f"the photo declares {width} x {height} = {width * height:,} pixels, over the limit of "
+                          f"{max_pixels:,} (verify.max_image_pixels); it was not decoded: send a smaller photo, or raise "
+                          "the limit if you trust the source.")
+
+
+def open_rgb(path, draft_size: int = 0, max_pixels: int = 0) -> Image.Image:
+    """Fully decode `path` (a path or a binary file object) into an upright RGB image.
 
     `draft_size` > 0 lets libjpeg decode a JPEG at 1/2, 1/4 or 1/8 scale while keeping both sides
     at least `draft_size` pixels: the whole bitstream is still decoded, only the IDCT is smaller.
+    `max_pixels` > 0 refuses, from the header alone, a photo that declares more pixels than that
+    (a `PrimerError`); 0 leaves only Pillow's own check.
     """
-    with Image.open(path) as img:
+    with warnings.catch_warnings():
+        if max_pixels:  # the header is checked below, against max_pixels, instead of Pillow's warning
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            img = Image.open(path)
+        except Image.DecompressionBombError:  # over twice Pillow's limit, refused by Pillow's open itself
+            if not max_pixels:
+                raise
+            raise PrimerError(f"the photo declares more than {2 * Image.MAX_IMAGE_PIXELS:,} pixels, over the limit of "
+                              f"{max_pixels:,} (verify.max_image_pixels); it was not decoded: send a smaller photo.") from None
+    with img:
+        refuse_too_many_pixels(img.width, img.height, max_pixels)
         if draft_size and img.format == "JPEG":
             img.draft("RGB", (draft_size, draft_size))
         img.load()

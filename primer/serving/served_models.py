@@ -8,6 +8,11 @@
 - `Translator`: English sentences in (column `sentence`), French out (column `translation`), by beam
   search with the param `beam_size` (default: the one the model was evaluated with).
 
+A request they cannot answer (a row that is not a photo, a photo over the pixel limit, more than
+`MAX_REQUEST_BYTES` of photos, a length or beam size out of range) is refused whole with a
+`ServedInputError`: `mlflow models serve` answers it with HTTP 400 and one sentence naming each bad
+row, and no row of that request is answered.
+
 Each model carries its training stage's model file (weights, vocabulary, constructor arguments) as
 an artifact, its preprocessing settings in its model config, and this package as code, so it loads
 wherever torch and mlflow do. It runs on the GPU when there is one, else on the CPU.
@@ -23,10 +28,74 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 import torch
+from PIL import Image
 
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+from primer.data.images import PILLOW_MAX_PIXELS
 from primer.errors import PrimerError
+from primer.serving.limits import MAX_BEAM_SIZE, MAX_LENGTH, MAX_REQUEST_BYTES
 
 PACKAGE = Path(__file__).resolve().parents[1]  # the whole primer package
+
+
+class ServedInputError(PrimerError, MlflowException):
+    """A request a served model refuses, in one sentence; `mlflow models serve` answers it with 400.
+
+    `reasons` maps each bad row to what is wrong with it. The scoring server prepends the whole
+    input's repr to an MlflowException's `message`; this one keeps its sentence instead.
+    """
+
+    def __init__(self, sentence: str, reasons: dict[int, str] | None = None) -> None:
+        self.sentence, self.reasons = sentence, reasons or {}
+        super().__init__(sentence, error_code=INVALID_PARAMETER_VALUE)
+
+    @property
+    def message(self) -> str:
+        return self.sentence
+
+    @message.setter
+    def message(self, value: str) -> None:  # the server's prefix ("Failed to predict data ...") is dropped
+        pass
+
+
+def refuse_rows(reasons: dict[int, str], rows: int, held_by: dict[int, str] | None = None) -> None:
+    """Raise one ServedInputError naming each bad row (at most five, then a count), with what it held
+    where `held_by` says."""
+    if not reasons:
+        return
+    held_by = held_by or {}
+    named = "; ".join(f"row {i}: {held_by[i] + ', ' if i in held_by else ''}{why}" for i, why in list(reasons.items())[:5])
+    more = f"; and {len(reasons) - 5} more" if len(reasons) > 5 else ""
+    raise ServedInputError(f"{len(reasons)} of {rows} rows cannot be answered, so none was: {named}{more}.", reasons)
+
+
+def whole(value, low: int, high: int) -> bool:
+    """Whether `value` is a whole number from `low` to `high` (3 and 3.0 are; True, "3" and 3.5 are not)."""
+    try:
+        return not isinstance(value, (bool, str)) and float(value).is_integer() and low <= value <= high
+    except (TypeError, ValueError):
+        return False
+
+
+def held(value) -> str:
+    """What a request row held, in a few words."""
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return f"{len(value):,} bytes starting {bytes(value[:8])!r}"
+    if isinstance(value, np.ndarray):
+        return f"an array {value.dtype} {value.shape}"
+    return f"{type(value).__name__} {str(value)[:40]!r}"
+
+
+def why_not_a_photo(exc: Exception) -> str:
+    from PIL import UnidentifiedImageError
+
+    if isinstance(exc, PrimerError):
+        return str(exc).rstrip(".")
+    if isinstance(exc, UnidentifiedImageError):
+        return "not an image Pillow can open"
+    return f"a broken image ({(str(exc).splitlines() or [type(exc).__name__])[0][:120]})"
 
 
 def serving_device() -> torch.device:
@@ -37,9 +106,11 @@ def column(model_input, name: str) -> list:
     """The values of column `name` of a DataFrame (or a dict of lists, or a list for the only column)."""
     if isinstance(model_input, pd.DataFrame):
         if name not in model_input.columns:
-            raise PrimerError(f"the input has no column '{name}' (it has {', '.join(map(str, model_input.columns))}).")
+            raise ServedInputError(f"the input has no column '{name}' (it has {', '.join(map(str, model_input.columns))}).")
         return model_input[name].tolist()
     if isinstance(model_input, dict):
+        if name not in model_input:
+            raise ServedInputError(f"the input has no column '{name}' (it has {', '.join(map(str, model_input))}).")
         return list(model_input[name])
     return list(model_input)
 
@@ -64,6 +135,8 @@ class PhotoClassifier(ServedModel):
         self.classes = saved["classes"]
         self.size = int(context.model_config["eval_size"])
         self.draft_oversample = int(context.model_config["draft_oversample"])
+        self.max_pixels = int(context.model_config.get("max_image_pixels", PILLOW_MAX_PIXELS))
+        Image.MAX_IMAGE_PIXELS = max(self.max_pixels, PILLOW_MAX_PIXELS)  # Pillow's own check never refuses first
         self.device = serving_device()
         self.model = model.to(self.device)
 
@@ -73,7 +146,18 @@ class PhotoClassifier(ServedModel):
         from primer.vision.image_arrays import photo_array
 
         photos = column(model_input, "image")
-        arrays = np.stack([photo_array(p, self.size, self.draft_oversample) for p in photos])
+        size = sum(len(p) if isinstance(p, (bytes, bytearray, memoryview)) else np.asarray(p).nbytes for p in photos)
+        if size > MAX_REQUEST_BYTES:
+            raise ServedInputError(f"the request holds {size / 2**20:.1f} MiB of photos in {len(photos)} rows, over the "
+                                   f"limit of {MAX_REQUEST_BYTES // 2**20} MiB per request; send them in smaller batches.")
+        arrays, reasons = [], {}
+        for i, p in enumerate(photos):
+            try:
+                arrays.append(photo_array(p, self.size, self.draft_oversample, self.max_pixels))
+            except Exception as exc:  # anything a row can hold that is not a decodable photo
+                reasons[i] = why_not_a_photo(exc)
+        refuse_rows(reasons, len(photos), {i: held(photos[i]) for i in reasons})
+        arrays = np.stack(arrays)
         x = eval_batch(torch.from_numpy(arrays).to(self.device))
         p = torch.sigmoid(self.model(x)[0].float()).cpu()
         return pd.DataFrame({f"p_{self.classes[1].lower()}": p.numpy().astype(np.float64),
@@ -94,6 +178,9 @@ class TextGenerator(ServedModel):
         from primer.models.rnn import generate
 
         prefixes, lengths = column(model_input, "prefix"), column(model_input, "length")
+        refuse_rows({i: f"the length is {n!r}, but it must be a whole number from 1 to {MAX_LENGTH:,}"
+                     for i, n in enumerate(lengths) if not whole(n, 1, MAX_LENGTH)}
+                    | {i: "the prefix is empty" for i, p in enumerate(prefixes) if not str(p)}, len(prefixes))
         return pd.DataFrame({"text": [generate(self.model, self.vocab, str(prefix), int(length))
                                       for prefix, length in zip(prefixes, lengths)]})
 
@@ -115,9 +202,12 @@ class Translator(ServedModel):
         from primer.evaluation.translation_eval import translate_sentences
 
         sentences = [str(s) for s in column(model_input, "sentence")]
-        if not all(s.strip() for s in sentences):
-            raise PrimerError("a sentence to translate is empty; give the English text, e.g. \"i'm home .\".")
-        beam_size = int((params or {}).get("beam_size") or self.beam_size)
+        refuse_rows({i: "the sentence is empty" for i, s in enumerate(sentences) if not s.strip()}, len(sentences))
+        beam_size = (params or {}).get("beam_size")
+        beam_size = self.beam_size if beam_size is None else beam_size
+        if not whole(beam_size, 1, MAX_BEAM_SIZE):
+            raise ServedInputError(f"beam_size is {beam_size!r}, but it must be a whole number from 1 to {MAX_BEAM_SIZE}.")
+        beam_size = int(beam_size)
         return pd.DataFrame({"translation": translate_sentences(self.model, sentences, self.src_vocab, self.tgt_vocab,
                                                                 self.num_steps, beam_size, self.device)})
 

@@ -21,7 +21,7 @@ from torchvision.io import ImageReadMode, decode_jpeg
 from torchvision.transforms.v2 import functional as TF
 
 from primer.atomic import atomic_path
-from primer.data.images import open_rgb
+from primer.data.images import open_rgb, refuse_too_many_pixels
 from primer.data.parallel import parallel_map
 from primer.errors import PrimerError
 
@@ -53,12 +53,13 @@ def jpeg_header(data: bytes) -> tuple[int, int, int] | None:
     return None
 
 
-def _decode_chw(data: bytes, size: int, draft_oversample: int) -> torch.Tensor:
+def _decode_chw(data: bytes, size: int, draft_oversample: int, max_pixels: int = 0) -> torch.Tensor:
     """An encoded image as upright RGB uint8 (3, H, W), at reduced scale when a JPEG is large enough
-    for draft mode."""
+    for draft mode; one that declares more than `max_pixels` pixels (> 0) is refused undecoded."""
     header = jpeg_header(data) if data[:3] == JPEG_MAGIC else None
     if header is not None:
         width, height, components = header
+        refuse_too_many_pixels(width, height, max_pixels)
         draft = size * draft_oversample
         if components in (1, 3) and not (draft_oversample and min(width, height) >= 2 * draft):
             try:
@@ -67,7 +68,7 @@ def _decode_chw(data: bytes, size: int, draft_oversample: int) -> torch.Tensor:
             except RuntimeError:  # anything torchvision refuses, Pillow (which verify used) decodes
                 pass
     draft = size * draft_oversample if header is not None else 0
-    img = open_rgb(io.BytesIO(data), draft_size=draft)
+    img = open_rgb(io.BytesIO(data), draft_size=draft, max_pixels=max_pixels)
     return torch.from_numpy(np.array(img)).permute(2, 0, 1)
 
 
@@ -77,15 +78,17 @@ def resized_array(path: Path | str, size: int, draft_oversample: int = 2) -> np.
     return photo_array(Path(path).read_bytes(), size, draft_oversample)
 
 
-def photo_array(photo: bytes | np.ndarray, size: int, draft_oversample: int = 2) -> np.ndarray:
+def photo_array(photo: bytes | np.ndarray, size: int, draft_oversample: int = 2, max_pixels: int = 0) -> np.ndarray:
     """A photo as the augment stage stores it: encoded bytes (as read from an image file) or a uint8
-    array (H, W, 3) or (H, W) of any size, resized to a (size, size, 3) uint8 array."""
+    array (H, W, 3) or (H, W) of any size, resized to a (size, size, 3) uint8 array. With
+    `max_pixels` > 0, a photo that declares more pixels than that is a `PrimerError`, before decoding."""
     if isinstance(photo, (bytes, bytearray, memoryview)):
-        chw = _decode_chw(bytes(photo), size, draft_oversample)
+        chw = _decode_chw(bytes(photo), size, draft_oversample, max_pixels)
     else:
         array = np.asarray(photo)
         if array.dtype != np.uint8 or array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] != 3):
             raise PrimerError(f"a photo array must be uint8 of shape (H, W, 3) or (H, W), not {array.dtype} {array.shape}.")
+        refuse_too_many_pixels(array.shape[1], array.shape[0], max_pixels)
         chw = torch.from_numpy(np.ascontiguousarray(array if array.ndim == 3 else np.repeat(array[..., None], 3, axis=2)))
         chw = chw.permute(2, 0, 1)
     return TF.resize(chw, [size, size], antialias=True).permute(1, 2, 0).numpy()

@@ -1,12 +1,14 @@
 """Write outputs all-or-nothing: into a temp path beside the target, renamed into place on success.
 
-A stage that dies leaves the previous output (or none), never a half-written one. Temp paths are named
+A stage that dies leaves the previous output (or none), never a half-written one; a disk that fills up
+is one sentence naming the output, what it had written and what is free. Temp paths are named
 `.NAME.PID.RANDOM.tmp` (git- and DVC-ignored); the temps of a process that is gone (kill -9) are removed
 the next time anything writes the same target.
 """
 
 from __future__ import annotations
 
+import errno
 import glob
 import os
 import shutil
@@ -15,7 +17,58 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from primer.errors import PrimerError
 from primer.processes import process_alive
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def size_text(n: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:,.0f} {unit}" if unit == "bytes" else f"{n:,.1f} {unit}"
+        n /= 1024
+
+
+def free_bytes(folder: Path) -> int:
+    """Free bytes on the disk `folder` is (or, not made yet, would be) on."""
+    folder = Path(folder).absolute()
+    while not folder.exists():
+        folder = folder.parent
+    return shutil.disk_usage(folder).free
+
+
+def disk_size(path: Path) -> int:
+    """Bytes `path` (a file or a folder) holds on disk (a sparse file counts what it has written)."""
+    if path.is_dir():
+        return sum(disk_size(p) for p in path.iterdir())
+    return path.lstat().st_blocks * 512 if path.exists() else 0
+
+
+def is_disk_full(exc: BaseException | None, folder: Path) -> bool:
+    """Whether `exc` (or what it was raised from) is a full disk: ENOSPC / EDQUOT, or a library's own
+    stream error (torch.save's) while the disk of `folder` has (almost) nothing free."""
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+            return True
+        if isinstance(exc, (OSError, RuntimeError)) and free_bytes(folder) < 2**20:  # torch.save's C++ stream errors
+            return True
+        exc = exc.__cause__ if exc.__cause__ is not None else None if exc.__suppress_context__ else exc.__context__
+    return False
+
+
+def in_temp(path: Path) -> bool:
+    """Whether `path` lies in another output's temp folder (which then says what filled up)."""
+    return any(p.name.startswith(".") and p.name.endswith(".tmp") for p in path.parents)
+
+
+def refuse_without_room(target: Path | str, needed: int) -> None:
+    """Refuse, before writing, an output of `needed` bytes that the disk of its folder cannot hold."""
+    target = Path(target)
+    free = free_bytes(target.parent)
+    if needed > free:
+        raise PrimerError(f"{target} needs {size_text(needed)} but its disk has {size_text(free)} free; free some "
+                          f"space there and rerun (nothing was changed).")
 
 
 def remove(path: Path) -> None:
@@ -50,8 +103,18 @@ def atomic_path(target: Path | str, is_dir: bool = False) -> Iterator[Path]:
         tmp.chmod(0o777 & ~mask)  # mkdtemp makes it private; outputs get the usual permissions
     else:
         tmp.rmdir()
+    free_at_start = free_bytes(target.parent)
     try:
-        yield tmp
+        try:
+            yield tmp
+        except Exception as exc:
+            if isinstance(exc, PrimerError) or in_temp(target) or not is_disk_full(exc, target.parent):
+                raise
+            written = disk_size(tmp)
+            what = "previous one is unchanged" if target.exists() else "partial output was removed"
+            raise PrimerError(f"the disk filled up while writing {target}: it had written {size_text(written)} of it, "
+                              f"and {size_text(free_at_start)} were free when it started, so it needs more than that; "
+                              f"free some space there and rerun (the {what}).") from None
         if is_dir:
             # Directories cannot be swapped atomically; the old one is removed just before the rename.
             remove(target)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from primer.atomic import atomic_path
+from primer.atomic import atomic_path, refuse_without_room
 from primer.data.split import SPLITS
 from primer.data.table import read_table
 from primer.params import integer
@@ -51,11 +51,12 @@ def main(argv: list[str] | None = None) -> None:
         classes = sorted({r["label"] for r in rows})
         counts = {}
         start = time.perf_counter()
+        sizes = {split: p["train_size"] if split == "train" else p["eval_size"] for split in SPLITS}
+        refuse_without_room(args.out, sum(sizes[r["split"]] ** 2 * 3 for r in rows if r["split"] in sizes))
         with atomic_path(args.out, is_dir=True) as tmp:
             for split in SPLITS:
                 chosen = [r for r in rows if r["split"] == split]
-                size = p["train_size"] if split == "train" else p["eval_size"]
-                write_split(args.images, chosen, classes, size, tmp, split, p)
+                write_split(args.images, chosen, classes, sizes[split], tmp, split, p)
                 counts[split] = len(chosen)
             seconds = time.perf_counter() - start
             meta = {"classes": classes, "counts": counts, "train_size": p["train_size"], "eval_size": p["eval_size"]}

@@ -71,3 +71,18 @@ def test_augment_killed_mid_write_leaves_a_temp_that_its_next_run_removes(tmp_pa
     assert temps(data) == [live]
     arrays = [f"{s}_{k}.npy" for s in ("train", "val", "test") for k in ("images", "labels")]
     assert sorted(p.name for p in (data / "arrays").iterdir()) == sorted(arrays + ["meta.json"])
+
+
+def test_every_cached_output_is_already_in_its_committed_gitignore():
+    """`dvc repro` adds each cached output to the .gitignore beside it; the committed files hold them
+    all, so a fresh clone's first repro leaves `git status` clean."""
+    from dvc.repo import Repo
+
+    tracked = set(subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split())
+    with Repo(str(REPO)) as repo:
+        cached = [Path(out.def_path) for out in repo.index.outs if out.use_cache]
+    assert cached
+    for out in cached:
+        ignore = out.parent / ".gitignore"
+        assert str(ignore) in tracked or ignore == Path(".gitignore"), f"{ignore} is not committed"
+        assert f"/{out.name}" in (REPO / ignore).read_text().splitlines(), f"{ignore} lacks /{out.name}"

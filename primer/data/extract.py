@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from primer.atomic import atomic_path
+from primer.atomic import atomic_path, refuse_without_room
 from primer.errors import PrimerError
 
 
@@ -121,6 +121,7 @@ def _extract_all(archive: Path, entries: list, target: Path, member: str, write)
     if not chosen:
         raise PrimerError(f"archive {archive} has no folder '{member}'; check the member in params.yaml.")
     total = sum(e.size for e, _, _ in chosen)
+    refuse_without_room(target, total)
     with atomic_path(target, is_dir=True) as tmp, tqdm(
         total=total, unit="B", unit_scale=True, desc=f"extract {archive.name}", leave=False
     ) as bar:

@@ -8,6 +8,7 @@ anything else (an HTML error page) is refused before it is cached or extracted.
 
 from __future__ import annotations
 
+import os
 import shutil
 import urllib.parse
 import urllib.request
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from primer.atomic import atomic_path
+from primer.atomic import atomic_path, refuse_without_room
 from primer.data.download import OFFLINE_README, download, first_bytes, is_archive, sha1_of
 from primer.data.extract import extract
 from primer.errors import PrimerError
@@ -69,8 +70,20 @@ def cached_download(
                     params_file=params_file)
 
 
+def refuse_links_out(src: Path, paths: list[Path]) -> None:
+    """A symlink in a local source folder that points outside it is refused, as archives' are."""
+    root = src.resolve()
+    for path in paths:
+        if path.is_symlink() and not path.resolve().is_relative_to(root):
+            raise PrimerError(f"{path} is a symlink to {os.readlink(path)}, outside the source folder {src}; it was not "
+                              "copied: replace it with the file itself, or remove it.")
+
+
 def copy_folder(src: Path, target: Path) -> None:
-    files = [p for p in sorted(src.rglob("*")) if p.is_file()]
+    paths = sorted(src.rglob("*"))
+    refuse_links_out(src, paths)
+    files = [p for p in paths if p.is_file()]
+    refuse_without_room(target, sum(p.stat().st_size for p in files))
     with atomic_path(target, is_dir=True) as tmp:
         for path in tqdm(files, desc=f"copy {src.name}", unit="file", leave=False):
             dest = tmp / path.relative_to(src)

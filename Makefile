@@ -29,6 +29,7 @@ test-container: $(VENV)/.dev-installed
 	$(PY) -m pytest -m container --durations=0 tests/test_container_run.py
 
 repro: setup
+	$(PY) -m primer.params_check
 	PATH="$(abspath $(VENV))/bin:$$PATH" dvc repro
 
 demo: setup

@@ -137,3 +137,35 @@ def test_device_cuda_without_cuda_fails_before_any_mlflow_run(tmp_path, monkeypa
     line = capsys.readouterr().err.strip()
     assert line.endswith(f"{params}: 'train_transformer.device' is 'cuda', but torch sees no CUDA device; use 'auto' or 'cpu'.")
     assert not store.exists()
+
+
+def test_params_check_names_a_missing_empty_or_incomplete_params_file_before_dvc_reads_it(tmp_path):
+    """`make repro` runs `python -m primer.params_check` first: DVC alone says only "Could not find
+    'train_lm.variants'"."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    shutil.copy(REPO / "dvc.yaml", tmp_path / "dvc.yaml")
+    restore = "restore it with `git checkout params.yaml`, or copy the missing part from the repository's own params.yaml."
+
+    def check() -> tuple[int, str]:
+        done = subprocess.run([sys.executable, "-m", "primer.params_check"], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+        return done.returncode, done.stderr.strip()
+
+    assert check() == (1, f"params_check: error: params file 'params.yaml' not found; the pipeline reads all its settings "
+                          f"from it: {restore}")
+    (tmp_path / "params.yaml").write_text("\n")
+    assert check() == (1, "params_check: error: params file 'params.yaml' is empty; it must hold the pipeline's sections "
+                          f"(fetch, verify, ...): {restore}")
+    (tmp_path / "params.yaml").write_text("- fetch\n")
+    assert check() == (1, "params_check: error: params file 'params.yaml' must hold a mapping of sections, not list.")
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    del params["train_lm"]["variants"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    assert check() == (1, "params_check: error: params file 'params.yaml' has no 'train_lm.variants', which dvc.yaml's "
+                          f"stages read; {restore}")
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    assert check() == (0, "")

@@ -11,6 +11,7 @@ KILLED the next time the same stage starts on the same host against the same sto
 
 from __future__ import annotations
 
+import json
 import logging
 import operator
 import os
@@ -21,6 +22,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -185,15 +187,48 @@ def probe_server(uri: str, timeout: float = PROBE_TIMEOUT_S) -> None:
     except urllib.error.HTTPError as exc:
         if exc.code in (401, 403):  # auth-protected servers still answer: reachable
             return
-        raise PrimerError(
-            f"MLflow tracking server at {uri} answered HTTP {exc.code} on /health; check MLFLOW_TRACKING_URI."
-        ) from None
+        raise PrimerError(f"MLflow tracking server at {uri} answered HTTP {exc.code} on /health "
+                          f"({_server_message(exc)}); check the server's log, or MLFLOW_TRACKING_URI.") from None
     except (urllib.error.URLError, socket.timeout, ConnectionError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise PrimerError(
             f"MLflow tracking server at {uri} is unreachable ({reason}); start it, or unset "
             "MLFLOW_TRACKING_URI to log to ./mlflow.db."
         ) from None
+
+
+def _server_message(answer: urllib.error.HTTPError) -> str:
+    """The first line of a server's error answer (MLflow's JSON `message`, else the text), trimmed."""
+    try:
+        text = answer.read(4096).decode("utf-8", "replace")
+    except OSError:
+        text = ""
+    try:
+        found = json.loads(text)
+        text = str(found.get("message") or text) if isinstance(found, dict) else text
+    except ValueError:
+        pass
+    line = (text.strip().splitlines() or [answer.reason or "no message"])[0].strip()
+    return line if len(line) <= 160 else line[:157] + "..."
+
+
+def _error_answer(uri: str, exc: BaseException) -> str | None:
+    """For an MLflow request the server kept answering with an HTTP error until the retries ran out
+    (urllib3's "too many 500 error responses"): "HTTP 500 (the server's message)", asked once more;
+    None for any other failure."""
+    found = re.search(r"with url: (\S+) \(Caused by ResponseError\('too many (\d{3}) error responses", str(exc))
+    if not found:
+        return None
+    path, code = found.groups()
+    parts = urllib.parse.urlsplit(uri)
+    try:
+        with urllib.request.urlopen(f"{parts.scheme}://{parts.netloc}{path}", timeout=PROBE_TIMEOUT_S):
+            pass
+    except urllib.error.HTTPError as answer:
+        return f"HTTP {answer.code} ({_server_message(answer)})"
+    except (urllib.error.URLError, OSError):
+        pass
+    return f"HTTP {code}"
 
 
 def git_state(cwd: Path | None = None) -> dict:
@@ -276,7 +311,8 @@ def _short_reason(exc: BaseException) -> str:
     """The root cause in a few words ("[Errno 111] Connection refused", "Read timed out"), not the chain
     of wrappers requests and MLflow put around it."""
     text = _first_line(exc)
-    found = re.search(r"\[Errno -?\d+\] [^\"')(]+|Read timed out|database is locked|no such table: \w+", text)
+    found = re.search(r"\[Errno -?\d+\] [^\"')(]+|Read timed out|too many \d{3} error responses|database is locked"
+                      r"|no such table: \w+", text)
     return found.group(0).strip().rstrip(".") if found else (text if len(text) <= 160 else text[:157] + "...")
 
 
@@ -341,6 +377,10 @@ def _start(stage: str, params: dict, system_metrics: bool):
                                log_system_metrics=system_metrics or None)
         mlflow.log_params(flatten({k: v for k, v in params.items() if k != "profile"}))  # a tag, above
     except Exception as exc:  # MlflowException, or the database driver's own errors
+        answer = _error_answer(uri, exc)
+        if answer:
+            raise PrimerError(f"MLflow tracking server at {uri} answered {answer}; check the server's log, or unset "
+                              "MLFLOW_TRACKING_URI to log to ./mlflow.db.") from None
         raise PrimerError(f"MLflow tracking at {uri} failed: {_first_line(exc)}; check MLFLOW_TRACKING_URI.") from None
     return mlflow, run.info.run_id, uri
 

@@ -35,12 +35,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--metrics", required=True, type=Path, help="metrics JSON to write")
     parser.add_argument("--plot", required=True, type=Path, help="PNG of the three fits to write")
     args = parser.parse_args(argv)
-    with open_stage("train_basics", args.params, SCHEMA) as (params, run):
+    with open_stage("train_basics", args.params, SCHEMA, check=check_params) as (params, run):
         p = params["train_basics"]
-        limit = rg.largest_stable_lr(rg.ICE_CREAM_FEATURES)
-        if p["plane"]["lr"] >= limit:
-            raise PrimerError(f"{args.params}: 'train_basics.plane.lr' is {p['plane']['lr']:g}, which makes gradient "
-                              f"descent diverge on the ice-cream table; use a value below {limit:.3g}.")
         summary, plane_losses, logistic_losses = fit_all(p["plane"], p["logistic"])
         log_curve(run, "plane/loss", plane_losses, p["log_every"])
         log_curve(run, "logistic/loss", logistic_losses, p["log_every"])
@@ -50,6 +46,14 @@ def main(argv: list[str] | None = None) -> None:
     print(f"train_basics: line w={summary['line/w']:.4g} b={summary['line/b']:.4g}; plane GD ends "
           f"{summary['plane/gd_distance']:.4g} from least squares (MSE {summary['plane/gd_loss']:.4g} vs "
           f"{summary['plane/lstsq_loss']:.4g}); logistic accuracy {summary['logistic/accuracy']:.2f}", flush=True)
+
+
+def check_params(params: dict) -> None:
+    """The plane's lr must be below the largest one that converges on the ice-cream table."""
+    lr, limit = params["train_basics"]["plane"]["lr"], rg.largest_stable_lr(rg.ICE_CREAM_FEATURES)
+    if lr >= limit:
+        raise PrimerError(f"'train_basics.plane.lr' is {lr:g}, which makes gradient descent diverge on the "
+                          f"ice-cream table; use a value below {limit:.3g}.")
 
 
 def fit_all(plane: dict, logistic: dict) -> tuple[dict, np.ndarray, np.ndarray]:

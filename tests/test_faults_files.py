@@ -269,3 +269,41 @@ def test_missing_test_labels_npy_names_the_file_and_augment(tmp_path):
     with pytest.raises(PrimerError) as err:
         data_identity(folder)
     _assert_one_sentence(str(err.value), folder / "test_labels.npy", "rerun `dvc repro augment`")
+
+
+TIME_MACHINE_OPENING = ("The Time Traveller (for so it will be convenient to speak of him)\n"
+                        "was expounding a recondite matter to us. His grey eyes shone and\n"
+                        "twinkled, and his usually pale face was flushed and animated.\n")
+UTF16_ENCODINGS = ["utf-16", "utf-16-le", "utf-16-be"]  # with a byte-order mark, then without one either way round
+
+
+@pytest.mark.parametrize("encoding", UTF16_ENCODINGS)
+def test_utf16_corpus_is_named_utf16_not_binary(tmp_path, encoding):
+    from primer.text.corpus import load_corpus
+
+    path = tmp_path / "timemachine.txt"
+    path.write_bytes(TIME_MACHINE_OPENING.encode(encoding))
+    with pytest.raises(PrimerError) as caught:
+        load_corpus(path)
+    assert str(caught.value) == f"text file {path} is UTF-16 text, not UTF-8; re-save it as UTF-8."
+
+
+@pytest.mark.parametrize("encoding", UTF16_ENCODINGS)
+def test_utf16_sentence_pair_file_is_named_utf16_not_binary(tmp_path, encoding):
+    from primer.text.sentence_pairs import read_pairs
+
+    path = tmp_path / "fra.txt"
+    path.write_bytes("Go.\tVa !\nHi.\tSalut !\nRun!\tCours\u202f!\n".encode(encoding))
+    with pytest.raises(PrimerError) as caught:
+        read_pairs(path)
+    assert str(caught.value) == f"sentence-pair file {path} is UTF-16 text, not UTF-8; re-save it as UTF-8."
+
+
+@pytest.mark.parametrize("content", [b"\x00\x01PK\x03\x04" * 50, bytes(range(256)) * 8, b"\x00" * 64])
+def test_binary_with_nul_bytes_is_still_called_binary_not_utf16(tmp_path, content):
+    from primer.text.corpus import load_corpus
+
+    path = tmp_path / "corpus.txt"
+    path.write_bytes(content)
+    with pytest.raises(PrimerError, match="so it is binary"):
+        load_corpus(path)

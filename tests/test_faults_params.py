@@ -84,6 +84,7 @@ def _argv(stage: str, tmp_path: Path) -> list[str]:
         "split": ["--manifest", str(tmp_path / "manifest.csv"), "--out", str(tmp_path / "split.csv")],
         "augment": ["--images", str(tmp_path), "--split", str(tmp_path / "split.csv"), "--out", str(tmp_path / "arrays"),
                     "--preview", str(tmp_path / "preview.png")],
+        "train_basics": ["--metrics", out[2], "--plot", out[4]],
         "train_cnn": ["--arrays", str(tmp_path / "arrays"), *training],
         "train_lm": ["--variant", "lstm", "--corpus", str(corpus), *training],
         "train_transformer": ["--pairs", str(tmp_path / "fra.txt"), *training, "--translations", str(tmp_path / "t.csv"),
@@ -99,6 +100,8 @@ CROSS_KEY_MISTAKES = [
     ("train_cnn", _set("augment.policy", blur_sigma_min=5.0, blur_sigma_max=1.0), "'augment.policy.blur_sigma_min' (5) is above"),
     ("train_transformer", _set("train_transformer.model", num_hiddens=30, num_heads=4),
      "'train_transformer.model.num_hiddens' (30) must be divisible by 'train_transformer.model.num_heads' (4)"),
+    ("train_basics", _set("train_basics.plane", lr=1.0),
+     "'train_basics.plane.lr' is 1, which makes gradient descent diverge on the ice-cream table; use a value below"),
     ("train_lm", lambda p: None, "is too short for one batch of batch_size=32 x num_steps=35"),
     ("train_lm", _set("train_lm", batch_size=1, num_steps=2, val_fraction=0.01), "leaves only 1 character(s) for validation"),
 ]

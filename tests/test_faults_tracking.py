@@ -4,20 +4,25 @@ test_faults_experiments.py). Servers listen on 127.0.0.1 only."""
 
 from __future__ import annotations
 
+import http.server
 import os
 import signal
 import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from primer.errors import PrimerError
+from primer.stage import cli
 from primer.tracking import repo_root, stage_run
 
 from conftest import REPO, tiny_cnn_params, venv_env, write_tiny_arrays
@@ -189,3 +194,65 @@ def test_repo_root_maps_a_dvc_experiment_copy_back_to_the_main_repository(tmp_pa
     assert repo_root(copy) == tmp_path / "repo"
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
     assert repo_root(copy) == tmp_path
+
+
+SERVER_ERROR = (b'{"error_code": "INTERNAL_ERROR", '
+                b'"message": "(sqlite3.OperationalError) disk I/O error\\n[SQL: SELECT ...]"}')
+
+
+@contextmanager
+def answering_500(health_ok: bool = False):
+    """A real HTTP server on 127.0.0.1 answering every request with HTTP 500 and MLflow's JSON error body
+    (a server whose store broke); with `health_ok`, /health still answers 200, as MLflow's own does."""
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def answer(self):
+            code, body = (200, b"OK") if health_ok and self.path == "/health" else (500, SERVER_ERROR)
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = do_PATCH = do_DELETE = answer
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_server_answering_500_everywhere_is_one_sentence_with_its_message_and_no_stage_work(tmp_path, monkeypatch,
+                                                                                             capsys):
+    from stages.train_basics import main
+
+    monkeypatch.setenv("PRIMER_TRACKING", "on")
+    with answering_500() as uri:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        code = cli(main, ["--params", str(REPO / "params.yaml"), "--metrics", str(tmp_path / "metrics.json"),
+                          "--plot", str(tmp_path / "fits.png")])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(lines) == 1, lines
+    assert lines[0].split(": error: ", 1)[1] == (
+        f"MLflow tracking server at {uri} answered HTTP 500 on /health ((sqlite3.OperationalError) disk I/O error); "
+        "check the server's log, or MLFLOW_TRACKING_URI.")
+    assert not (tmp_path / "metrics.json").exists()
+
+
+def test_server_answering_500_to_the_api_is_one_sentence_with_its_message_not_urllib3_text(monkeypatch):
+    monkeypatch.setenv("PRIMER_TRACKING", "on")
+    with answering_500(health_ok=True) as uri:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+        with pytest.raises(PrimerError) as caught:
+            with stage_run("train_basics", {"a": 1}):
+                pytest.fail("the stage body must not run")
+    assert str(caught.value) == (
+        f"MLflow tracking server at {uri} answered HTTP 500 ((sqlite3.OperationalError) disk I/O error); "
+        "check the server's log, or unset MLFLOW_TRACKING_URI to log to ./mlflow.db.")

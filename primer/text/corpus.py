@@ -6,6 +6,7 @@ sequential minibatch samplers. Randomness comes from a `torch.Generator`, so a s
 
 from __future__ import annotations
 
+import codecs
 import re
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -32,14 +33,16 @@ def clean_lines(text: str) -> list[str]:
 
 
 def read_text_file(path: Path, kind: str, what_to_fetch: str) -> str:
-    """A UTF-8 text file with universal newlines; a missing, unreadable, binary or non-UTF-8 file is a
-    PrimerError naming it (`kind` says what the file is, `what_to_fetch` what it should be)."""
+    """A UTF-8 text file with universal newlines; a missing, unreadable, binary, UTF-16 or non-UTF-8 file
+    is a PrimerError naming it (`kind` says what the file is, `what_to_fetch` what it should be)."""
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
         raise PrimerError(f"{kind} {path} does not exist; run the fetch stage first (dvc repro fetch).") from None
     except OSError as err:
         raise PrimerError(f"{kind} {path} cannot be read ({err.strerror}); point to a readable file.") from None
+    if _looks_utf16(raw):
+        raise PrimerError(f"{kind} {path} is UTF-16 text, not UTF-8; re-save it as UTF-8.")
     if b"\x00" in raw:
         raise PrimerError(f"{kind} {path} contains NUL bytes, so it is binary; fetch {what_to_fetch}.")
     try:
@@ -47,6 +50,32 @@ def read_text_file(path: Path, kind: str, what_to_fetch: str) -> str:
     except UnicodeDecodeError as err:
         raise PrimerError(f"{kind} {path} is not UTF-8 (bad byte at {err.start}); re-save it as UTF-8.") from None
     return text.replace("\r\n", "\n").replace("\r", "\n")  # what Python's universal newlines do on read
+
+
+def _utf16_codec(head: bytes) -> str | None:
+    """The UTF-16 codec a file's first bytes suggest: a byte-order mark, or NULs at nearly every other
+    position (ASCII text in UTF-16 without a mark); None when they suggest neither."""
+    if head[:2] in (b"\xff\xfe", b"\xfe\xff"):
+        return "utf-16"
+    half = len(head) // 2
+    even, odd = head[0:2 * half:2].count(0), head[1:2 * half:2].count(0)
+    if half and max(even, odd) >= 0.3 * half and min(even, odd) <= 0.05 * half:
+        return "utf-16-be" if even > odd else "utf-16-le"
+    return None
+
+
+def _looks_utf16(raw: bytes) -> bool:
+    """Whether `raw` is UTF-16 text: a UTF-16 hint that decodes into mostly printable characters."""
+    codec = _utf16_codec(raw[:4096])
+    if codec is None:
+        return False
+    try:
+        # the whole of a short file must decode; a long one's head may end inside a character
+        sample = codecs.getincrementaldecoder(codec)().decode(raw[:8192], final=len(raw) <= 8192)
+    except UnicodeDecodeError:
+        return False
+    printable = sum(char.isprintable() or char in "\t\n\r" for char in sample)
+    return printable >= 0.95 * len(sample)
 
 
 def load_corpus(path: Path | str) -> str:

@@ -43,7 +43,7 @@ def open_stage(
     """Validate the stage's params (before any work, and before a tracking run exists to hold a
     failure), then open its tracking run."""
     params = load_checked(params_file, schema, check)
-    with stage_run(name, params, system_metrics) as run:
+    with stage_run(name, params, system_metrics, near=Path(params_file)) as run:
         yield params, run
 
 

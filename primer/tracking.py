@@ -266,11 +266,12 @@ def run_tags(stage: str, profile: str = "full") -> dict:
     return tags
 
 
-def repo_root(start: Path | None = None) -> Path:
+def repo_root(start: Path | None = None, near: Path | None = None) -> Path:
     """The main repository's root. DVC names it in DVC_ROOT for every stage it runs (for `--temp` and
     `--queue` too, whose copies live in ROOT/.dvc/tmp/exps/); without it, a path in such a copy maps
     back to ROOT, else the nearest folder up from `start` (default: the working directory) that holds
-    `.dvc` or `dvc.yaml` is the root, and `start` itself outside any repository."""
+    `.dvc` or `dvc.yaml` is the root; outside any repository, the one around `near` (a stage's params
+    file), else `start` itself."""
     if os.environ.get("DVC_ROOT") and Path(os.environ["DVC_ROOT"]).is_dir():
         return Path(os.environ["DVC_ROOT"]).resolve()
     start = (start or Path.cwd()).resolve()
@@ -278,9 +279,10 @@ def repo_root(start: Path | None = None) -> Path:
     for i in range(len(parts) - 2):
         if parts[i : i + 3] == (".dvc", "tmp", "exps"):
             return Path(*parts[:i])
-    for folder in (start, *start.parents):
-        if (folder / ".dvc").is_dir() or (folder / "dvc.yaml").is_file():
-            return folder
+    for base in (start, near.resolve().parent) if near else (start,):
+        for folder in (base, *base.parents):
+            if (folder / ".dvc").is_dir() or (folder / "dvc.yaml").is_file():
+                return folder
     return start
 
 
@@ -355,7 +357,7 @@ def _experiment_id(mlflow, name: str, artifact_location: str | None) -> str:
     raise MlflowException(f"experiment '{name}' could neither be found nor created")
 
 
-def _start(stage: str, params: dict, system_metrics: bool):
+def _start(stage: str, params: dict, system_metrics: bool, near: Path | None = None):
     import mlflow
 
     # Bounded retries: a server that dies mid-stage fails the stage in seconds, not minutes.
@@ -363,7 +365,7 @@ def _start(stage: str, params: dict, system_metrics: bool):
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     uri, artifacts = os.environ.get("MLFLOW_TRACKING_URI"), None
     if not uri:
-        uri, artifacts = default_store(repo_root())
+        uri, artifacts = default_store(repo_root(near=near))
     mlflow.set_tracking_uri(uri)
     if uri.startswith(("http://", "https://")):
         probe_server(uri)
@@ -386,17 +388,18 @@ def _start(stage: str, params: dict, system_metrics: bool):
 
 
 @contextmanager
-def stage_run(stage: str, params: dict, system_metrics: bool = False) -> Iterator[StageRun]:
+def stage_run(stage: str, params: dict, system_metrics: bool = False, near: Path | None = None) -> Iterator[StageRun]:
     """One MLflow run for one stage execution; ends FINISHED, FAILED or KILLED, never left RUNNING.
 
     `system_metrics` samples CPU, memory (and GPU when present) into the run while it is open.
     A run whose store stops answering cannot be closed now; the stage's next start closes it.
+    Run from outside any repository, the default store is that of the repository around `near`.
     """
     if not tracking_enabled():
         with _sigterm_raises():
             yield StageRun()
         return
-    mlflow, run_id, uri = _start(stage, params, system_metrics)
+    mlflow, run_id, uri = _start(stage, params, system_metrics, near)
     status = "FAILED"
     tracked = StageRun(mlflow, run_id, uri)
     try:

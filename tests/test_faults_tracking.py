@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import http.server
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -185,6 +186,23 @@ def test_stage_started_from_a_subfolder_logs_to_the_root_store(tmp_path):
     runs = runs_by_status(f"sqlite:///{repo / 'mlflow.db'}")
     assert [r.info.run_name for r in runs.values()] == ["train_basics"]
     assert list((repo / "mlartifacts").rglob("train_basics.png"))
+
+
+def test_stage_run_outside_any_repository_logs_to_the_store_of_its_params_files_repository(tmp_path):
+    repo, elsewhere = tmp_path / "repo", tmp_path / "elsewhere"
+    (repo / ".dvc").mkdir(parents=True)
+    elsewhere.mkdir()
+    shutil.copy(REPO / "params.yaml", repo / "params.yaml")
+    env = {**venv_env(tmp_path), "TQDM_DISABLE": "1"}
+    env.pop("DVC_ROOT", None)
+    env.pop("MLFLOW_EXPERIMENT_NAME", None)
+    done = subprocess.run([sys.executable, str(REPO / "stages" / "train_basics.py"), "--params", str(repo / "params.yaml"),
+                           "--metrics", "m.json", "--plot", "p.png"], cwd=elsewhere, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert sorted(p.name for p in elsewhere.iterdir()) == ["m.json", "p.png"]  # no mlflow.db, no mlartifacts/
+    runs = runs_by_status(f"sqlite:///{repo / 'mlflow.db'}")
+    assert [r.info.run_name for r in runs.values()] == ["train_basics"]
 
 
 def test_repo_root_maps_a_dvc_experiment_copy_back_to_the_main_repository(tmp_path, monkeypatch):

@@ -71,21 +71,16 @@ def mlflow_model(uri: str):
 
 
 def why_unreadable(exc: Exception) -> str:
-    from PIL import UnidentifiedImageError
+    """Why a photo was not classified: the file cannot be read, or the served model's reason for its row."""
+    from primer.serving.served_models import ServedInputError, why_not_a_photo
 
-    from primer.serving.served_models import ServedInputError
-
-    if isinstance(exc, ServedInputError) and exc.reasons:  # the served model's own reason for the one row
-        return next(iter(exc.reasons.values()))
-    if isinstance(exc, PrimerError):
-        return str(exc).rstrip(".")
     if isinstance(exc, FileNotFoundError):
         return "no such file"
     if isinstance(exc, IsADirectoryError):
         return "a folder, not a photo"
-    if isinstance(exc, UnidentifiedImageError):
-        return "not an image file Pillow can open"
-    return (str(exc).splitlines() or [type(exc).__name__])[0][:160]
+    if isinstance(exc, ServedInputError) and exc.reasons:
+        return next(iter(exc.reasons.values()))
+    return why_not_a_photo(exc)
 
 
 def classify(args) -> int:

@@ -1,6 +1,7 @@
 """Write outputs all-or-nothing: into a temp path beside the target, renamed into place on success.
 
-A stage that dies leaves the previous output (or none), never a half-written one; a disk that fills up
+A stage that dies leaves the previous output (or none), never a half-written one; a stage with several
+outputs replaces them together, so that they never mix two runs (`outputs_together`); a disk that fills up
 is one sentence naming the output, what it had written and what is free. Temp paths are named
 `.NAME.PID.RANDOM.tmp` (git- and DVC-ignored); the temps of a process that is gone (kill -9) are removed
 the next time anything writes the same target.
@@ -58,8 +59,8 @@ def is_disk_full(exc: BaseException | None, folder: Path) -> bool:
 
 
 def in_temp(path: Path) -> bool:
-    """Whether `path` lies in another output's temp folder (which then says what filled up)."""
-    return any(p.name.startswith(".") and p.name.endswith(".tmp") for p in path.parents)
+    """Whether `path` is, or lies in, another output's temp path (which then says what filled up)."""
+    return any(p.name.startswith(".") and p.name.endswith(".tmp") for p in (path, *path.parents))
 
 
 def refuse_without_room(target: Path | str, needed: int) -> None:
@@ -92,7 +93,42 @@ def remove_stale_temps(target: Path) -> list[Path]:
 @contextmanager
 def atomic_path(target: Path | str, is_dir: bool = False) -> Iterator[Path]:
     """Yield a temp path in the target's folder (an empty folder when `is_dir`); on success it replaces `target`."""
-    target = Path(target)
+    with outputs_together([(target, is_dir)]) as (tmp,):
+        yield tmp
+
+
+@contextmanager
+def outputs_together(targets: list[tuple[Path | str, bool]]) -> Iterator[list[Path]]:
+    """Yield one temp path per (target, is_dir), each in its target's folder; once the body has written them
+    all, they replace their targets together, in the order given, and if any replacement fails the ones
+    already made are undone. A stage whose body fails (or is killed) leaves every previous output as it was;
+    put the output that tells "this run is done" (its metrics) last."""
+    targets = [(Path(t), is_dir) for t, is_dir in targets]
+    temps: list[Path] = []
+    try:
+        for target, is_dir in targets:
+            temps.append(_new_temp(target, is_dir))
+        free_at_start = {target: free_bytes(target.parent) for target, _ in targets}
+        try:
+            yield temps
+        except Exception as exc:
+            full = [t for t, _ in targets if not in_temp(t) and is_disk_full(exc, t.parent)]
+            if isinstance(exc, PrimerError) or not full:
+                raise
+            target = full[0]
+            written = sum(disk_size(tmp) for tmp in temps)
+            what = "previous one is unchanged" if target.exists() else "partial output was removed"
+            raise PrimerError(f"the disk filled up while writing {target}: it had written {size_text(written)} of it, "
+                              f"and {size_text(free_at_start[target])} were free when it started, so it needs more than "
+                              f"that; free some space there and rerun (the {what}).") from None
+        _replace_all([target for target, _ in targets], temps)
+    finally:
+        for tmp in temps:
+            if tmp.exists() or tmp.is_symlink():
+                remove(tmp)
+
+
+def _new_temp(target: Path, is_dir: bool) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     for stale in remove_stale_temps(target):
         print(f"removed {stale}, left by a run that was killed", flush=True)
@@ -103,25 +139,36 @@ def atomic_path(target: Path | str, is_dir: bool = False) -> Iterator[Path]:
         tmp.chmod(0o777 & ~mask)  # mkdtemp makes it private; outputs get the usual permissions
     else:
         tmp.rmdir()
-    free_at_start = free_bytes(target.parent)
+    return tmp
+
+
+def _replace_all(targets: list[Path], temps: list[Path]) -> None:
+    """Move each temp onto its target; a previous output is first moved aside (a folder cannot be replaced
+    in one rename) and removed once all are in place, or moved back if a later one fails."""
+    done: list[tuple[Path, Path | None]] = []  # (target, where its previous output waits) for each one replaced
     try:
-        try:
-            yield tmp
-        except Exception as exc:
-            if isinstance(exc, PrimerError) or in_temp(target) or not is_disk_full(exc, target.parent):
+        for target, tmp in zip(targets, temps):
+            aside = None
+            if target.exists() or target.is_symlink():
+                aside = target.with_name(f".{target.name}.{os.getpid()}.old.tmp")
+                remove(aside)
+                os.replace(target, aside)
+            try:
+                os.replace(tmp, target)
+            except BaseException:
+                if aside is not None:
+                    os.replace(aside, target)
                 raise
-            written = disk_size(tmp)
-            what = "previous one is unchanged" if target.exists() else "partial output was removed"
-            raise PrimerError(f"the disk filled up while writing {target}: it had written {size_text(written)} of it, "
-                              f"and {size_text(free_at_start)} were free when it started, so it needs more than that; "
-                              f"free some space there and rerun (the {what}).") from None
-        if is_dir:
-            # Directories cannot be swapped atomically; the old one is removed just before the rename.
+            done.append((target, aside))
+    except BaseException:
+        for target, aside in reversed(done):
             remove(target)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            remove(tmp)
+            if aside is not None:
+                os.replace(aside, target)
+        raise
+    for _, aside in done:
+        if aside is not None:
+            remove(aside)
 
 
 def write_text(target: Path | str, text: str) -> None:

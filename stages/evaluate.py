@@ -6,7 +6,8 @@ the book and one sample each; that tail also picked the kept epoch, so the numbe
 figure, a little optimistic, not a test set. Transformer: corpus BLEU on its
 test split and example translations with attention maps. Writes metrics.json (DVC metrics), the
 confusion matrix as DVC's confusion-template CSV, and report.html: one self-contained page (images
-inlined) with the data summary, augmentation preview, curves and all of the above. Everything is
+inlined) with the data summary, augmentation preview, curves and all of the above; these outputs replace
+the previous run's together, once everything is computed, so they never mix two runs. Everything is
 logged to one MLflow run tagged with the run ids of the training runs it evaluated. Each model whose
 training run is in the same MLflow store is registered (`primer-cnn`, `primer-lm-VARIANT`,
 `primer-translator`), and the alias `champion` moves to it when its test metric beats the champion's.
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from primer.atomic import write_text
+from primer.atomic import outputs_together, write_text
 from primer.data.table import write_table
 from primer.devices import pick_device
 from primer.errors import PrimerError
@@ -117,27 +118,30 @@ def evaluate(args, params: dict, run) -> None:
     lms = evaluate_lms(args, params["train_lm"], device)
     tf = evaluate_transformer(args, params["train_transformer"], params["seed"], device, e["examples"])
     classes = cnn["classes"]
-    predicted = (probabilities >= 0.5).long()
-    write_table(args.confusion, [{"actual": classes[int(t)], "predicted": classes[int(p)]} for t, p in zip(test_labels, predicted)],
-                ["actual", "predicted"])  # one row per test image: DVC's confusion template counts them
-    args.plots.mkdir(parents=True, exist_ok=True)
-    grid = plot_misclassified(test_images, test_labels, probabilities, classes, e["misclassified"], args.plots / "misclassified.png")
-    for name, figure in plot_attention_maps(tf["maps"], args.plots, prefix="attention_").items():
-        run.log_figure(figure, name)
     metrics = {"cnn/test_acc": cnn["accuracy"], "cnn/test_precision": cnn["precision"], "cnn/test_recall": cnn["recall"],
                "cnn/test_roc_auc": cnn["roc_auc"], "cnn/test_images": len(test_images),
                **{f"lm/{r['variant']}/test_ppl": r["test_ppl"] for r in lms},
                "transformer/test_bleu": tf["bleu"], "transformer/test_sentences": tf["sentences"],
                "transformer/d2l_bleu_k2_mean": sum(d["bleu_k2"] for d in tf["d2l"]) / len(tf["d2l"])}
-    write_text(args.metrics, json.dumps(metrics, indent=2) + "\n")
-    run.log_metrics({k: v for k, v in metrics.items() if v == v})  # NaN (one-class test set) is not logged
+    # The outputs replace the previous run's together, metrics last, so that none of them ever mixes two runs.
+    outputs = [(args.plots, True), (args.confusion, False), (args.report, False), (args.metrics, False)]
+    with outputs_together(outputs) as (plots, confusion, report, metrics_file):
+        predicted = (probabilities >= 0.5).long()
+        write_table(confusion, [{"actual": classes[int(t)], "predicted": classes[int(p)]} for t, p in zip(test_labels, predicted)],
+                    ["actual", "predicted"])  # one row per test image: DVC's confusion template counts them
+        grid = plot_misclassified(test_images, test_labels, probabilities, classes, e["misclassified"], plots / "misclassified.png")
+        figures = plot_attention_maps(tf["maps"], plots, prefix="attention_")
+        write_html(args, params, cnn, lms, tf, plots, report)
+        write_text(metrics_file, json.dumps(metrics, indent=2) + "\n")
+    for name, figure in figures.items():
+        run.log_figure(figure, name)
     run.log_figure(grid, "misclassified.png")
+    run.log_metrics({k: v for k, v in metrics.items() if v == v})  # NaN (one-class test set) is not logged
     run.set_tags({"evaluated.train_cnn": cnn["run_id"], "evaluated.train_transformer": tf["run_id"],
                   **{f"evaluated.train_lm.{r['variant']}": r["run_id"] for r in lms}})
-    register_models(run, cnn, lms, tf)
-    write_html(args, params, cnn, lms, tf)
     run.log_artifact(args.report)
     run.log_artifact(args.confusion)
+    register_models(run, cnn, lms, tf)
     print(f"evaluate: CNN test acc {cnn['accuracy']:.3f} (AUC {cnn['roc_auc']:.3f}); "
           + ", ".join(f"{r['variant']} ppl {r['test_ppl']:.2f}" for r in lms)
           + f"; Transformer test BLEU {tf['bleu']:.2f} -> {args.report}", flush=True)
@@ -154,7 +158,7 @@ def register_models(run, cnn: dict, lms: list[dict], tf: dict) -> None:
             print(f"evaluate: {registered.sentence()}", flush=True)
 
 
-def write_html(args, params: dict, cnn: dict, lms: list[dict], tf: dict) -> None:
+def write_html(args, params: dict, cnn: dict, lms: list[dict], tf: dict, plots: Path, report: Path) -> None:
     summary = json.loads(args.verify_summary.read_text()) if args.verify_summary.is_file() else {}
     (tn, fp), (fn, tp) = cnn["confusion"]
     c0, c1 = cnn["classes"]
@@ -165,17 +169,17 @@ def write_html(args, params: dict, cnn: dict, lms: list[dict], tf: dict) -> None
          + table([{"": f"true {c0}", f"predicted {c0}": tn, f"predicted {c1}": fp},
                   {"": f"true {c1}", f"predicted {c0}": fn, f"predicted {c1}": tp}])
          + image(args.cnn_curves, "CNN training curves") + paragraph("Misclassified test images (true class, P(" + c1 + ")):")
-         + image(args.plots / "misclassified.png", "misclassified test images")),
+         + image(plots / "misclassified.png", "misclassified test images")),
         ("Language models", table([{k: v for k, v in r.items() if k not in ("sample", "run_id")} for r in lms])
          + table([{"variant": r["variant"], "sample": r["sample"]} for r in lms])
          + "".join(image(args.lm_plots / f"{r['variant']}.png", f"{r['variant']} perplexity") for r in lms)),
         ("Transformer", paragraph(f"Test BLEU {tf['bleu']:.2f} on {tf['sentences']} held-out English sentences "
                                   f"(beam {params['train_transformer']['beam_size']}).")
          + table(tf["d2l"]) + table(tf["examples"])
-         + image(args.plots / "attention_encoder.png", "encoder self-attention")
-         + image(args.plots / "attention_cross.png", "decoder cross-attention")),
+         + image(plots / "attention_encoder.png", "encoder self-attention")
+         + image(plots / "attention_cross.png", "decoder cross-attention")),
     ]
-    write_report(args.report, "primer: evaluation report", sections, banner=profile_banner(params.get("profile", "full")))
+    write_report(report, "primer: evaluation report", sections, banner=profile_banner(params.get("profile", "full")))
 
 
 def profile_banner(profile: str) -> str:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import signal
 import sqlite3
 import subprocess
 import sys
+import textwrap
 
 import pytest
 import torch
@@ -93,9 +96,9 @@ def trained(tmp_path):
     return tmp_path, arrays
 
 
-def run_evaluate(tmp_path, arrays, env):
+def run_evaluate(tmp_path, arrays, env, script=None):
     out = tmp_path / "out"
-    cmd = [sys.executable, str(REPO / "stages" / "evaluate.py"), "--params", str(tmp_path / "params.yaml"),
+    cmd = [sys.executable, str(script or REPO / "stages" / "evaluate.py"), "--params", str(tmp_path / "params.yaml"),
            "--arrays", str(arrays), "--cnn-model", str(tmp_path / "cnn.pt"), "--lm-models", str(tmp_path / "lm"),
            "--corpus", str(tmp_path / "timemachine.txt"), "--transformer-model", str(tmp_path / "tf.pt"),
            "--pairs", str(tmp_path / "fra.txt"), "--verify-summary", str(tmp_path / "summary.json"),
@@ -135,3 +138,40 @@ def test_missing_model_is_one_sentence(trained):
     done, _ = run_evaluate(tmp_path, arrays, {**venv_env(tmp_path), "PRIMER_TRACKING": "off"})
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 1 and len(lines) == 1 and "tf.pt does not exist" in lines[0], lines
+
+
+DIE_IN = textwrap.dedent("""
+    import os, signal, sys
+    from primer.stage import cli
+    from stages import evaluate
+
+    def die(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGKILL)  # kill -9 at this point of the stage
+    setattr(evaluate, NAME, die)  # NAME: the function the test names
+    sys.exit(cli(evaluate.main))
+""")
+
+
+@pytest.mark.parametrize("dies_in, outputs_are", [("write_html", "old"), ("register_models", "new")])
+def test_evaluate_killed_mid_way_leaves_outputs_of_one_run(trained, dies_in, outputs_are):
+    """Killed while writing the report its outputs are all the previous run's; killed while registering
+    (after the outputs) they are all the new run's: metrics, confusion CSV, figures and report never mix."""
+    tmp_path, arrays = trained
+    env = {**venv_env(tmp_path), "PYTHONPATH": str(REPO), "PRIMER_TRACKING": "off"}
+    out = tmp_path / "out"
+    (out / "figures").mkdir(parents=True)
+    old = {out / "metrics.json": "{}\n", out / "confusion.csv": "actual,predicted\n", out / "report.html": "old report",
+           out / "figures" / "misclassified.png": "old figure"}
+    for path, text in old.items():
+        path.write_text(text)
+    script = tmp_path / "die.py"
+    script.write_text(DIE_IN.replace("NAME", repr(dies_in), 1))
+    killed, _ = run_evaluate(tmp_path, arrays, env, script)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    unchanged = {path.name for path, text in old.items() if path.read_text(errors="replace") == text}
+    assert unchanged == ({p.name for p in old} if outputs_are == "old" else set()), unchanged
+    visible = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))  # kill -9 leaves temps; the next run removes them
+    assert visible == ["confusion.csv", "figures", "metrics.json", "report.html"]
+    if outputs_are == "new":
+        assert "cnn/test_acc" in json.loads((out / "metrics.json").read_text())
+        assert {p.name for p in (out / "figures").iterdir()} == {"misclassified.png", "attention_encoder.png", "attention_cross.png"}

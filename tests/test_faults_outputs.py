@@ -1,5 +1,6 @@
 """Output faults: a stage killed with SIGKILL while writing leaves a temp folder, which the next run
-removes (a live writer's temp stays), and temp names are git-ignored."""
+removes (a live writer's temp stays), temp names are git-ignored, and outputs written together replace
+their previous ones together or not at all."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
 import yaml
 
+from primer.atomic import outputs_together
 from conftest import REPO, write_class_folders
 
 DIE_AFTER_FIRST_ARRAY = textwrap.dedent("""
@@ -86,3 +89,38 @@ def test_every_cached_output_is_already_in_its_committed_gitignore():
         ignore = out.parent / ".gitignore"
         assert str(ignore) in tracked or ignore == Path(".gitignore"), f"{ignore} is not committed"
         assert f"/{out.name}" in (REPO / ignore).read_text().splitlines(), f"{ignore} lacks /{out.name}"
+
+
+def previous_outputs(tmp_path: Path) -> tuple[Path, Path]:
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "figures" / "old.png").write_text("old figure")
+    (tmp_path / "metrics.json").write_text("old metrics")
+    return tmp_path / "figures", tmp_path / "metrics.json"
+
+
+def test_outputs_written_together_replace_the_previous_ones_together(tmp_path):
+    figures, metrics = previous_outputs(tmp_path)
+    with outputs_together([(figures, True), (metrics, False)]) as (new_figures, new_metrics):
+        (new_figures / "new.png").write_text("new figure")
+        new_metrics.write_text("new metrics")
+        assert metrics.read_text() == "old metrics" and (figures / "old.png").exists()  # nothing moves before the end
+    assert [p.name for p in figures.iterdir()] == ["new.png"] and metrics.read_text() == "new metrics"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["figures", "metrics.json"]
+
+
+def test_a_failure_while_writing_leaves_every_previous_output(tmp_path):
+    figures, metrics = previous_outputs(tmp_path)
+    with pytest.raises(ValueError), outputs_together([(figures, True), (metrics, False)]) as (new_figures, new_metrics):
+        (new_figures / "new.png").write_text("new figure")
+        raise ValueError("the stage failed before writing its metrics")
+    assert [p.name for p in figures.iterdir()] == ["old.png"] and metrics.read_text() == "old metrics"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["figures", "metrics.json"]
+
+
+def test_a_replacement_that_fails_undoes_the_ones_already_made(tmp_path):
+    figures, metrics = previous_outputs(tmp_path)
+    with pytest.raises(FileNotFoundError), outputs_together([(figures, True), (metrics, False)]) as (new_figures, new_metrics):
+        (new_figures / "new.png").write_text("new figure")  # the figures are replaced first...
+        # ...and the metrics' temp is never written, so its replacement fails after the figures moved
+    assert [p.name for p in figures.iterdir()] == ["old.png"] and metrics.read_text() == "old metrics"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["figures", "metrics.json"]

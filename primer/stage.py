@@ -10,6 +10,7 @@ from typing import Callable, Iterator
 
 from primer.errors import PrimerError
 from primer.params import Schema, load_params
+from primer.repro_params import check_unchanged_since_repro_began, check_unchanged_since_stage_began
 from primer.tracking import StageRun, Terminated, stage_run
 
 
@@ -25,8 +26,10 @@ def stage_parser(doc: str) -> argparse.ArgumentParser:
 
 def load_checked(params_file: Path, schema: Schema, check: Callable[[dict], None] | None = None) -> dict:
     """The stage's params, validated key by key and then by `check(params)`, the stage's checks across
-    keys (or against its inputs); a `PrimerError` from `check` is prefixed with the params file read."""
+    keys (or against its inputs); a `PrimerError` from `check` is prefixed with the params file read.
+    Under DVC, a file that changed since the repro's first stage is refused (`primer.repro_params`)."""
     params = load_params(params_file, schema)
+    check_unchanged_since_repro_began(Path(params_file))
     if check is not None:
         try:
             check(params)
@@ -41,10 +44,13 @@ def open_stage(
     check: Callable[[dict], None] | None = None,
 ) -> Iterator[tuple[dict, StageRun]]:
     """Validate the stage's params (before any work, and before a tracking run exists to hold a
-    failure), then open its tracking run."""
+    failure), then open its tracking run. Under DVC, a params file that changed while the stage ran fails
+    it, so that DVC does not record values the stage did not use."""
     params = load_checked(params_file, schema, check)
+    started = check_unchanged_since_repro_began(Path(params_file))
     with stage_run(name, params, system_metrics, near=Path(params_file)) as run:
         yield params, run
+        check_unchanged_since_stage_began(Path(params_file), started)
 
 
 def cli(main: Callable[[list[str] | None], None], argv: list[str] | None = None) -> int:

@@ -24,7 +24,7 @@ LAYERS = {  # name: (rank, the modules or packages it holds)
     "evaluation": (5, ["primer.evaluation"]),
     "serving": (6, ["primer.serving"]),
     "stage plumbing": (7, ["primer.tracking", "primer.stage", "primer.report", "primer.demo", "primer.doctor",
-                           "primer.cli", "primer.served_models", "primer.params_check"]),
+                           "primer.cli", "primer.served_models", "primer.params_check", "primer.repro_params"]),
     "stages": (8, ["stages"]),
 }
 
@@ -32,7 +32,7 @@ LAYERS = {  # name: (rank, the modules or packages it holds)
 # params reading, the host-sync probe and the MLflow plumbing cannot change what a stage writes, and
 # leaving them out keeps a change to logging from redoing the pipeline.
 NOT_DEPS = {"primer.errors", "primer.atomic", "primer.processes", "primer.params", "primer.host_sync",
-            "primer.tracking", "primer.stage"}
+            "primer.tracking", "primer.stage", "primer.repro_params"}
 
 
 def dvc_stages() -> dict:

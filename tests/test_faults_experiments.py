@@ -1,7 +1,7 @@
 """DVC experiments run stages in a temporary copy under .dvc/tmp/exps/ (`--temp`, `--queue`): their
 MLflow runs must still land in the main repository's default store, with the overridden params and
 the experiment's name, and numbers as DVC writes them (5e-05) must pass the stage's checks. The LM
-variants spread over queue workers, one GPU each (README.md, "On a GPU host"), and `dvc repro` then
+variants spread over queue workers, one GPU each (docs/gpu.md, "On a GPU host"), and `dvc repro` then
 takes their models from DVC's run cache instead of training again."""
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def test_queued_and_temporary_experiments_log_to_the_root_store(repo):
 
 
 def test_lm_variants_train_side_by_side_one_gpu_each_and_repro_takes_them_from_the_run_cache(repo):
-    """README.md, "On a GPU host": one `dvc exp run --temp` per variant, each with its own
+    """docs/gpu.md, "On a GPU host": one `dvc exp run --temp` per variant, each with its own
     CUDA_VISIBLE_DEVICES, at the same time; then `dvc repro` trains nothing."""
     repo, env = repo
     sources = tiny_sources(repo.parent)

@@ -110,14 +110,14 @@ def test_named_variants_share_one_schema(tmp_path):
         load_params(write(tmp_path, {"v": {}}), schema)
 
 
-def test_readme_resnet_recipe_is_valid_train_cnn_params(tmp_path):
-    """The README's `dvc exp run -S ...` line for arch resnet names real keys with valid values."""
+def test_docs_resnet_recipe_is_valid_train_cnn_params(tmp_path):
+    """docs/training.md's `dvc exp run -S ...` line for arch resnet names real keys with valid values."""
     import re
 
     from stages import train_cnn
 
-    readme = (REPO / "README.md").read_text()
-    command = re.search(r"dvc exp run -S train_cnn\.model\.arch=resnet.*?(?=\n\s*```)", readme, re.S).group(0)
+    guide = (REPO / "docs/training.md").read_text()
+    command = re.search(r"dvc exp run -S train_cnn\.model\.arch=resnet.*?(?=\n\s*```)", guide, re.S).group(0)
     overrides = re.findall(r"-S (\S+)=(\S+)", command)
     assert len(overrides) >= 8
     params = yaml.safe_load((REPO / "params.yaml").read_text())

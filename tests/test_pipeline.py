@@ -197,12 +197,12 @@ def git(repo: Path, *args: str) -> str:
 
 
 def test_a_clone_pulls_data_arrays_and_models_from_a_local_remote_and_repro_has_nothing_to_do(pipeline, tmp_path):
-    """README.md, "Share the results": `dvc remote add -d`, commit, `dvc push`; elsewhere `git clone`
+    """docs/sharing.md, "Share the results": `dvc remote add -d`, commit, `dvc push`; elsewhere `git clone`
     and `dvc pull`, and the clone needs no training."""
     repo, env, _ = pipeline
-    assert "git add " + " ".join(SHARED_IN_GIT) in (REPO / "README.md").read_text()
+    assert "git add " + " ".join(SHARED_IN_GIT) in (REPO / "docs/sharing.md").read_text()
     dvc(repo, env, "remote", "add", "-d", "storage", str(tmp_path / "remote"))
-    git(repo, "add", *SHARED_IN_GIT)  # the README's list: what DVC leaves to git (git ignores the outputs in there)
+    git(repo, "add", *SHARED_IN_GIT)  # the guide's list: what DVC leaves to git (git ignores the outputs in there)
     git(repo, "commit", "-qm", "trained")
     assert "everything is up to date" not in dvc(repo, env, "push").lower()
     clone = tmp_path / "clone"

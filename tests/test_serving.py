@@ -1,5 +1,5 @@
 """`mlflow models serve -m models:/NAME@champion --env-manager local` for real, on 127.0.0.1: a photo
-in (base64 in JSON, as README's curl line sends it), P(dog) out; a sentence in, French out."""
+in (base64 in JSON, as docs/models.md's curl line sends it), P(dog) out; a sentence in, French out."""
 
 from __future__ import annotations
 

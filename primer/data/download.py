@@ -25,7 +25,7 @@ from primer.errors import PrimerError
 CHUNK = 1 << 20
 RETRYABLE_HTTP = {408, 429, 500, 502, 503, 504}
 NO_ROUTE = {errno.ECONNREFUSED, errno.ENETUNREACH, errno.EHOSTUNREACH}
-OFFLINE_README = "README: 'Offline, or with data you already have'"
+OFFLINE_GUIDE = "docs/data.md: 'Offline, or with data you already have'"
 
 
 def sha1_of(path: Path) -> str:
@@ -134,7 +134,7 @@ def download(
             if attempt == retries and exc.no_route:
                 raise PrimerError(
                     f"cannot connect to {url} ({exc}) after {retries + 1} attempt(s); no network? put the file "
-                    f"on disk and set '{key}' to its path or file:// URL ({OFFLINE_README})."
+                    f"on disk and set '{key}' to its path or file:// URL ({OFFLINE_GUIDE})."
                 ) from None
             if attempt == retries:
                 raise PrimerError(
@@ -150,7 +150,7 @@ def download(
         sent = f"Content-Type {content_type!r}" if content_type else "no Content-Type"
         raise PrimerError(
             f"{params_file}: '{key}' is {url}, which answered with {sent} and {head}, not a zip or tar; nothing was "
-            f"kept: fix the URL, or download the archive yourself and set '{key}' to its path ({OFFLINE_README})."
+            f"kept: fix the URL, or download the archive yourself and set '{key}' to its path ({OFFLINE_GUIDE})."
         )
     check_sha1(part, sha1, url)
     os.replace(part, dest)

@@ -17,7 +17,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from primer.atomic import atomic_path, refuse_without_room
-from primer.data.download import OFFLINE_README, download, first_bytes, is_archive, sha1_of
+from primer.data.download import OFFLINE_GUIDE, download, first_bytes, is_archive, sha1_of
 from primer.data.extract import extract
 from primer.errors import PrimerError
 
@@ -110,7 +110,7 @@ def fetch_source(
         if archive and not is_archive(path):
             raise PrimerError(
                 f"{params_file}: '{key}.url' names {path}, which is not a zip or tar (it starts {first_bytes(path)}); "
-                f"set it to the archive or to the folder extracted from it ({OFFLINE_README})."
+                f"set it to the archive or to the folder extracted from it ({OFFLINE_GUIDE})."
             )
         check_sha1_kept(path, sha1, url, f"{params_file}: '{key}.sha1'")
     if is_archive(path):

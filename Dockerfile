@@ -1,4 +1,4 @@
-# The pipeline on an NVIDIA GPU (`docker compose up`, see README.md "On a GPU host"); the mlflow
+# The pipeline on an NVIDIA GPU (`docker compose up`, see docs/gpu.md); the mlflow
 # service of docker-compose.yml runs from this image too.
 #
 # A slim Python base, not nvidia/cuda: the torch 2.15.0 / torchvision 0.29.2 wheels pinned in

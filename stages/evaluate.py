@@ -70,7 +70,7 @@ def evaluate_lms(args, p: dict, device: torch.device) -> list[dict]:
         model.to(device)
         _, heldout = split_tail(torch.tensor(vocab.encode(corpus)), p["val_fraction"])
         history = saved["history"]
-        best_epoch = saved.get("best_epoch", history[-1]["epoch"])  # files from before best-epoch keeping hold the last
+        best_epoch = saved["best_epoch"]
         kept = next(r for r in history if r["epoch"] == best_epoch)
         rows.append({"variant": path.stem, "cell": saved["model_args"]["cell"], "layers": saved["model_args"]["num_layers"],
                      "impl": saved["model_args"]["impl"], "epochs_run": history[-1]["epoch"], "kept_epoch": best_epoch,

@@ -2,14 +2,19 @@
 
 A schema maps each key to a `Field` (or to a nested schema dict). Validation rejects unknown keys,
 missing keys, wrong types and out-of-range values with one sentence naming the key, the value and
-what is allowed.
+what is allowed. Each field also says what it changes (`effect`): the stage's result (the default:
+what it learns or computes), only its outputs beside a trained model (`output_only`: how many example
+translations to write), or only how the run goes (`run_only`: device, compile, logging and checkpoint
+cadence, worker counts). A stage's dvc.yaml `params:` list names exactly its result and output fields,
+so a run-only change reruns nothing (tested), and a training checkpoint's fingerprint covers exactly
+its result fields (`result_values`), so a resumed run never continues one trained differently.
 """
 
 from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +33,7 @@ class Field:
     choices: tuple | None = None
     odd_or_zero: bool = False  # kernel sizes: 0 (off) or an odd number
     false_means: str | None = None  # a str choice that YAML reads as false when unquoted (`off`, `no`)
+    effect: str = "result"  # "result", "output" or "run": see the module docstring
 
     def describe(self) -> str:
         if self.choices is not None:
@@ -95,6 +101,31 @@ def choice(*options: Any, false_means: str | None = None) -> Field:
 
 def odd_kernel(high: int = 99) -> Field:
     return Field(int, 0, high, odd_or_zero=True)
+
+
+def output_only(field: Field) -> Field:
+    """A field that changes a stage's outputs but not what it trains (not in the checkpoint fingerprint)."""
+    return replace(field, effect="output")
+
+
+def run_only(field: Field) -> Field:
+    """A field that changes how a run goes, not what it writes (listed nowhere in dvc.yaml)."""
+    return replace(field, effect="run")
+
+
+def result_values(values: dict, schema: dict) -> dict:
+    """`values` (a validated section) with only its result fields: what a checkpoint's fingerprint covers."""
+    out = {}
+    for key, spec in schema.items():
+        if isinstance(spec, dict):
+            out[key] = result_values(values[key], spec)
+        elif isinstance(spec, EachOf):
+            out[key] = {name: result_values(section, spec.schema) for name, section in values[key].items()}
+        elif isinstance(spec, SomeOf):
+            out[key] = result_values(values[key], spec.schema)
+        elif spec.effect == "result":
+            out[key] = values[key]
+    return out
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,5 @@
-"""MLflow tracking for stage runs: the only module of the library that imports mlflow.
+"""MLflow tracking for stage runs: the stages reach MLflow only through this module (the served models,
+the registry and the `primer` command import mlflow for their own parts).
 
 Each stage execution is one run in experiment `primer` (or `MLFLOW_EXPERIMENT_NAME`), named after
 the stage. The default store is `mlflow.db` (artifacts in `mlartifacts/`) at the root of the main

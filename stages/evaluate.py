@@ -27,7 +27,7 @@ from primer.errors import PrimerError
 from primer.evaluation.model_files import load_model
 from primer.evaluation.translation_eval import attention_maps, d2l_examples, test_bleu
 from primer.models.rnn import generate, perplexity
-from primer.params import choice, integer, number, some_of, text
+from primer.params import choice, integer, number, run_only, some_of, text
 from primer.report import image, paragraph, table, write_report
 from primer.stage import cli, open_stage, stage_parser
 from primer.text.attention_plot import plot_attention_maps
@@ -43,8 +43,8 @@ SCHEMA = {
     "train_lm": some_of({"val_fraction": number(0.01, 0.5), "num_steps": integer(1), "prefix": text(), "sample_chars": integer(1)}),
     "train_transformer": some_of({"num_pairs": integer(0), "val_fraction": number(0, 0.5), "test_fraction": number(0.001, 0.5),
                                   "num_steps": integer(2), "beam_size": integer(1), "attention_sentence": text()}),
-    "evaluate": {"batch_size": integer(1, 65536), "misclassified": integer(0, 400), "examples": integer(0, 10_000),
-                 "device": choice("auto", "cpu", "cuda")},
+    "evaluate": {"batch_size": run_only(integer(1, 65536)), "misclassified": integer(0, 400), "examples": integer(0, 10_000),
+                 "device": run_only(choice("auto", "cpu", "cuda"))},
 }
 
 
@@ -70,7 +70,7 @@ def evaluate_lms(args, p: dict, device: torch.device) -> list[dict]:
         model.to(device)
         _, heldout = split_tail(torch.tensor(vocab.encode(corpus)), p["val_fraction"])
         history = saved["history"]
-        best_epoch = saved.get("best_epoch", history[-1]["epoch"])  # files from before best-epoch keeping hold the last
+        best_epoch = saved["best_epoch"]
         kept = next(r for r in history if r["epoch"] == best_epoch)
         rows.append({"variant": path.stem, "cell": saved["model_args"]["cell"], "layers": saved["model_args"]["num_layers"],
                      "impl": saved["model_args"]["impl"], "epochs_run": history[-1]["epoch"], "kept_epoch": best_epoch,

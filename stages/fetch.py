@@ -14,14 +14,14 @@ from pathlib import Path
 
 from primer.data.fetch import fetch_source
 from primer.errors import PrimerError
-from primer.params import integer, number, text
+from primer.params import integer, number, run_only, text
 from primer.stage import cli, open_stage, stage_parser
 
 SOURCE = {"url": text(), "sha1": text(), "member": text()}
 SCHEMA = {
     "fetch": {
-        "retries": integer(0, 20),
-        "timeout": number(1, 3600),
+        "retries": run_only(integer(0, 20)),
+        "timeout": run_only(number(1, 3600)),
         "sources": {"petimages": SOURCE, "timemachine": SOURCE, "fra_eng": SOURCE},
     }
 }

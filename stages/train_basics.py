@@ -23,11 +23,11 @@ import numpy as np  # noqa: E402
 from primer.atomic import atomic_path, write_text  # noqa: E402
 from primer.errors import PrimerError  # noqa: E402
 from primer.models import regression as rg  # noqa: E402
-from primer.params import integer, number  # noqa: E402
+from primer.params import integer, number, run_only  # noqa: E402
 from primer.stage import cli, open_stage, stage_parser  # noqa: E402
 
 GRADIENT_DESCENT = {"lr": number(1e-12, 100), "iterations": integer(1, 10_000_000)}
-SCHEMA = {"train_basics": {"plane": GRADIENT_DESCENT, "logistic": GRADIENT_DESCENT, "log_every": integer(1)}}
+SCHEMA = {"train_basics": {"plane": GRADIENT_DESCENT, "logistic": GRADIENT_DESCENT, "log_every": run_only(integer(1))}}
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -27,7 +27,7 @@ import torch
 from primer import distributed
 from primer.devices import configure_device, pick_device, use_bf16
 from primer.models.cnn import ARCHS, build_cnn
-from primer.params import choice, flag, integer, number, some_of
+from primer.params import choice, flag, integer, number, output_only, result_values, run_only, some_of
 from primer.stage import cli, load_checked, open_stage, stage_parser
 from primer.training.checkpoint import fingerprint
 from primer.training.loop import (COMPILE_MODES, FIT_KEYS, OPTIMIZERS, check_fit_params, compile_model, fit,
@@ -38,9 +38,11 @@ from primer.vision.image_arrays import png_bytes
 from primer.vision.image_batches import (data_identity, eval_batches, evaluate_binary, load_arrays, train_batches,
                                          train_steps)
 
+AUGMENT = augment_schema()
 SCHEMA = {
     "seed": integer(0),
-    "augment": augment_schema(),
+    "augment": some_of({"train_size": AUGMENT["train_size"], "eval_size": AUGMENT["eval_size"], "policy": AUGMENT["policy"],
+                        "draft_oversample": output_only(AUGMENT["draft_oversample"])}),  # for the served model
     "verify": some_of({"max_image_pixels": integer(1)}),  # the served model refuses larger photos, as verify did
     "train_cnn": {
         "model": {"arch": choice(*ARCHS), "width": integer(1, 512)},
@@ -51,11 +53,11 @@ SCHEMA = {
         "batch_size": integer(1, 65_536),
         "grad_clip": number(0, 1e6),
         "bf16": flag(),
-        "channels_last": flag(),
-        "log_every": integer(1),
+        "channels_last": run_only(flag()),
+        "log_every": run_only(integer(1)),
         "nproc": integer(1, 256),
-        "device": choice("auto", "cpu", "cuda"),
-        "compile": choice(*COMPILE_MODES, false_means="off"),  # YAML reads a bare off as false
+        "device": run_only(choice("auto", "cpu", "cuda")),
+        "compile": run_only(choice(*COMPILE_MODES, false_means="off")),  # YAML reads a bare off as false
         **fit_schema(),
     },
 }
@@ -116,7 +118,7 @@ def train(args, params: dict, run, device: torch.device) -> None:
         evaluate=lambda _model, _epoch: evaluate_binary(model, eval_batches(val_x, val_y, p["batch_size"], device, p["channels_last"]), bf16, device),
         epochs=p["epochs"], device=device, grad_clip=p["grad_clip"], bf16=bf16,
         checkpoint=args.checkpoint,
-        fingerprint=fingerprint(model=p["model"], train={k: v for k, v in p.items() if k != "compile"}, augment=aug, seed=seed, data=data_identity(args.arrays),
+        fingerprint=fingerprint(train=result_values(p, SCHEMA["train_cnn"]), augment=result_values(aug, SCHEMA["augment"].schema), seed=seed, data=data_identity(args.arrays),
                                 world=distributed.world()),
         model_args=p["model"], log=run.log_metrics, flush=run.flush, log_every=p["log_every"],
         best_metric="val/acc", higher_is_better=True, **{k: p[k] for k in FIT_KEYS},

@@ -25,7 +25,7 @@ import torch
 from primer.devices import configure_device, pick_device
 from primer.errors import PrimerError
 from primer.models.rnn import RNNLM, generate, perplexity
-from primer.params import choice, each_of, integer, number, text
+from primer.params import choice, each_of, integer, number, output_only, result_values, run_only, text
 from primer.stage import cli, open_stage, stage_parser
 from primer.text.corpus import (Vocab, epoch_positions, gather_batches, load_corpus, num_batches, seq_data_iter_random,
                                 seq_data_iter_sequential, split_tail)
@@ -49,18 +49,24 @@ SCHEMA = {
         "sampling": choice("random", "sequential"),
         "epochs": integer(1, 100_000),
         "grad_clip": number(0, 1e6),
-        "sample_every": integer(1),
-        "sample_chars": integer(1, 10_000),
-        "prefix": text(),
-        "log_every": integer(1),
-        "device": choice("auto", "cpu", "cuda"),
-        "compile": choice(*COMPILE_MODES, false_means="off"),  # YAML reads a bare off as false
+        "sample_every": run_only(integer(1)),
+        "sample_chars": output_only(integer(1, 10_000)),  # the sample in its metrics
+        "prefix": output_only(text()),
+        "log_every": run_only(integer(1)),
+        "device": run_only(choice("auto", "cpu", "cuda")),
+        "compile": run_only(choice(*COMPILE_MODES, false_means="off")),  # YAML reads a bare off as false
         "val_every": integer(1, 100_000),
-        "checkpoint_every": integer(1, 100_000),
+        "checkpoint_every": run_only(integer(1, 100_000)),
         **{k: v for k, v in fit_schema().items() if k != "patience"},
         "variants": each_of(VARIANT),
     },
 }
+
+
+def shared_results(p: dict) -> dict:
+    """The train_lm result fields that every variant shares (a checkpoint's fingerprint): another
+    variant's change leaves this one's checkpoint valid."""
+    return {k: v for k, v in result_values(p, SCHEMA["train_lm"]).items() if k != "variants"}
 
 
 def sampler(p: dict):
@@ -151,7 +157,7 @@ def train(args, params: dict, run, corpus: str) -> None:
     fitted = fit(
         model, optimizer, batches_for(model, train_ids, p, seed, device), evaluate, p["epochs"],
         device=device, grad_clip=p["grad_clip"], checkpoint=args.checkpoint,
-        fingerprint=fingerprint(model=model_args, variant=variant, train={k: v for k, v in p.items() if k not in ("variants", "compile", "checkpoint_every")},
+        fingerprint=fingerprint(model=model_args, variant=result_values(variant, VARIANT), train=shared_results(p),
                                 seed=seed, vocab=vocab.idx_to_token, chars=len(ids)),
         model_args=model_args, extra={"vocab": vocab.idx_to_token}, log=log, flush=run.flush, log_every=p["log_every"],
         best_metric="val/ppl", higher_is_better=False, **{k: p[k] for k in FIT_KEYS if k != "patience"},

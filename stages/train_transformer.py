@@ -23,7 +23,7 @@ from primer.devices import configure_device, pick_device, use_bf16
 from primer.errors import PrimerError
 from primer.evaluation.translation_eval import attention_maps, d2l_examples, mean_token_loss, test_bleu
 from primer.models.transformer import Seq2SeqTransformer
-from primer.params import choice, flag, integer, number, text
+from primer.params import choice, flag, integer, number, output_only, result_values, run_only, text
 from primer.serving.limits import MAX_BEAM_SIZE
 from primer.stage import cli, open_stage, stage_parser
 from primer.text.attention_plot import plot_attention_maps
@@ -47,12 +47,12 @@ SCHEMA = {
         "lr": number(1e-7, 10),
         "grad_clip": number(0, 1e6),
         "bf16": flag(),
-        "device": choice("auto", "cpu", "cuda"),
-        "compile": choice(*COMPILE_MODES, false_means="off"),  # YAML reads a bare off as false
-        "log_every": integer(1),
-        "beam_size": integer(1, MAX_BEAM_SIZE),
-        "examples": integer(0, 10_000),
-        "attention_sentence": text(),
+        "device": run_only(choice("auto", "cpu", "cuda")),
+        "compile": run_only(choice(*COMPILE_MODES, false_means="off")),  # YAML reads a bare off as false
+        "log_every": run_only(integer(1)),
+        "beam_size": output_only(integer(1, MAX_BEAM_SIZE)),  # what it writes after training
+        "examples": output_only(integer(0, 10_000)),
+        "attention_sentence": output_only(text()),
         **fit_schema(),
         "model": {
             "num_hiddens": integer(2, 16384),
@@ -129,7 +129,7 @@ def train(args, params: dict, run) -> None:
     fitted = fit(
         model, optimizer, shuffled_batches(train_src, train_tgt, p["batch_size"], seed, device, pad), evaluate, p["epochs"],
         device=device, grad_clip=p["grad_clip"], bf16=bf16, checkpoint=args.checkpoint,
-        fingerprint=fingerprint(model=model_args, train={k: v for k, v in p.items() if k not in ("model", "examples", "attention_sentence", "beam_size", "compile")},
+        fingerprint=fingerprint(model=model_args, train=result_values(p, SCHEMA["train_transformer"]),
                                 seed=seed, vocabs=vocabs, pairs=len(train_src)),
         model_args=model_args, extra=vocabs, log=run.log_metrics, flush=run.flush, log_every=p["log_every"],
         best_metric=metric, **{k: p[k] for k in FIT_KEYS}, steps_per_epoch=-(-len(train_src) // p["batch_size"]),

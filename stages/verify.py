@@ -15,10 +15,10 @@ from dataclasses import asdict
 from primer.atomic import write_text
 from primer.data.table import write_table
 from primer.data.verify import summarize, verify_images
-from primer.params import integer
+from primer.params import integer, run_only
 from primer.stage import cli, open_stage, stage_parser
 
-SCHEMA = {"verify": {"num_workers": integer(0, 1024), "max_image_pixels": integer(1)}}
+SCHEMA = {"verify": {"num_workers": run_only(integer(0, 1024)), "max_image_pixels": integer(1)}}
 MANIFEST_COLUMNS = ["path", "label", "width", "height"]
 REJECT_COLUMNS = ["path", "label", "reason", "detail"]
 

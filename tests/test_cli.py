@@ -48,7 +48,7 @@ def repo(tmp_path):
     vocab = Vocab(TEXT)
     lm_args = {"vocab_size": len(vocab), "cell": "lstm", "num_hiddens": 16, "num_layers": 1, "impl": "fused"}
     lm = RNNLM(**lm_args).eval()
-    torch.save({"model": lm.state_dict(), "model_args": lm_args, "vocab": vocab.idx_to_token, "history": []},
+    torch.save({"model": lm.state_dict(), "model_args": lm_args, "vocab": vocab.idx_to_token, "history": [], "best_epoch": 0},
                tmp_path / "models/lm/lstm.pt")
     tf, src, tgt = save_tiny_translator(tmp_path / "models/transformer.pt")
     return tmp_path, {"cnn": cnn, "lm": (lm, vocab), "tf": (tf, src, tgt)}
@@ -181,7 +181,7 @@ def test_classify_with_the_registered_champion_answers_as_with_the_file(repo, mo
     photo(64, 48, seed=3).save(pet)
     with mlflow.start_run() as run:
         log_served_model(root / "models/cnn.pt", PhotoClassifier(), pd.DataFrame({"image": [pet.read_bytes()]}),
-                         {"eval_size": 32, "draft_oversample": 2})
+                         {"eval_size": 32, "draft_oversample": 2, "max_image_pixels": 89_478_485})
     register(mlflow, "primer-cnn", run.info.run_id, "test_acc", 0.5, True)
     mlflow.end_run()
     env = {**os.environ, "MLFLOW_TRACKING_URI": uri}

@@ -84,7 +84,7 @@ def trained(tmp_path):
         args = {"vocab_size": len(vocab), "cell": cell, "num_hiddens": 8, "num_layers": 1, "impl": "fused"}
         history = [{"epoch": 1, "train/ppl": 20.0, "val/ppl": 21.0}]
         torch.save({"model": RNNLM(**args).state_dict(), "model_args": args, "vocab": vocab.idx_to_token, "history": history,
-                    "mlflow_run_id": f"{name}-run"}, tmp_path / "lm" / f"{name}.pt")
+                    "best_epoch": 1, "mlflow_run_id": f"{name}-run"}, tmp_path / "lm" / f"{name}.pt")
     (tmp_path / "fra.txt").write_text(PAIRS)
     lines = [preprocess_nmt(line).split("\t") for line in PAIRS.strip().split("\n")]
     src, tgt = build_vocab([s.split() for s, _ in lines], 1), build_vocab([t.split() for _, t in lines], 1)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import io
 import json
-import pickle
 
 import mlflow
 import numpy as np
@@ -63,7 +62,7 @@ def test_the_classifier_gives_the_evaluation_probability_for_photo_bytes_and_arr
     files.append(grey)
 
     example = pd.DataFrame({"image": [files[0].read_bytes()]})
-    model, info = logged(store, store / "cnn.pt", PhotoClassifier(), example, {"eval_size": EVAL_SIZE, "draft_oversample": 2})
+    model, info = logged(store, store / "cnn.pt", PhotoClassifier(), example, {"eval_size": EVAL_SIZE, "draft_oversample": 2, "max_image_pixels": 89_478_485})
     got = model.predict(pd.DataFrame({"image": [f.read_bytes() for f in files]}))
 
     with torch.no_grad():  # the evaluate stage: the augment stage's arrays, eval_batch, sigmoid of the logits
@@ -77,7 +76,7 @@ def test_the_classifier_gives_the_evaluation_probability_for_photo_bytes_and_arr
     pixels = [np.array(Image.open(f).convert("RGB")) for f in files[:2]] + [np.array(Image.open(grey))]
     direct = PhotoClassifier()  # arrays go through Python (a JSON request carries bytes as base64)
     direct.load_context(mlflow.pyfunc.PythonModelContext({"model_file": str(store / "cnn.pt")},
-                                                         {"eval_size": EVAL_SIZE, "draft_oversample": 2}))
+                                                         {"eval_size": EVAL_SIZE, "draft_oversample": 2, "max_image_pixels": 89_478_485}))
     from_arrays = direct.predict(None, pd.DataFrame({"image": pixels}))
     np.testing.assert_allclose(from_arrays["p_dog"].to_numpy(), expected[[0, 1, 3]], atol=2e-3)  # PNGs exact, JPEG decode
     assert from_arrays["p_dog"].to_numpy()[1] == pytest.approx(float(expected[1]), abs=1e-6)
@@ -93,31 +92,12 @@ def test_the_generator_writes_what_the_evaluation_samples(store):
     vocab = Vocab(TEXT)
     args = {"vocab_size": len(vocab), "cell": "gru", "num_hiddens": 16, "num_layers": 1, "impl": "fused"}
     lm = RNNLM(**args).eval()
-    torch.save({"model": lm.state_dict(), "model_args": args, "vocab": vocab.idx_to_token, "history": []}, store / "lm.pt")
+    torch.save({"model": lm.state_dict(), "model_args": args, "vocab": vocab.idx_to_token, "history": [], "best_epoch": 0}, store / "lm.pt")
     example = pd.DataFrame({"prefix": ["time traveller"], "length": [20]})
     model, info = logged(store, store / "lm.pt", TextGenerator(), example)
     got = model.predict(pd.DataFrame({"prefix": ["time traveller", "the "], "length": [30, 5]}))
     assert got["text"].tolist() == [generate(lm, vocab, "time traveller", 30), generate(lm, vocab, "the ", 5)]
     assert [c["name"] for c in info.signature.inputs.to_dict()] == ["prefix", "length"]
-
-
-def test_a_model_logged_before_the_layout_move_still_loads_where_primer_is_imported(store):
-    """Models logged before primer/ was grouped into subpackages pickled their class as
-    `primer.served_models.TextGenerator`; the `primer` CLI imports primer before it loads one."""
-    torch.manual_seed(1)
-    vocab = Vocab(TEXT)
-    args = {"vocab_size": len(vocab), "cell": "gru", "num_hiddens": 16}
-    lm = RNNLM(**args).eval()
-    torch.save({"model": lm.state_dict(), "model_args": args, "vocab": vocab.idx_to_token, "history": []}, store / "lm.pt")
-    _, info = logged(store, store / "lm.pt", TextGenerator(), pd.DataFrame({"prefix": ["the "], "length": [5]}))
-    (pickled,) = (store / "artifacts").rglob("python_model.pkl")
-    with open(pickled, "rb") as f:
-        python_model = pickle.load(f)
-    old = pickle.dumps(python_model, protocol=0).replace(b"primer.serving.served_models", b"primer.served_models")
-    assert b"cprimer.served_models\nTextGenerator\n" in old
-    pickled.write_bytes(old)
-    model = mlflow.pyfunc.load_model(info.model_uri)
-    assert model.predict(pd.DataFrame({"prefix": ["time "], "length": [12]}))["text"][0] == generate(lm, vocab, "time ", 12)
 
 
 def test_the_translator_translates_as_the_evaluation_with_its_beam_size(store):
@@ -142,7 +122,7 @@ def test_the_translator_translates_as_the_evaluation_with_its_beam_size(store):
 def test_the_generator_refuses_a_length_out_of_range_and_an_empty_prefix_naming_the_row(store):
     vocab = Vocab(TEXT)
     args = {"vocab_size": len(vocab), "cell": "gru", "num_hiddens": 16, "num_layers": 1, "impl": "fused"}
-    torch.save({"model": RNNLM(**args).state_dict(), "model_args": args, "vocab": vocab.idx_to_token, "history": []},
+    torch.save({"model": RNNLM(**args).state_dict(), "model_args": args, "vocab": vocab.idx_to_token, "history": [], "best_epoch": 0},
                store / "lm.pt")
     model, _ = logged(store, store / "lm.pt", TextGenerator(), pd.DataFrame({"prefix": ["the "], "length": [5]}))
     with pytest.raises(ServedInputError) as refused:

@@ -50,7 +50,7 @@ def registry(tmp_path, monkeypatch):
     save_tiny_translator(tmp_path / "tf.pt")
     with mlflow.start_run() as cnn_run:
         log_served_model(tmp_path / "cnn.pt", PhotoClassifier(), pd.DataFrame({"image": [png_bytes(np.zeros((8, 8, 3), np.uint8))]}),
-                         {"eval_size": 32, "draft_oversample": 2})
+                         {"eval_size": 32, "draft_oversample": 2, "max_image_pixels": 89_478_485})
     with mlflow.start_run() as tf_run:
         log_served_model(tmp_path / "tf.pt", Translator(), pd.DataFrame({"sentence": ["I see 3."]}),
                          {"num_steps": 8, "beam_size": 2}, {"beam_size": 2})

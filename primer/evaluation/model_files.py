@@ -15,7 +15,7 @@ from primer.training.checkpoint import load_torch_file
 
 MODEL_FILES = {  # kind: (keys its training stage saves and evaluate reads, the model's constructor, that stage)
     "CNN model": ({"model", "model_args", "classes"}, build_cnn, "train_cnn"),
-    "language model": ({"model", "model_args", "vocab", "history"}, RNNLM, "train_lm@{stem}"),
+    "language model": ({"model", "model_args", "vocab", "history", "best_epoch"}, RNNLM, "train_lm@{stem}"),
     "Transformer model": ({"model", "model_args", "src_vocab", "tgt_vocab"}, Seq2SeqTransformer, "train_transformer"),
 }
 

@@ -135,7 +135,7 @@ class PhotoClassifier(ServedModel):
         self.classes = saved["classes"]
         self.size = int(context.model_config["eval_size"])
         self.draft_oversample = int(context.model_config["draft_oversample"])
-        self.max_pixels = int(context.model_config.get("max_image_pixels", PILLOW_MAX_PIXELS))
+        self.max_pixels = int(context.model_config["max_image_pixels"])
         Image.MAX_IMAGE_PIXELS = max(self.max_pixels, PILLOW_MAX_PIXELS)  # Pillow's own check never refuses first
         self.device = serving_device()
         self.model = model.to(self.device)

@@ -14,7 +14,7 @@ import torch
 from torchvision.transforms import v2
 
 from primer.errors import PrimerError
-from primer.params import Field, integer, number, odd_kernel
+from primer.params import Field, integer, number, odd_kernel, run_only
 
 
 def _param(default, spec: Field):
@@ -89,7 +89,7 @@ def augment_schema() -> dict:
         "train_size": integer(8, 4096),
         "eval_size": integer(8, 4096),
         "draft_oversample": integer(0, 8),
-        "num_workers": integer(0, 1024),
+        "num_workers": run_only(integer(0, 1024)),
         "preview_images": integer(1, 32),
         "policy": policy_schema(),
     }

@@ -1,0 +1,89 @@
+"""Each stage's dvc.yaml `params:` list is what its params schema says changes its outputs: every result
+and output field, and no run-only one (device, compile, logging and checkpoint cadence, workers), so a
+changed result reruns the stage and a changed run setting reruns nothing. The checkpoint fingerprint
+covers exactly the result fields."""
+
+from __future__ import annotations
+
+import importlib
+import re
+
+import pytest
+import yaml
+
+from primer.params import EachOf, SomeOf, flatten, integer, output_only, result_values, run_only, some_of
+from conftest import REPO
+from layers import dvc_stages
+
+PROFILE_ENTRIES = re.compile(r"^(profile|quick\..+)$")  # the quick profile's own rule: tests/test_profile.py
+
+
+def schema_keys(schema: dict, prefix: str = "") -> set[str]:
+    """The dotted keys of a schema's result and output fields; a section of named variants is one entry
+    per foreach item (`section.${key}`), as DVC writes it."""
+    keys = set()
+    for key, spec in schema.items():
+        name = prefix + key
+        if isinstance(spec, dict):
+            keys |= schema_keys(spec, name + ".")
+        elif isinstance(spec, SomeOf):
+            keys |= schema_keys(spec.schema, name + ".")
+        elif isinstance(spec, EachOf):
+            keys.add(name + ".${key}")
+        elif spec.effect != "run":
+            keys.add(name)
+    return keys
+
+
+def listed_keys(entries: list[str], params: dict) -> set[str]:
+    """dvc.yaml's entries as the dotted leaf keys of params.yaml they name (a section names all of its keys)."""
+    keys = set()
+    for entry in entries:
+        if PROFILE_ENTRIES.match(entry):
+            continue
+        value = params
+        for part in entry.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        keys |= {f"{entry}.{leaf}" for leaf in flatten(value)} if isinstance(value, dict) else {entry}
+    return keys
+
+
+def stage_schemas() -> dict:
+    """{dvc.yaml stage: its script's SCHEMA}."""
+    schemas = {}
+    for name, stage in dvc_stages().items():
+        script = re.search(r"stages/(\w+)\.py", stage["cmd"]).group(1)
+        schemas[name] = importlib.import_module(f"stages.{script}").SCHEMA
+    return schemas
+
+
+@pytest.mark.parametrize("stage", sorted(dvc_stages()))
+def test_dvc_params_are_the_stages_result_and_output_fields(stage):
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    expected = schema_keys(stage_schemas()[stage])
+    listed = listed_keys([p for p in dvc_stages()[stage].get("params", []) if isinstance(p, str)], params)
+    missing, extra = sorted(expected - listed), sorted(listed - expected)
+    assert not missing and not extra, (f"dvc.yaml stage {stage}: add the result/output fields {missing} to its params "
+                                       f"and remove the run-only (or unknown) ones {extra}")
+
+
+def test_the_comparison_fails_when_a_result_field_is_missing_or_a_run_field_is_listed():
+    schema = {"seed": integer(0), "train": {"lr": integer(1), "device": run_only(integer(0)), "examples": output_only(integer(0))},
+              "other": some_of({"size": integer(1)})}
+    params = {"seed": 0, "train": {"lr": 1, "device": 0, "examples": 2}, "other": {"size": 3, "unread": 4}}
+    assert schema_keys(schema) == {"seed", "train.lr", "train.examples", "other.size"}
+    assert listed_keys(["seed", "train", "other.size", "profile"], params) == {"seed", "train.lr", "train.device",
+                                                                               "train.examples", "other.size"}
+    assert schema_keys(schema) - listed_keys(["seed", "train.lr", "other.size"], params) == {"train.examples"}
+
+
+def test_the_fingerprint_covers_exactly_the_result_fields():
+    schema = {"lr": integer(1), "device": run_only(integer(0)), "examples": output_only(integer(0)),
+              "model": {"width": integer(1), "compile": run_only(integer(0))}}
+    values = {"lr": 1, "device": 0, "examples": 2, "model": {"width": 8, "compile": 1}}
+    assert result_values(values, schema) == {"lr": 1, "model": {"width": 8}}
+    train_lm = importlib.import_module("stages.train_lm")
+    p = yaml.safe_load((REPO / "params.yaml").read_text())["train_lm"]
+    shared = train_lm.shared_results(p)
+    assert "variants" not in shared and "device" not in shared and "compile" not in shared
+    assert {"epochs", "batch_size", "val_every", "prefix"} & set(shared) == {"epochs", "batch_size", "val_every"}

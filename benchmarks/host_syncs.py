@@ -19,13 +19,13 @@ from pathlib import Path
 
 import torch
 
-from primer.vision.augment_policy import AugmentPolicy
 from primer.host_sync import HostSyncs
-from primer.vision.image_batches import train_batches
 from primer.models.cnn import build_cnn
 from primer.models.rnn import RNNLM
 from primer.models.transformer import Seq2SeqTransformer
 from primer.training.loop import fit
+from primer.vision.augment_policy import AugmentPolicy
+from primer.vision.image_batches import train_batches
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the stages' own batch sources, from this checkout
 from stages.train_lm import batches_for  # noqa: E402

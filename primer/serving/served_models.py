@@ -28,10 +28,9 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
-
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from PIL import Image
 
 from primer.data.images import PILLOW_MAX_PIXELS
 from primer.errors import PrimerError

@@ -48,8 +48,9 @@ def cases():
     images = torch.randint(0, 256, (40, 56, 56, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     labels = torch.arange(40) % 2
     model = build_cnn("primer", 4).to(memory_format=torch.channels_last)
-    yield "CNN, every augmentation step", run(model, torch.optim.Adam(model.parameters(), 1e-3, fused=True),
-                                              lambda e: train_batches(images, labels, 8, AugmentPolicy(**EVERY), 0, e, CPU, True))
+    yield "CNN, every augmentation step", run(
+        model, torch.optim.Adam(model.parameters(), 1e-3, fused=True),
+        lambda e: train_batches(images, labels, 8, AugmentPolicy(**EVERY), 0, e, CPU, True))
     ids = torch.randint(0, 12, (150,), generator=torch.Generator().manual_seed(2))
     for impl in ("fused", "scratch"):
         for sampling in ("random", "sequential"):

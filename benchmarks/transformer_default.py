@@ -100,7 +100,8 @@ def worker(args) -> None:
     rates = []
     for _ in range(args.repeats):
         torch.manual_seed(seed)
-        model = compile_model(Seq2SeqTransformer(**model_args).to(device), p["compile"] or "off")  # YAML reads off as false
+        # YAML reads off as false
+        model = compile_model(Seq2SeqTransformer(**model_args).to(device), p["compile"] or "off")
         optimizer = make_optimizer(model, "adam", p["lr"])
         stamps = {}
 

@@ -109,7 +109,8 @@ def train(args, params: dict, run) -> None:
     bf16 = use_bf16(device, p["bf16"])
     torch.manual_seed(seed)
     random.seed(seed)
-    data = load_translation_data(args.pairs, p["num_pairs"], p["val_fraction"], p["test_fraction"], p["min_freq"], p["num_steps"], seed)
+    data = load_translation_data(args.pairs, p["num_pairs"], p["val_fraction"], p["test_fraction"], p["min_freq"],
+                                 p["num_steps"], seed)
     sizes = {f"pairs/{name}": len(pairs) for name, pairs in data.splits.items()}
     skipped = {f"skipped/{reason}": n for reason, n in sorted(data.skipped.items())}
     run.log_metrics({**sizes, **skipped, "vocab/src": len(data.src_vocab), "vocab/tgt": len(data.tgt_vocab)})
@@ -134,9 +135,11 @@ def train(args, params: dict, run) -> None:
     vocabs = {"src_vocab": data.src_vocab.idx_to_token, "tgt_vocab": tgt.idx_to_token}
     metric = "val/loss" if len(val_src) else "train/epoch_loss"
     fitted = fit(
-        model, optimizer, shuffled_batches(train_src, train_tgt, p["batch_size"], seed, device, pad), evaluate, p["epochs"],
-        device=device, grad_clip=p["grad_clip"], bf16=bf16, checkpoint=args.checkpoint,
-        fingerprint=fingerprint(model=model_args, train={k: v for k, v in p.items() if k not in ("model", "examples", "attention_sentence", "beam_size", "compile")},
+        model, optimizer, shuffled_batches(train_src, train_tgt, p["batch_size"], seed, device, pad), evaluate,
+        p["epochs"], device=device, grad_clip=p["grad_clip"], bf16=bf16, checkpoint=args.checkpoint,
+        fingerprint=fingerprint(model=model_args,
+                                train={k: v for k, v in p.items()
+                                       if k not in ("model", "examples", "attention_sentence", "beam_size", "compile")},
                                 seed=seed, vocabs=vocabs, pairs=len(train_src)),
         model_args=model_args, extra=vocabs, log=run.log_metrics, flush=run.flush, log_every=p["log_every"],
         best_metric=metric, **{k: p[k] for k in FIT_KEYS}, steps_per_epoch=-(-len(train_src) // p["batch_size"]),
@@ -153,10 +156,11 @@ def report(args, p: dict, model: Seq2SeqTransformer, model_args: dict, vocabs: d
     examples = d2l_examples(model, data.src_vocab, data.tgt_vocab, steps, beam, device)
     kept = fitted.summary(metric)
     summary = {
-        "train/loss": kept["train/epoch_loss"], "val/loss": kept.get("val/loss"), "train/tok_per_s": kept["train/tok_per_s"],
-        "test/bleu": bleu, "test/sentences": len(rows), "d2l/bleu_k2_mean": sum(e["bleu_k2"] for e in examples) / len(examples),
-        "epochs": kept["epochs"], "best/epoch": fitted.best_epoch, "stopped_early": fitted.stopped_early, "beam_size": beam,
-        "d2l_examples": examples,
+        "train/loss": kept["train/epoch_loss"], "val/loss": kept.get("val/loss"),
+        "train/tok_per_s": kept["train/tok_per_s"], "test/bleu": bleu, "test/sentences": len(rows),
+        "d2l/bleu_k2_mean": sum(e["bleu_k2"] for e in examples) / len(examples),
+        "epochs": kept["epochs"], "best/epoch": fitted.best_epoch, "stopped_early": fitted.stopped_early,
+        "beam_size": beam, "d2l_examples": examples,
     }
     run.log_metrics({"test/bleu": bleu, "d2l/bleu_k2_mean": summary["d2l/bleu_k2_mean"]}, kept["epochs"])
     write_table(args.translations, rows[: p["examples"]], ["source", "translation", "references"])
@@ -168,7 +172,8 @@ def report(args, p: dict, model: Seq2SeqTransformer, model_args: dict, vocabs: d
         run.log_figure(figure, f"attention/{name}")
     TrainingOutputs.from_args(args).write(
         run, model, model_args, fitted, metric, summary,
-        Curves("train_transformer", "curves.png", {"loss": [k for k in ("train/epoch_loss", "val/loss") if k in history[0]]}),
+        Curves("train_transformer", "curves.png",
+               {"loss": [k for k in ("train/epoch_loss", "val/loss") if k in history[0]]}),
         served={"family": "Translator", "input_example": {"sentence": [p["attention_sentence"]]},
                 "model_config": {"num_steps": steps, "beam_size": beam}, "params": {"beam_size": beam}},
         extra=vocabs)

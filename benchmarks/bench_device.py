@@ -16,9 +16,9 @@ from typing import Callable, Iterable, Iterator
 
 import torch
 
+from primer.devices import configure_device, pick_device
 from primer.errors import PrimerError
 from primer.host_sync import HostSyncs
-from primer.devices import configure_device, pick_device
 from primer.training.loop import COMPILE_MODES
 
 COMPILE_WARMUP = 3  # untimed steps at least, with torch.compile: compiling, recompiling, CUDA-graph capture

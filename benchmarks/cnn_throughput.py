@@ -28,12 +28,12 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 
+from primer.devices import use_bf16
+from primer.models.cnn import PrimerCNN
+from primer.training.loop import compile_model, fit, make_optimizer
 from primer.vision.augment_policy import AugmentPolicy
 from primer.vision.image_arrays import write_image_array
 from primer.vision.image_batches import train_batches
-from primer.models.cnn import PrimerCNN
-from primer.devices import use_bf16
-from primer.training.loop import compile_model, fit, make_optimizer
 
 from bench_device import add_device_args, choose_device, clock, describe, syncs_per_step, timed_batches, untimed_steps
 

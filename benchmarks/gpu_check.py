@@ -206,7 +206,8 @@ def transformer_default(pairs: Path, steps: int, device: str, budget: Budget, li
     row = Row("transformer_throughput --size default: the stage's training path", device, seconds=seconds)
 
     def fill(out):
-        mine = table_rows(out)[-1]  # code, batch, num_steps, bf16, padding, ms/step, tok/s, min, max, GFLOP/step, GFLOP/s, ceiling
+        # code, batch, num_steps, bf16, padding, ms/step, tok/s, min, max, GFLOP/step, GFLOP/s, ceiling
+        mine = table_rows(out)[-1]
         row.result, row.ms_per_step, row.rate = "PASS", number(mine[5]), f"{mine[6]} tok/s"
         row.note = f"{mine[11]} of the fp32 GEMM rate, batch {mine[1]}, bf16 {mine[3]}"
 
@@ -313,7 +314,8 @@ SIZES = {  # the benchmarks' reduced sizes
              "transformer": {"sizes": "d2l", "steps": 2}, "transformer_default": {"steps": 2}},
 }
 LIMITS = {  # seconds per part (each dvc stage is one), within --budget; torch.compile takes the longest
-    "pytest": 90, "cnn": 60, "lm": 60, "transformer": 60, "transformer default": 90, "stage": 60, "cnn compiled": 120, "lm compiled": 150,
+    "pytest": 90, "cnn": 60, "lm": 60, "transformer": 60, "transformer default": 90, "stage": 60, "cnn compiled": 120,
+    "lm compiled": 150,
 }
 
 

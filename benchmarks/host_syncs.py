@@ -19,13 +19,13 @@ from pathlib import Path
 
 import torch
 
-from primer.vision.augment_policy import AugmentPolicy
 from primer.host_sync import HostSyncs
-from primer.vision.image_batches import train_batches
 from primer.models.cnn import build_cnn
 from primer.models.rnn import RNNLM
 from primer.models.transformer import Seq2SeqTransformer
 from primer.training.loop import fit
+from primer.vision.augment_policy import AugmentPolicy
+from primer.vision.image_batches import train_batches
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the stages' own batch sources, from this checkout
 from stages.train_lm import batches_for  # noqa: E402
@@ -48,8 +48,9 @@ def cases():
     images = torch.randint(0, 256, (40, 56, 56, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     labels = torch.arange(40) % 2
     model = build_cnn("primer", 4).to(memory_format=torch.channels_last)
-    yield "CNN, every augmentation step", run(model, torch.optim.Adam(model.parameters(), 1e-3, fused=True),
-                                              lambda e: train_batches(images, labels, 8, AugmentPolicy(**EVERY), 0, e, CPU, True))
+    yield "CNN, every augmentation step", run(
+        model, torch.optim.Adam(model.parameters(), 1e-3, fused=True),
+        lambda e: train_batches(images, labels, 8, AugmentPolicy(**EVERY), 0, e, CPU, True))
     ids = torch.randint(0, 12, (150,), generator=torch.Generator().manual_seed(2))
     for impl in ("fused", "scratch"):
         for sampling in ("random", "sequential"):

@@ -117,7 +117,8 @@ def our_rate(cell: str, impl: str, v: int, batches: list, warmup: int, device, c
     optimizer, stamps = make_optimizer(model, "sgd", 1.0), {}
     steps = len(batches) - warmup
     fit(model, optimizer, lambda epoch: timed_batches(batches, warmup, steps, device, stamps),
-        lambda m, e: {"val/loss": 0.0}, 1, device=device, grad_clip=1.0, log_every=10**9, count=lambda x, y: x.numel(), unit="tok")
+        lambda m, e: {"val/loss": 0.0}, 1, device=device, grad_clip=1.0, log_every=10**9, count=lambda x, y: x.numel(),
+        unit="tok")
     x, y = batches[-1]
 
     def step():

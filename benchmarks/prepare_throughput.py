@@ -56,8 +56,10 @@ def main() -> None:
         "baseline: Image.open(p).load(), 1 process": lambda: baseline(paths),
         "verify, 1 worker": lambda: verify_images(args.images, num_workers=1),
         f"verify, {cores} workers": lambda: verify_images(args.images, num_workers=cores),
-        "augment (decode+resize+write), 1 worker": lambda: write_image_array(args.images, rel, 150, out, 1, 2, "augment"),
-        f"augment (decode+resize+write), {cores} workers": lambda: write_image_array(args.images, rel, 150, out, cores, 2, "augment"),
+        "augment (decode+resize+write), 1 worker":
+            lambda: write_image_array(args.images, rel, 150, out, 1, 2, "augment"),
+        f"augment (decode+resize+write), {cores} workers":
+            lambda: write_image_array(args.images, rel, 150, out, cores, 2, "augment"),
     }
     seconds: dict[str, list[float]] = {name: [] for name in cases}
     for _ in range(args.repeats):  # interleaved rounds, so drifting machine load hits every case alike
@@ -73,7 +75,8 @@ def main() -> None:
         print(f"| {name:<48} | {rate[name]:>7.0f} | {rate[name] / base:>10.2f} |")
     verify_all, augment_all = rate[f"verify, {cores} workers"], rate[f"augment (decode+resize+write), {cores} workers"]
     both = 1 / (1 / verify_all + 1 / augment_all)
-    print(f"| {'verify then augment, both passes, ' + str(cores) + ' workers':<48} | {both:>7.0f} | {both / base:>10.2f} |")
+    print(f"| {'verify then augment, both passes, ' + str(cores) + ' workers':<48} "
+          f"| {both:>7.0f} | {both / base:>10.2f} |")
     print(f"\ntarget: slower stage >= 0.8 x cores = {0.8 * cores:.2f} x baseline")
     print(f"ratio={min(verify_all, augment_all) / base:.2f}")
 

@@ -61,8 +61,8 @@ def build_models(folder: Path, params: dict) -> None:
     p = params["train_transformer"]
     pairs = read_pairs(folder / "fra.txt").pairs
     src, tgt = build_vocab([s for s, _ in pairs], p["min_freq"]), build_vocab([t for _, t in pairs], p["min_freq"])
-    args = {"src_vocab_size": len(src), "tgt_vocab_size": len(tgt), **p["model"], "pad_id": tgt[PAD], "bos_id": tgt[BOS],
-            "eos_id": tgt[EOS]}
+    args = {"src_vocab_size": len(src), "tgt_vocab_size": len(tgt), **p["model"], "pad_id": tgt[PAD],
+            "bos_id": tgt[BOS], "eos_id": tgt[EOS]}
     torch.save({"model": Seq2SeqTransformer(**args).state_dict(), "model_args": args, "src_vocab": src.idx_to_token,
                 "tgt_vocab": tgt.idx_to_token, "history": []}, folder / "models/transformer.pt")
 
@@ -89,8 +89,8 @@ def register_champions(folder: Path, params: dict, photo: Path) -> str:
 def time_server(model: str, uri: str, body: dict, requests: int, cwd: Path) -> list[float]:
     port = free_port()
     env = {"PATH": f"{BIN}:/usr/bin:/bin", "MLFLOW_TRACKING_URI": uri, "HOME": str(cwd)}
-    server = subprocess.Popen([str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{model}@champion", "--env-manager",
-                               "local", "-h", "127.0.0.1", "-p", str(port)], cwd=cwd, env=env,
+    server = subprocess.Popen([str(BIN / "mlflow"), "models", "serve", "-m", f"models:/{model}@champion",
+                               "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)], cwd=cwd, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -103,7 +103,8 @@ def time_server(model: str, uri: str, body: dict, requests: int, cwd: Path) -> l
         data = json.dumps(body).encode()
         times = []
         for i in range(requests + 1):
-            request = urllib.request.Request(f"{url}/invocations", data=data, headers={"Content-Type": "application/json"})
+            request = urllib.request.Request(f"{url}/invocations", data=data,
+                                             headers={"Content-Type": "application/json"})
             start = time.perf_counter()
             with urllib.request.urlopen(request, timeout=120) as response:
                 json.load(response)
@@ -132,9 +133,10 @@ def main() -> None:
         rows = []
         photo_body = {"dataframe_records": [{"image": base64.b64encode(photos[0].read_bytes()).decode()}]}
         sentence_body = {"dataframe_records": [{"sentence": "i'm home ."}]}
-        for what, model, body in [(f"one photo ({photos[0].stat().st_size // 1024} KiB JPEG)", "primer-cnn", photo_body),
-                                  (f"one sentence (beam {params['train_transformer']['beam_size']})", "primer-translator",
-                                   sentence_body)]:
+        for what, model, body in [
+                (f"one photo ({photos[0].stat().st_size // 1024} KiB JPEG)", "primer-cnn", photo_body),
+                (f"one sentence (beam {params['train_transformer']['beam_size']})", "primer-translator",
+                 sentence_body)]:
             times = time_server(model, uri, body, args.requests, folder)
             rows.append((what, f"{statistics.median(times):.1f}", f"{np.percentile(times, 90):.1f}", len(times)))
         for name in ("dvc.yaml", "params.yaml"):
@@ -142,8 +144,8 @@ def main() -> None:
         timed = {}
         for n in (1, 1, len(photos)):  # the first is a warm-up (the OS caches the interpreter's files)
             start = time.perf_counter()
-            done = subprocess.run([str(BIN / "primer"), "classify", *map(str, photos[:n])], cwd=folder, capture_output=True,
-                                  text=True)
+            done = subprocess.run([str(BIN / "primer"), "classify", *map(str, photos[:n])], cwd=folder,
+                                  capture_output=True, text=True)
             timed[n] = time.perf_counter() - start
             assert done.returncode == 0 and len(done.stdout.splitlines()) == n + 1, done.stderr
     print("| request | median ms | p90 ms | requests |\n|---|---|---|---|")

@@ -59,7 +59,8 @@ def main() -> None:
     print("| mode | loop waits per call, mean | p95 | whole run incl. flush | steps stored |")
     print("|---|---|---|---|---|")
     for mode, r in rows.items():
-        print(f"| {mode} | {r['mean_ms']:.2f} ms | {r['p95_ms']:.2f} ms | {r['total_s']:.1f} s | {r['stored']}/{args.calls} |")
+        print(f"| {mode} | {r['mean_ms']:.2f} ms | {r['p95_ms']:.2f} ms | {r['total_s']:.1f} s "
+              f"| {r['stored']}/{args.calls} |")
 
 
 if __name__ == "__main__":

@@ -67,13 +67,13 @@ def worker(args) -> None:
     """Run in a fresh process with --tree first on the path: time the tree's own training path."""
     sys.path.insert(0, str(args.tree))
     import yaml
+    from torch.utils.flop_counter import FlopCounterMode
 
     import stages.train_transformer as stage
     from primer.devices import configure_device, pick_device, use_bf16
     from primer.models.transformer import Seq2SeqTransformer
     from primer.text.sentence_pairs import BOS, EOS, PAD, load_translation_data
     from primer.training.loop import compile_model, fit, make_optimizer
-    from torch.utils.flop_counter import FlopCounterMode
 
     params = yaml.safe_load((args.tree / "params.yaml").read_text())
     p, seed = params["train_transformer"], params["seed"]
@@ -100,7 +100,8 @@ def worker(args) -> None:
     rates = []
     for _ in range(args.repeats):
         torch.manual_seed(seed)
-        model = compile_model(Seq2SeqTransformer(**model_args).to(device), p["compile"] or "off")  # YAML reads off as false
+        # YAML reads off as false
+        model = compile_model(Seq2SeqTransformer(**model_args).to(device), p["compile"] or "off")
         optimizer = make_optimizer(model, "adam", p["lr"])
         stamps = {}
 

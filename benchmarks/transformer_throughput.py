@@ -46,8 +46,10 @@ from bench_device import COMPILE_WARMUP, add_device_args, choose_device, clock, 
 DEFAULT_PAIRS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "d2l" / "fra-eng.zip"
 WARMUP = COMPILE_WARMUP  # untimed steps, enough for torch.compile too
 SIZES = {
-    "d2l": dict(num_hiddens=32, num_layers=2, num_heads=4, ffn_num_hiddens=64, dropout=0.1, batch_size=64, num_steps=10),
-    "large": dict(num_hiddens=256, num_layers=4, num_heads=8, ffn_num_hiddens=1024, dropout=0.1, batch_size=128, num_steps=20),
+    "d2l": dict(num_hiddens=32, num_layers=2, num_heads=4, ffn_num_hiddens=64, dropout=0.1,
+                batch_size=64, num_steps=10),
+    "large": dict(num_hiddens=256, num_layers=4, num_heads=8, ffn_num_hiddens=1024, dropout=0.1,
+                  batch_size=128, num_steps=20),
 }
 
 
@@ -68,7 +70,8 @@ def load_pairs(path: Path, count: int):
 
 def make_batches(pairs, num_steps: int, batch_size: int, n: int):
     src_vocab, tgt_vocab = build_vocab([s for s, _ in pairs]), build_vocab([t for _, t in pairs])
-    src, tgt = to_array([s for s, _ in pairs], src_vocab, num_steps), to_array([t for _, t in pairs], tgt_vocab, num_steps)
+    src, tgt = (to_array([s for s, _ in pairs], src_vocab, num_steps),
+                to_array([t for _, t in pairs], tgt_vocab, num_steps))
     g = torch.Generator().manual_seed(0)
     batches = []
     for _ in range(n):
@@ -85,7 +88,8 @@ class D2LEncoderLM(nn.Module):
         from d2l import torch as d2l  # only these sizes need d2l (benchmarks/requirements.txt)
 
         d = s["num_hiddens"]
-        self.encoder = d2l.TransformerEncoder(vocab, d, d, d, d, [d], d, s["ffn_num_hiddens"], s["num_heads"], s["num_layers"], s["dropout"])
+        self.encoder = d2l.TransformerEncoder(vocab, d, d, d, d, [d], d, s["ffn_num_hiddens"], s["num_heads"],
+                                              s["num_layers"], s["dropout"])
         self.head = nn.Linear(d, out)
 
     def forward(self, src, tgt):
@@ -97,7 +101,8 @@ class D2LEncoderLM(nn.Module):
 class OurEncoderLM(nn.Module):
     def __init__(self, vocab, out, s):
         super().__init__()
-        self.encoder = TransformerEncoder(vocab, s["num_hiddens"], s["num_heads"], s["ffn_num_hiddens"], s["num_layers"], s["dropout"])
+        self.encoder = TransformerEncoder(vocab, s["num_hiddens"], s["num_heads"], s["ffn_num_hiddens"],
+                                          s["num_layers"], s["dropout"])
         self.head = nn.Linear(s["num_hiddens"], out)
 
     def forward(self, src, tgt):
@@ -131,7 +136,8 @@ class TorchSeq2Seq(nn.Module):
     def forward(self, src, tgt):
         tgt_in = torch.cat([torch.full_like(tgt[:, :1], 2), tgt[:, :-1]], 1)
         future = nn.Transformer.generate_square_subsequent_mask(tgt.shape[1], device=tgt.device)
-        out = self.transformer(self.pos(self.src_embed(src) * math.sqrt(self.d)), self.pos(self.tgt_embed(tgt_in) * math.sqrt(self.d)),
+        out = self.transformer(self.pos(self.src_embed(src) * math.sqrt(self.d)),
+                               self.pos(self.tgt_embed(tgt_in) * math.sqrt(self.d)),
                                tgt_mask=future, src_key_padding_mask=src == 1, memory_key_padding_mask=src == 1,
                                tgt_is_causal=True)
         return F.cross_entropy(self.dense(out).flatten(0, 1), tgt.flatten(), ignore_index=1)
@@ -215,8 +221,10 @@ def main() -> None:
             ms = 1000 * builders[name][1] / args.steps / medians[name]  # at the median rate
             print(f"| {name} | {medians[name]:,.0f} | {min(values):,.0f} | {max(values):,.0f} | {ms:.2f} "
                   f"| {syncs[name]} |")
-        ratios[size] = (medians["our encoder"] / medians["d2l encoder"], medians["our Seq2SeqTransformer"] / medians["nn.Transformer"])
-        print(f"ours / d2l encoder: {ratios[size][0]:.2f} (target >= 2); ours / nn.Transformer: {ratios[size][1]:.2f} (target >= 0.9)")
+        ratios[size] = (medians["our encoder"] / medians["d2l encoder"],
+                        medians["our Seq2SeqTransformer"] / medians["nn.Transformer"])
+        print(f"ours / d2l encoder: {ratios[size][0]:.2f} (target >= 2); "
+              f"ours / nn.Transformer: {ratios[size][1]:.2f} (target >= 0.9)")
         shared = 1e6 / medians["embedding + head, no encoder"]  # microseconds per token outside the encoder
         own = {name: 1e6 / medians[name] - shared for name in ("d2l encoder", "our encoder")}
         print(f"encoder's own time: d2l {own['d2l encoder']:.1f} us/token, ours {own['our encoder']:.1f} us/token "

@@ -119,8 +119,8 @@ def outputs_together(targets: list[tuple[Path | str, bool]]) -> Iterator[list[Pa
             written = sum(disk_size(tmp) for tmp in temps)
             what = "previous one is unchanged" if target.exists() else "partial output was removed"
             raise PrimerError(f"the disk filled up while writing {target}: it had written {size_text(written)} of it, "
-                              f"and {size_text(free_at_start[target])} were free when it started, so it needs more than "
-                              f"that; free some space there and rerun (the {what}).") from None
+                              f"and {size_text(free_at_start[target])} were free when it started, so it needs more "
+                              f"than that; free some space there and rerun (the {what}).") from None
         _replace_all([target for target, _ in targets], temps)
     finally:
         for tmp in temps:

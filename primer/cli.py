@@ -97,7 +97,8 @@ def classify(args) -> int:
         predict = local_model("PhotoClassifier", Path(dvc_paths()["cnn_model"]), "train_cnn",
                               {**p["augment"], "max_image_pixels": p["verify"]["max_image_pixels"]})
     rows, failed = [], []
-    for photo in tqdm(args.photos, desc="classify", unit="photo", disable=len(args.photos) < 10 or None, file=sys.stderr):
+    for photo in tqdm(args.photos, desc="classify", unit="photo", disable=len(args.photos) < 10 or None,
+                      file=sys.stderr):
         try:
             answer = predict(pd.DataFrame({"image": [Path(photo).read_bytes()]}))
         except Exception as exc:  # unreadable: missing, not an image, truncated
@@ -140,7 +141,8 @@ def translate(args) -> int:
     else:
         from primer.params import integer, some_of
 
-        p = params_of({"train_transformer": some_of({"num_steps": integer(2, 1000), "beam_size": integer(1, MAX_BEAM_SIZE)})})
+        p = params_of({"train_transformer": some_of({"num_steps": integer(2, 1000),
+                                                     "beam_size": integer(1, MAX_BEAM_SIZE)})})
         predict = local_model("Translator", Path(dvc_paths()["transformer_model"]), "train_transformer",
                               p["train_transformer"])
     for sentence, french in zip(sentences, predict(pd.DataFrame({"sentence": sentences}), params)["translation"]):
@@ -154,7 +156,8 @@ def whole(low: int, high: int):
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number; give one from {low} to {high:,}") from None
+            raise argparse.ArgumentTypeError(
+                f"{text!r} is not a whole number; give one from {low} to {high:,}") from None
         if not low <= value <= high:
             raise argparse.ArgumentTypeError(f"{value} is out of range; give a whole number from {low} to {high:,}")
         return value
@@ -162,7 +165,8 @@ def whole(low: int, high: int):
 
 
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="primer", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    top = argparse.ArgumentParser(prog="primer", description=__doc__,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = top.add_subparsers(dest="command", required=True)
     model_help = "an MLflow model URI instead of the file under models/, e.g. models:/primer-cnn@champion"
 
@@ -174,7 +178,8 @@ def parser() -> argparse.ArgumentParser:
     g = commands.add_parser("generate", help="continue a prefix with a language model")
     g.add_argument("prefix", help='the text to continue, e.g. "time traveller"')
     g.add_argument("--variant", default="lstm", help="which of train_lm.variants (default: lstm)")
-    g.add_argument("--length", type=whole(1, MAX_LENGTH), default=100, help=f"characters to add, 1 to {MAX_LENGTH:,} (default: 100)")
+    g.add_argument("--length", type=whole(1, MAX_LENGTH), default=100,
+                   help=f"characters to add, 1 to {MAX_LENGTH:,} (default: 100)")
     g.add_argument("--model", help=model_help.replace("primer-cnn", "primer-lm-lstm"))
     g.set_defaults(run=generate)
 

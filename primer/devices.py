@@ -33,5 +33,6 @@ def use_bf16(device: torch.device, wanted: bool) -> bool:
         return False
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    native = (getattr(torch.cpu, name, lambda: False)() for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
+    native = (getattr(torch.cpu, name, lambda: False)()
+              for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"))
     return device.type == "cpu" and any(native)

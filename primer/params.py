@@ -193,7 +193,8 @@ def _refuse_duplicate_keys(node: yaml.Node, where: str, file: str) -> None:
         name = f"{where}.{key}" if where else key
         line = key_node.start_mark.line + 1
         if key in lines:
-            raise PrimerError(f"{file}: key '{name}' is written twice (lines {lines[key]} and {line}); keep one of them.")
+            raise PrimerError(
+                f"{file}: key '{name}' is written twice (lines {lines[key]} and {line}); keep one of them.")
         lines[key] = line
         _refuse_duplicate_keys(value_node, name, file)
 

@@ -41,14 +41,15 @@ def check(params: Path, dvc_yaml: Path) -> None:
     if not params.is_file():
         raise PrimerError(f"params file '{params}' not found; the pipeline reads all its settings from it: {RESTORE}.")
     if not params.read_text(encoding="utf-8", errors="replace").strip():
-        raise PrimerError(f"params file '{params}' is empty; it must hold the pipeline's sections (fetch, verify, ...): "
-                          f"{RESTORE}.")
+        raise PrimerError(f"params file '{params}' is empty; it must hold the pipeline's sections "
+                          f"(fetch, verify, ...): {RESTORE}.")
     raw = read_yaml(params)
     for key in listed_keys(dvc_yaml):
         node = raw
         for i, part in enumerate(key.split(".")):
             if not isinstance(node, dict) or part not in node:
-                if key.split(".")[0] in ("profile", "quick") and i == 0:  # optional: the quick profile is off without them
+                # optional: the quick profile is off without them
+                if key.split(".")[0] in ("profile", "quick") and i == 0:
                     break
                 raise PrimerError(f"params file '{params}' has no '{key}', which dvc.yaml's stages read; {RESTORE}.")
             node = node[part]
@@ -56,7 +57,8 @@ def check(params: Path, dvc_yaml: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("params", nargs="?", type=Path, default=Path("params.yaml"), help="the params file (default: params.yaml)")
+    parser.add_argument("params", nargs="?", type=Path, default=Path("params.yaml"),
+                        help="the params file (default: params.yaml)")
     parser.add_argument("--dvc-yaml", type=Path, default=Path("dvc.yaml"), help="the pipeline (default: dvc.yaml)")
     args = parser.parse_args(argv)
     check(args.params, args.dvc_yaml)

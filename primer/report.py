@@ -11,7 +11,8 @@ from primer.atomic import write_text
 STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; color: #222; }
 h1 { margin-bottom: 0; } h2 { border-bottom: 1px solid #ccc; padding-bottom: .2em; margin-top: 2em; }
-table { border-collapse: collapse; margin: .5em 0; } td, th { border: 1px solid #ccc; padding: .25em .6em; text-align: left; }
+table { border-collapse: collapse; margin: .5em 0; } \
+td, th { border: 1px solid #ccc; padding: .25em .6em; text-align: left; }
 th { background: #f3f3f3; } img { max-width: 100%; border: 1px solid #eee; } .note { color: #666; }
 .banner { background: #fff4d6; border: 1px solid #e0b84c; padding: .6em 1em; margin: 1em 0; }
 """
@@ -31,7 +32,8 @@ def table(rows: list[dict], columns: list[str] | None = None) -> str:
         return '<p class="note">(none)</p>'
     columns = columns or list(rows[0])
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in columns)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(row.get(c, '')))}</td>" for c in columns) + "</tr>" for row in rows)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(_fmt(row.get(c, '')))}</td>" for c in columns) + "</tr>"
+                   for row in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
 
 

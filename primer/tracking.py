@@ -162,7 +162,8 @@ class StageRun:
 
         python_model, input_example = getattr(served_models, family)(), pd.DataFrame(input_example)
         signature = served_signature(model_file, python_model, input_example, model_config, params)
-        self._call("pyfunc.log_model", **log_model_args(model_file, python_model, input_example, model_config, signature))
+        self._call("pyfunc.log_model",
+                   **log_model_args(model_file, python_model, input_example, model_config, signature))
 
 
     def register_model(self, name: str, run_id: str, metric: str, value: float, higher_is_better: bool):
@@ -371,7 +372,8 @@ def _start(stage: str, params: dict, system_metrics: bool, near: Path | None = N
     if uri.startswith(("http://", "https://")):
         probe_server(uri)
     try:
-        experiment_id = _experiment_id(mlflow, os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT, artifacts)
+        experiment_id = _experiment_id(mlflow, os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT,
+                                       artifacts)
         close_orphans(mlflow, experiment_id, stage)
         # The system-metrics thread's start/stop notes are noise, and a lost server is reported once, by the stage.
         logging.getLogger("mlflow.system_metrics").setLevel(logging.ERROR)

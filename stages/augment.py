@@ -44,7 +44,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True, type=Path, help="folder of arrays to write")
     parser.add_argument("--preview", required=True, type=Path, help="augmentation preview PNG to write")
     args = parser.parse_args(argv)
-    with open_stage("augment", args.params, SCHEMA, check=lambda params: check_augment(params["augment"])) as (params, run):
+    with open_stage("augment", args.params, SCHEMA,
+                    check=lambda params: check_augment(params["augment"])) as (params, run):
         p = params["augment"]
         policy = AugmentPolicy(**p["policy"])
         rows = read_table(args.split, ["path", "label", "split"], "split")
@@ -68,8 +69,10 @@ def main(argv: list[str] | None = None) -> None:
         run.log_artifact(args.preview)
         total = sum(counts.values())
         disk = sum(f.stat().st_size for f in args.out.iterdir())
-        run.log_metrics({**{f"images/{k}": v for k, v in counts.items()}, "images_per_s": total / seconds, "disk_mb": disk / 2**20})
-        print(f"augment: {total} images in {seconds:.1f}s ({total / seconds:.0f} img/s), {disk / 2**20:.0f} MiB", flush=True)
+        run.log_metrics({**{f"images/{k}": v for k, v in counts.items()}, "images_per_s": total / seconds,
+                         "disk_mb": disk / 2**20})
+        print(f"augment: {total} images in {seconds:.1f}s ({total / seconds:.0f} img/s), {disk / 2**20:.0f} MiB",
+              flush=True)
 
 
 if __name__ == "__main__":

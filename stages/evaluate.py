@@ -40,11 +40,13 @@ from primer.vision.misclassified import plot_misclassified
 SCHEMA = {
     "seed": integer(0),
     "augment": some_of({"train_size": integer(1), "eval_size": integer(1)}),  # the keys that shape what is evaluated
-    "train_lm": some_of({"val_fraction": number(0.01, 0.5), "num_steps": integer(1), "prefix": text(), "sample_chars": integer(1)}),
-    "train_transformer": some_of({"num_pairs": integer(0), "val_fraction": number(0, 0.5), "test_fraction": number(0.001, 0.5),
-                                  "num_steps": integer(2), "beam_size": integer(1), "attention_sentence": text()}),
-    "evaluate": {"batch_size": run_only(integer(1, 65536)), "misclassified": integer(0, 400), "examples": integer(0, 10_000),
-                 "device": run_only(choice("auto", "cpu", "cuda"))},
+    "train_lm": some_of({"val_fraction": number(0.01, 0.5), "num_steps": integer(1), "prefix": text(),
+                         "sample_chars": integer(1)}),
+    "train_transformer": some_of({"num_pairs": integer(0), "val_fraction": number(0, 0.5),
+                                  "test_fraction": number(0.001, 0.5), "num_steps": integer(2), "beam_size": integer(1),
+                                  "attention_sentence": text()}),
+    "evaluate": {"batch_size": run_only(integer(1, 65536)), "misclassified": integer(0, 400),
+                 "examples": integer(0, 10_000), "device": run_only(choice("auto", "cpu", "cuda"))},
 }
 
 
@@ -57,7 +59,8 @@ def evaluate_cnn(args, params: dict, device: torch.device, batch_size: int):
     images, labels = data["test"]
     probabilities = torch.cat([torch.sigmoid(model(x)[0].float()).cpu()
                                for x, _ in eval_batches(images, labels, batch_size, device, channels_last=False)])
-    report = binary_report(labels, probabilities) | {"classes": saved["classes"], "run_id": saved.get("mlflow_run_id", "")}
+    report = binary_report(labels, probabilities) | {"classes": saved["classes"],
+                                                     "run_id": saved.get("mlflow_run_id", "")}
     return report, images, labels, probabilities
 
 
@@ -72,11 +75,13 @@ def evaluate_lms(args, p: dict, device: torch.device) -> list[dict]:
         history = saved["history"]
         best_epoch = saved["best_epoch"]
         kept = next(r for r in history if r["epoch"] == best_epoch)
-        rows.append({"variant": path.stem, "cell": saved["model_args"]["cell"], "layers": saved["model_args"]["num_layers"],
+        rows.append({"variant": path.stem, "cell": saved["model_args"]["cell"],
+                     "layers": saved["model_args"]["num_layers"],
                      "impl": saved["model_args"]["impl"], "epochs_run": history[-1]["epoch"], "kept_epoch": best_epoch,
                      "train_ppl": kept["train/ppl"], "kept_val_ppl": kept["val/ppl"],
                      "test_ppl": perplexity(model, heldout, p["num_steps"], device),
-                     "sample": generate(model, vocab, p["prefix"], p["sample_chars"]), "run_id": saved.get("mlflow_run_id", "")})
+                     "sample": generate(model, vocab, p["prefix"], p["sample_chars"]),
+                     "run_id": saved.get("mlflow_run_id", "")})
     if not rows:
         raise PrimerError(f"{args.lm_models} holds no language models (*.pt); run the train_lm stages first.")
     return rows
@@ -86,7 +91,8 @@ def evaluate_transformer(args, p: dict, seed: int, device: torch.device, example
     saved, model = load_model(args.transformer_model, "Transformer model")
     model.to(device)
     src_vocab, tgt_vocab = Vocab.from_tokens(saved["src_vocab"]), Vocab.from_tokens(saved["tgt_vocab"])
-    test = split_pairs(read_pairs(args.pairs, p["num_pairs"]).pairs, p["val_fraction"], p["test_fraction"], seed)["test"]
+    test = split_pairs(read_pairs(args.pairs, p["num_pairs"]).pairs, p["val_fraction"], p["test_fraction"],
+                       seed)["test"]
     bleu, rows = test_bleu(model, test, src_vocab, tgt_vocab, p["num_steps"], p["beam_size"], device)
     maps = attention_maps(model, p["attention_sentence"], src_vocab, tgt_vocab, p["num_steps"], device)
     return {"bleu": bleu, "sentences": len(rows), "examples": rows[:examples], "maps": maps,
@@ -118,8 +124,9 @@ def evaluate(args, params: dict, run) -> None:
     lms = evaluate_lms(args, params["train_lm"], device)
     tf = evaluate_transformer(args, params["train_transformer"], params["seed"], device, e["examples"])
     classes = cnn["classes"]
-    metrics = {"cnn/test_acc": cnn["accuracy"], "cnn/test_precision": cnn["precision"], "cnn/test_recall": cnn["recall"],
-               "cnn/test_roc_auc": cnn["roc_auc"], "cnn/test_images": len(test_images),
+    metrics = {"cnn/test_acc": cnn["accuracy"], "cnn/test_precision": cnn["precision"],
+               "cnn/test_recall": cnn["recall"], "cnn/test_roc_auc": cnn["roc_auc"],
+               "cnn/test_images": len(test_images),
                **{f"lm/{r['variant']}/test_ppl": r["test_ppl"] for r in lms},
                "transformer/test_bleu": tf["bleu"], "transformer/test_sentences": tf["sentences"],
                "transformer/d2l_bleu_k2_mean": sum(d["bleu_k2"] for d in tf["d2l"]) / len(tf["d2l"])}
@@ -127,9 +134,11 @@ def evaluate(args, params: dict, run) -> None:
     outputs = [(args.plots, True), (args.confusion, False), (args.report, False), (args.metrics, False)]
     with outputs_together(outputs) as (plots, confusion, report, metrics_file):
         predicted = (probabilities >= 0.5).long()
-        write_table(confusion, [{"actual": classes[int(t)], "predicted": classes[int(p)]} for t, p in zip(test_labels, predicted)],
+        write_table(confusion, [{"actual": classes[int(t)], "predicted": classes[int(p)]}
+                                for t, p in zip(test_labels, predicted)],
                     ["actual", "predicted"])  # one row per test image: DVC's confusion template counts them
-        grid = plot_misclassified(test_images, test_labels, probabilities, classes, e["misclassified"], plots / "misclassified.png")
+        grid = plot_misclassified(test_images, test_labels, probabilities, classes, e["misclassified"],
+                                  plots / "misclassified.png")
         figures = plot_attention_maps(tf["maps"], plots, prefix="attention_")
         write_html(args, params, cnn, lms, tf, plots, report)
         write_text(metrics_file, json.dumps(metrics, indent=2) + "\n")
@@ -150,7 +159,8 @@ def evaluate(args, params: dict, run) -> None:
 def register_models(run, cnn: dict, lms: list[dict], tf: dict) -> None:
     """Each scored model into MLflow's registry; the alias `champion` moves to it only if it is better."""
     kept = [run.register_model("primer-cnn", cnn["run_id"], "test_acc", cnn["accuracy"], higher_is_better=True),
-            *[run.register_model(f"primer-lm-{r['variant']}", r["run_id"], "test_ppl", r["test_ppl"], higher_is_better=False)
+            *[run.register_model(f"primer-lm-{r['variant']}", r["run_id"], "test_ppl", r["test_ppl"],
+                                 higher_is_better=False)
               for r in lms],
             run.register_model("primer-translator", tf["run_id"], "test_bleu", tf["bleu"], higher_is_better=True)]
     for registered in kept:
@@ -163,12 +173,14 @@ def write_html(args, params: dict, cnn: dict, lms: list[dict], tf: dict, plots: 
     (tn, fp), (fn, tp) = cnn["confusion"]
     c0, c1 = cnn["classes"]
     sections = [
-        ("Data", table([{"count": k, "value": v} for k, v in summary.items()]) + image(args.preview, "augmentation preview")),
+        ("Data", table([{"count": k, "value": v} for k, v in summary.items()])
+         + image(args.preview, "augmentation preview")),
         ("Basics: the primer's regressions", image(args.basics_plot, "train_basics figure")),
         ("CNN", table([{"metric": k, "value": cnn[k]} for k in ("accuracy", "precision", "recall", "roc_auc")])
          + table([{"": f"true {c0}", f"predicted {c0}": tn, f"predicted {c1}": fp},
                   {"": f"true {c1}", f"predicted {c0}": fn, f"predicted {c1}": tp}])
-         + image(args.cnn_curves, "CNN training curves") + paragraph("Misclassified test images (true class, P(" + c1 + ")):")
+         + image(args.cnn_curves, "CNN training curves")
+         + paragraph("Misclassified test images (true class, P(" + c1 + ")):")
          + image(plots / "misclassified.png", "misclassified test images")),
         ("Language models", table([{k: v for k, v in r.items() if k not in ("sample", "run_id")} for r in lms])
          + table([{"variant": r["variant"], "sample": r["sample"]} for r in lms])

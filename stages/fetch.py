@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> None:
             start = time.perf_counter()
             out = fetch_source(
                 f"fetch.sources.{name}", source["url"], source["sha1"], source["member"], targets[name],
-                downloads=Path(args.downloads), retries=p["retries"], timeout=p["timeout"], params_file=str(args.params),
+                downloads=Path(args.downloads), retries=p["retries"], timeout=p["timeout"],
+                params_file=str(args.params),
             )
             files = [f for f in ([out] if out.is_file() else out.rglob("*")) if f.is_file()]
             run.log_metrics({

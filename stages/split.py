@@ -21,7 +21,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--manifest", required=True, help="manifest CSV written by the verify stage")
     parser.add_argument("--out", required=True, help="split CSV to write")
     args = parser.parse_args(argv)
-    with open_stage("split", args.params, SCHEMA, check=lambda params: check_fractions(**params["split"])) as (params, run):
+    with open_stage("split", args.params, SCHEMA,
+                    check=lambda params: check_fractions(**params["split"])) as (params, run):
         rows = read_table(args.manifest, COLUMNS[:-1], "verify")
         rows = stratified_split(rows, seed=params["seed"], **params["split"])
         write_table(args.out, rows, COLUMNS)

@@ -30,18 +30,33 @@ from primer.models.cnn import ARCHS, build_cnn
 from primer.params import choice, flag, integer, number, output_only, result_values, run_only, some_of
 from primer.stage import cli, load_checked, open_stage, stage_parser
 from primer.training.checkpoint import fingerprint
-from primer.training.loop import (COMPILE_MODES, FIT_KEYS, OPTIMIZERS, check_fit_params, compile_model, fit,
-                                  fit_schema, make_optimizer)
+from primer.training.loop import (
+    COMPILE_MODES,
+    FIT_KEYS,
+    OPTIMIZERS,
+    check_fit_params,
+    compile_model,
+    fit,
+    fit_schema,
+    make_optimizer,
+)
 from primer.training.outputs import Curves, TrainingOutputs, add_training_outputs
 from primer.vision.augment_policy import AugmentPolicy, augment_schema, check_augment
 from primer.vision.image_arrays import png_bytes
-from primer.vision.image_batches import (data_identity, eval_batches, evaluate_binary, load_arrays, train_batches,
-                                         train_steps)
+from primer.vision.image_batches import (
+    data_identity,
+    eval_batches,
+    evaluate_binary,
+    load_arrays,
+    train_batches,
+    train_steps,
+)
 
 AUGMENT = augment_schema()
 SCHEMA = {
     "seed": integer(0),
-    "augment": some_of({"train_size": AUGMENT["train_size"], "eval_size": AUGMENT["eval_size"], "policy": AUGMENT["policy"],
+    "augment": some_of({"train_size": AUGMENT["train_size"], "eval_size": AUGMENT["eval_size"],
+                        "policy": AUGMENT["policy"],
                         "draft_oversample": output_only(AUGMENT["draft_oversample"])}),  # for the served model
     "verify": some_of({"max_image_pixels": integer(1)}),  # the served model refuses larger photos, as verify did
     "train_cnn": {
@@ -101,7 +116,8 @@ def train(args, params: dict, run, device: torch.device) -> None:
     data = load_arrays(args.arrays, aug["train_size"], aug["eval_size"])
     policy = AugmentPolicy(**aug["policy"])
     if policy.crop_size and policy.crop_size != aug["eval_size"]:
-        print(f"train_cnn: note: training crops are {policy.crop_size} px, evaluation images {aug['eval_size']} px", flush=True)
+        print(f"train_cnn: note: training crops are {policy.crop_size} px, evaluation images {aug['eval_size']} px",
+              flush=True)
     (train_x, train_y), (val_x, val_y) = data["train"], data["val"]
     if device.type == "cuda":  # uint8 on the GPU: 25,000 images take ~1.7 GB
         train_x, train_y, val_x, val_y = (t.to(device) for t in (train_x, train_y, val_x, val_y))
@@ -115,11 +131,13 @@ def train(args, params: dict, run, device: torch.device) -> None:
     fitted = fit(
         net, optimizer,
         batches=partial(_train_epoch, train_x, train_y, p, policy, seed, device),
-        evaluate=lambda _model, _epoch: evaluate_binary(model, eval_batches(val_x, val_y, p["batch_size"], device, p["channels_last"]), bf16, device),
+        evaluate=lambda _model, _epoch: evaluate_binary(
+            model, eval_batches(val_x, val_y, p["batch_size"], device, p["channels_last"]), bf16, device),
         epochs=p["epochs"], device=device, grad_clip=p["grad_clip"], bf16=bf16,
         checkpoint=args.checkpoint,
-        fingerprint=fingerprint(train=result_values(p, SCHEMA["train_cnn"]), augment=result_values(aug, SCHEMA["augment"].schema), seed=seed, data=data_identity(args.arrays),
-                                world=distributed.world()),
+        fingerprint=fingerprint(train=result_values(p, SCHEMA["train_cnn"]),
+                                augment=result_values(aug, SCHEMA["augment"].schema), seed=seed,
+                                data=data_identity(args.arrays), world=distributed.world()),
         model_args=p["model"], log=run.log_metrics, flush=run.flush, log_every=p["log_every"],
         best_metric="val/acc", higher_is_better=True, **{k: p[k] for k in FIT_KEYS},
         steps_per_epoch=train_steps(len(train_x), p["batch_size"]), unit="img", desc="train_cnn",
@@ -128,12 +146,14 @@ def train(args, params: dict, run, device: torch.device) -> None:
         return
     summary = fitted.summary("val/acc")
     TrainingOutputs.from_args(args).write(
-        run, model, p["model"], fitted, "val/acc", summary, Curves(f"train_cnn ({p['model']['arch']})", "training_curves.png"),
+        run, model, p["model"], fitted, "val/acc", summary,
+        Curves(f"train_cnn ({p['model']['arch']})", "training_curves.png"),
         served={"family": "PhotoClassifier", "input_example": {"image": [png_bytes(val_x[0].cpu().numpy())]},
                 "model_config": {"eval_size": aug["eval_size"], "draft_oversample": aug["draft_oversample"],
                                  "max_image_pixels": params["verify"]["max_image_pixels"]}},
         extra={"classes": data["meta"]["classes"]})
-    print(f"train_cnn: kept epoch {fitted.best_epoch} of {summary['epochs']} (val/acc {fitted.best:.4f}) -> {args.model}", flush=True)
+    print(f"train_cnn: kept epoch {fitted.best_epoch} of {summary['epochs']} (val/acc {fitted.best:.4f}) "
+          f"-> {args.model}", flush=True)
 
 
 def _train_epoch(images, labels, p, policy, seed, device, epoch):

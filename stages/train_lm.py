@@ -27,11 +27,26 @@ from primer.errors import PrimerError
 from primer.models.rnn import RNNLM, generate, perplexity
 from primer.params import choice, each_of, integer, number, output_only, result_values, run_only, text
 from primer.stage import cli, open_stage, stage_parser
-from primer.text.corpus import (Vocab, epoch_positions, gather_batches, load_corpus, num_batches, seq_data_iter_random,
-                                seq_data_iter_sequential, split_tail)
+from primer.text.corpus import (
+    Vocab,
+    epoch_positions,
+    gather_batches,
+    load_corpus,
+    num_batches,
+    seq_data_iter_random,
+    seq_data_iter_sequential,
+    split_tail,
+)
 from primer.training.checkpoint import fingerprint
-from primer.training.loop import (COMPILE_MODES, FIT_KEYS, check_fit_params, compile_model, fit, fit_schema,
-                                  make_optimizer)
+from primer.training.loop import (
+    COMPILE_MODES,
+    FIT_KEYS,
+    check_fit_params,
+    compile_model,
+    fit,
+    fit_schema,
+    make_optimizer,
+)
 from primer.training.outputs import Curves, TrainingOutputs, add_training_outputs
 
 VARIANT = {
@@ -124,7 +139,8 @@ def check_params(variant: str, corpus_file: Path, corpus_chars: int, params: dic
     train_ids, val_ids = split_tail(torch.zeros(corpus_chars, dtype=torch.long), p["val_fraction"])
     sampler(p)(train_ids, p["batch_size"], p["num_steps"], torch.Generator())  # too short a corpus fails here
     if len(val_ids) < 2:
-        raise PrimerError(f"{corpus_file} leaves only {len(val_ids)} character(s) for validation; raise 'train_lm.val_fraction'.")
+        raise PrimerError(f"{corpus_file} leaves only {len(val_ids)} character(s) for validation; "
+                          "raise 'train_lm.val_fraction'.")
 
 
 def train(args, params: dict, run, corpus: str) -> None:
@@ -139,7 +155,8 @@ def train(args, params: dict, run, corpus: str) -> None:
     model_args = {"vocab_size": len(vocab), **variant["model"]}
     model = compile_model(RNNLM(**model_args).to(device), p["compile"])
     optimizer = make_optimizer(model, "sgd", variant["lr"])
-    run.set_tags({"variant": args.variant, "vocab_size": len(vocab), "train_chars": len(train_ids), "val_chars": len(val_ids)})
+    run.set_tags({"variant": args.variant, "vocab_size": len(vocab), "train_chars": len(train_ids),
+                  "val_chars": len(val_ids)})
 
     def evaluate(_model, epoch: int) -> dict:
         if epoch % p["sample_every"] == 0 or epoch == p["epochs"]:
@@ -161,7 +178,8 @@ def train(args, params: dict, run, corpus: str) -> None:
                                 seed=seed, vocab=vocab.idx_to_token, chars=len(ids)),
         model_args=model_args, extra={"vocab": vocab.idx_to_token}, log=log, flush=run.flush, log_every=p["log_every"],
         best_metric="val/ppl", higher_is_better=False, **{k: p[k] for k in FIT_KEYS if k != "patience"},
-        patience=variant["patience"], steps_per_epoch=steps, val_every=p["val_every"], checkpoint_every=p["checkpoint_every"],
+        patience=variant["patience"], steps_per_epoch=steps, val_every=p["val_every"],
+        checkpoint_every=p["checkpoint_every"],
         count=lambda x, y: x.numel(), unit="tok", desc=f"train_lm@{args.variant}",
     )
     for row in fitted.history:
@@ -173,8 +191,8 @@ def train(args, params: dict, run, corpus: str) -> None:
         Curves(f"train_lm@{args.variant}", "perplexity.png", {"perplexity": ["train/ppl", "val/ppl"]}),
         served={"family": "TextGenerator", "input_example": {"prefix": [p["prefix"]], "length": [p["sample_chars"]]}},
         extra={"vocab": vocab.idx_to_token})
-    print(f"train_lm@{args.variant}: kept epoch {fitted.best_epoch} of {summary['epochs']}: train ppl {summary['train/ppl']:.2f}, "
-          f"val ppl {summary['val/ppl']:.2f}; {sample!r}", flush=True)
+    print(f"train_lm@{args.variant}: kept epoch {fitted.best_epoch} of {summary['epochs']}: "
+          f"train ppl {summary['train/ppl']:.2f}, val ppl {summary['val/ppl']:.2f}; {sample!r}", flush=True)
 
 
 if __name__ == "__main__":

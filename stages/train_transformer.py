@@ -30,8 +30,15 @@ from primer.text.attention_plot import plot_attention_maps
 from primer.text.length_batches import bucketed_batches
 from primer.text.sentence_pairs import BOS, EOS, PAD, load_translation_data
 from primer.training.checkpoint import fingerprint
-from primer.training.loop import (COMPILE_MODES, FIT_KEYS, check_fit_params, compile_model, fit, fit_schema,
-                                  make_optimizer)
+from primer.training.loop import (
+    COMPILE_MODES,
+    FIT_KEYS,
+    check_fit_params,
+    compile_model,
+    fit,
+    fit_schema,
+    make_optimizer,
+)
 from primer.training.outputs import Curves, TrainingOutputs, add_training_outputs
 
 SCHEMA = {
@@ -102,7 +109,8 @@ def train(args, params: dict, run) -> None:
     bf16 = use_bf16(device, p["bf16"])
     torch.manual_seed(seed)
     random.seed(seed)
-    data = load_translation_data(args.pairs, p["num_pairs"], p["val_fraction"], p["test_fraction"], p["min_freq"], p["num_steps"], seed)
+    data = load_translation_data(args.pairs, p["num_pairs"], p["val_fraction"], p["test_fraction"], p["min_freq"],
+                                 p["num_steps"], seed)
     sizes = {f"pairs/{name}": len(pairs) for name, pairs in data.splits.items()}
     skipped = {f"skipped/{reason}": n for reason, n in sorted(data.skipped.items())}
     run.log_metrics({**sizes, **skipped, "vocab/src": len(data.src_vocab), "vocab/tgt": len(data.tgt_vocab)})
@@ -146,10 +154,11 @@ def report(args, p: dict, model: Seq2SeqTransformer, model_args: dict, vocabs: d
     examples = d2l_examples(model, data.src_vocab, data.tgt_vocab, steps, beam, device)
     kept = fitted.summary(metric)
     summary = {
-        "train/loss": kept["train/epoch_loss"], "val/loss": kept.get("val/loss"), "train/tok_per_s": kept["train/tok_per_s"],
-        "test/bleu": bleu, "test/sentences": len(rows), "d2l/bleu_k2_mean": sum(e["bleu_k2"] for e in examples) / len(examples),
-        "epochs": kept["epochs"], "best/epoch": fitted.best_epoch, "stopped_early": fitted.stopped_early, "beam_size": beam,
-        "d2l_examples": examples,
+        "train/loss": kept["train/epoch_loss"], "val/loss": kept.get("val/loss"),
+        "train/tok_per_s": kept["train/tok_per_s"], "test/bleu": bleu, "test/sentences": len(rows),
+        "d2l/bleu_k2_mean": sum(e["bleu_k2"] for e in examples) / len(examples),
+        "epochs": kept["epochs"], "best/epoch": fitted.best_epoch, "stopped_early": fitted.stopped_early,
+        "beam_size": beam, "d2l_examples": examples,
     }
     run.log_metrics({"test/bleu": bleu, "d2l/bleu_k2_mean": summary["d2l/bleu_k2_mean"]}, kept["epochs"])
     write_table(args.translations, rows[: p["examples"]], ["source", "translation", "references"])
@@ -161,7 +170,8 @@ def report(args, p: dict, model: Seq2SeqTransformer, model_args: dict, vocabs: d
         run.log_figure(figure, f"attention/{name}")
     TrainingOutputs.from_args(args).write(
         run, model, model_args, fitted, metric, summary,
-        Curves("train_transformer", "curves.png", {"loss": [k for k in ("train/epoch_loss", "val/loss") if k in history[0]]}),
+        Curves("train_transformer", "curves.png",
+               {"loss": [k for k in ("train/epoch_loss", "val/loss") if k in history[0]]}),
         served={"family": "Translator", "input_example": {"sentence": [p["attention_sentence"]]},
                 "model_config": {"num_steps": steps, "beam_size": beam}, "params": {"beam_size": beam}},
         extra=vocabs)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 
 import pytest
+
 from layers import LAYERS, REPO, dvc_stages, modules
 
 DOC = REPO / "docs" / "architecture.md"

@@ -8,8 +8,8 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
-from primer.vision.image_arrays import jpeg_header, resized_array, write_image_array
 from primer.data.images import open_rgb
+from primer.vision.image_arrays import jpeg_header, resized_array, write_image_array
 
 from conftest import photo, shared_datasets
 

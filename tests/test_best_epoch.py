@@ -14,8 +14,8 @@ import pytest
 import torch
 from torch.optim import lr_scheduler
 
-from primer.training.schedule import lr_factor
 from primer.training.loop import fit
+from primer.training.schedule import lr_factor
 
 from conftest import REPO, tiny_cnn_params, venv_env, write_tiny_arrays
 

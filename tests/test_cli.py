@@ -16,14 +16,14 @@ import pytest
 import torch
 import yaml
 
-from primer.vision.batch_augment import eval_batch
-from primer.vision.image_arrays import resized_array
+from primer.evaluation.translation_eval import translate_sentences
 from primer.models.cnn import build_cnn
 from primer.models.rnn import RNNLM, generate
 from primer.serving.registry import register
 from primer.serving.served_models import PhotoClassifier, log_served_model
 from primer.text.corpus import Vocab
-from primer.evaluation.translation_eval import translate_sentences
+from primer.vision.batch_augment import eval_batch
+from primer.vision.image_arrays import resized_array
 
 from conftest import REPO, photo, png_bomb
 from test_evaluate import TEXT, save_tiny_translator

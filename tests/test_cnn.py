@@ -13,11 +13,11 @@ import pytest
 import torch
 from torch import nn
 
-from primer.vision.augment_policy import AugmentPolicy
-from primer.training.checkpoint import fingerprint, load_matching
-from primer.vision.image_batches import eval_batches, evaluate_binary, load_arrays, train_batches
 from primer.models.cnn import PrimerCNN, ResidualCNN, build_cnn
+from primer.training.checkpoint import fingerprint, load_matching
 from primer.training.loop import fit, make_optimizer
+from primer.vision.augment_policy import AugmentPolicy
+from primer.vision.image_batches import eval_batches, evaluate_binary, load_arrays, train_batches
 
 from conftest import REPO, tiny_cnn_params, venv_env, write_tiny_arrays
 

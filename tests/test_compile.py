@@ -8,10 +8,10 @@ import pytest
 import torch
 import yaml
 
+from primer.devices import configure_device
 from primer.errors import PrimerError
 from primer.models.rnn import RNNLM
 from primer.params import load_params
-from primer.devices import configure_device
 from primer.training.loop import compile_model, fit, make_optimizer
 from stages import train_cnn, train_lm, train_transformer
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
 import signal
 import sqlite3
 import subprocess
@@ -15,12 +14,12 @@ import pytest
 import torch
 import yaml
 
-from primer.vision.binary_metrics import binary_report, confusion, roc_auc
 from primer.models.cnn import build_cnn
 from primer.models.rnn import RNNLM
 from primer.models.transformer import Seq2SeqTransformer
-from primer.text.sentence_pairs import build_vocab, preprocess_nmt
 from primer.text.corpus import Vocab
+from primer.text.sentence_pairs import build_vocab, preprocess_nmt
+from primer.vision.binary_metrics import binary_report, confusion, roc_auc
 
 from conftest import REPO, venv_env, write_tiny_arrays
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from primer.errors import PrimerError
 from primer.data.extract import extract
+from primer.errors import PrimerError
 
 
 def make_zip(path: Path, entries: list[tuple[str, bytes]], links: dict[str, str] | None = None) -> Path:

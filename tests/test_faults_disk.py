@@ -13,13 +13,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from primer.errors import PrimerError
 from primer.data.extract import extract
 from primer.data.fetch import copy_folder
+from primer.errors import PrimerError
 from primer.training.checkpoint import save
 
 from conftest import REPO
-from test_faults_outputs import augment_inputs, temps
+from test_faults_outputs import augment_inputs
 
 
 @pytest.fixture

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from primer.errors import PrimerError
 from primer.data.fetch import fetch_source
+from primer.errors import PrimerError
 
 REPO = Path(__file__).resolve().parents[1]
 HTML = b"<!DOCTYPE html><html><head><title>Sign in</title></head><body>Please sign in.</body></html>\n"

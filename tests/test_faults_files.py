@@ -11,11 +11,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from primer.training.checkpoint import load_matching
 from primer.errors import PrimerError
-from primer.vision.image_batches import load_arrays
 from primer.models.cnn import build_cnn
 from primer.models.rnn import RNNLM
+from primer.training.checkpoint import load_matching
+from primer.vision.image_batches import load_arrays
 
 from conftest import REPO, tiny_cnn_params, venv_env, write_tiny_arrays
 

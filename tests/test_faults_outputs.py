@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from primer.atomic import outputs_together
+
 from conftest import REPO, write_class_folders
 
 DIE_AFTER_FIRST_ARRAY = textwrap.dedent("""

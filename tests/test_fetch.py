@@ -10,8 +10,8 @@ import zipfile
 import pytest
 
 from primer.data.download import download
-from primer.errors import PrimerError
 from primer.data.fetch import fetch_source
+from primer.errors import PrimerError
 
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
 SHA1 = hashlib.sha1(PAYLOAD).hexdigest()

@@ -14,13 +14,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from primer.vision.augment_policy import AugmentPolicy
 from primer.host_sync import HostSyncs
-from primer.vision.image_batches import train_batches
 from primer.models.cnn import build_cnn
 from primer.models.rnn import RNNLM
 from primer.models.transformer import Seq2SeqTransformer
 from primer.training.loop import fit, make_optimizer
+from primer.vision.augment_policy import AugmentPolicy
+from primer.vision.image_batches import train_batches
 from stages.train_lm import batches_for
 from stages.train_transformer import shuffled_batches
 

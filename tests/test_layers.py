@@ -6,6 +6,7 @@ from __future__ import annotations
 import textwrap
 
 import pytest
+
 from layers import LAYERS, NOT_DEPS, REPO, back_imports, dvc_stages, modules, stage_deps
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from primer.vision.augment_policy import AugmentPolicy, policy_schema
 from primer.errors import PrimerError
 from primer.params import flatten, integer, load_params, number
+from primer.vision.augment_policy import AugmentPolicy, policy_schema
 
 from conftest import REPO
 

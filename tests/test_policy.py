@@ -9,8 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from primer.vision.augment_policy import AugmentPolicy, Cutout
 from primer.errors import PrimerError
+from primer.vision.augment_policy import AugmentPolicy, Cutout
 from primer.vision.preview import augmentation_preview
 
 

@@ -10,10 +10,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO
 from primer import demo
 from primer.errors import PrimerError
 from primer.params import QUICK_SECTIONS, apply_profile, integer, load_params, parse_yaml
+
+from conftest import REPO
 
 SCHEMA = {"seed": integer(), "train_cnn": {"epochs": integer(1), "lr": integer(1)}}
 BASE = {"seed": 1, "train_cnn": {"epochs": 30, "lr": 1}, "quick": {"train_cnn": {"epochs": 2}}}

@@ -7,11 +7,12 @@ import re
 
 import pytest
 import torch
-from test_best_epoch import toy_fit
-from test_transformer import small_model
 
 from primer.models.decoding import translate
 from primer.training.loop import time_left
+
+from test_best_epoch import toy_fit
+from test_transformer import small_model
 
 
 @pytest.mark.parametrize("seconds, done, left, words", [

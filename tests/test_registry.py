@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 import torch
 
-from primer.vision.image_arrays import png_bytes
 from primer.models.cnn import build_cnn
 from primer.serving.registry import CHAMPION, register
 from primer.serving.served_models import PhotoClassifier, log_served_model
+from primer.vision.image_arrays import png_bytes
 
 from conftest import venv_env
 from test_faults_tracking import free_port, start_server, stop

@@ -8,8 +8,8 @@ import zipfile
 import pytest
 import sacrebleu
 
-from primer.text.bleu import corpus_bleu, sentence_bleu
 from primer.errors import PrimerError
+from primer.text.bleu import corpus_bleu, sentence_bleu
 from primer.text.sentence_pairs import (
     build_vocab,
     ids_to_sentence,

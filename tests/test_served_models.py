@@ -16,16 +16,15 @@ from mlflow.pyfunc.scoring_server import infer_and_parse_data
 from mlflow.types import ColSpec, Schema
 from PIL import Image
 
-from primer.vision.batch_augment import eval_batch
 from primer.errors import PrimerError
-from primer.vision.image_arrays import photo_array, resized_array
+from primer.evaluation.translation_eval import translate_sentences
 from primer.models.cnn import build_cnn
 from primer.models.rnn import RNNLM, generate
 from primer.serving.limits import MAX_REQUEST_BYTES
-from primer.serving.served_models import (PhotoClassifier, ServedInputError, TextGenerator, Translator,
-                                           log_served_model)
+from primer.serving.served_models import PhotoClassifier, ServedInputError, TextGenerator, Translator, log_served_model
 from primer.text.corpus import Vocab
-from primer.evaluation.translation_eval import translate_sentences
+from primer.vision.batch_augment import eval_batch
+from primer.vision.image_arrays import photo_array, resized_array
 
 from conftest import photo, png_bomb
 from test_evaluate import TEXT, save_tiny_translator

@@ -20,10 +20,10 @@ import pandas as pd
 import pytest
 import torch
 
-from primer.vision.image_arrays import png_bytes
 from primer.models.cnn import build_cnn
 from primer.serving.registry import register
 from primer.serving.served_models import PhotoClassifier, Translator, log_served_model
+from primer.vision.image_arrays import png_bytes
 
 from conftest import SHARED_DATASETS, photo, png_bomb, venv_env
 from test_evaluate import save_tiny_translator

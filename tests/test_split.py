@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from primer.errors import PrimerError
 from primer.data.split import split_counts, stratified_split
 from primer.data.table import write_table
+from primer.errors import PrimerError
 
 
 def manifest(cats: int, dogs: int) -> list[dict]:

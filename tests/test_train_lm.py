@@ -61,13 +61,11 @@ def test_every_variant_trains_two_epochs(tmp_path, corpus, variant):
 
 def lm_fit(tmp_path, epochs: int, checkpoint=None, hook=None, sampling: str = "sequential"):
     """fit() wired as the train_lm stage wires it (its own batches and perplexity), on a tiny corpus."""
-    from stages.train_lm import batches_for
-
     from primer.models.rnn import perplexity
-
-    from primer.training.checkpoint import fingerprint
     from primer.text.corpus import Vocab, split_tail
+    from primer.training.checkpoint import fingerprint
     from primer.training.loop import fit, make_optimizer
+    from stages.train_lm import batches_for
 
     torch.manual_seed(0)
     text = TINY_TEXT.lower()

@@ -11,11 +11,11 @@ import pytest
 import torch
 import yaml
 
-from primer.text.bleu import corpus_bleu, sentence_bleu
-from primer.training.checkpoint import fingerprint
 from primer.models.decoding import greedy_decode
 from primer.models.transformer import Seq2SeqTransformer
+from primer.text.bleu import corpus_bleu, sentence_bleu
 from primer.text.sentence_pairs import BOS, EOS, PAD, build_vocab, ids_to_sentence, to_array
+from primer.training.checkpoint import fingerprint
 from primer.training.loop import fit, make_optimizer
 
 from conftest import REPO, venv_env
@@ -45,9 +45,8 @@ I fell.\tJe suis tombé.
 
 def fit_pairs(tmp_path, epochs, checkpoint=None, hook=None, dropout=0.0):
     """Train a small Transformer on the 20 pairs with the stage's batches; returns model, history, vocabs, arrays."""
-    from stages.train_transformer import shuffled_batches
-
     from primer.text.sentence_pairs import preprocess_nmt
+    from stages.train_transformer import shuffled_batches
 
     pairs = [tuple(side.split() for side in preprocess_nmt(line).split("\t")) for line in PAIRS.strip().split("\n")]
     src_vocab, tgt_vocab = build_vocab([s for s, _ in pairs], 1), build_vocab([t for _, t in pairs], 1)

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from primer.errors import PrimerError
 from primer.data.verify import summarize, verify_images
+from primer.errors import PrimerError
 
 from conftest import photo, png_bomb
 

@@ -72,16 +72,19 @@ def check_entry(entry: Entry, archive: Path) -> None:
     if entry.kind == "special":
         raise PrimerError(f"archive {archive} holds a device or special file '{entry.name}'; refusing to extract it.")
     if _escapes(entry.name):
-        raise PrimerError(f"archive {archive} holds the entry '{entry.name}', which points outside the target; refusing to extract it.")
+        raise PrimerError(f"archive {archive} holds the entry '{entry.name}', which points outside the target; "
+                          "refusing to extract it.")
     if entry.kind == "symlink":
         resolved = posixpath.join(posixpath.dirname(entry.name.replace("\\", "/")), entry.link)
         if entry.link.startswith("/") or _escapes(resolved):
             raise PrimerError(
-                f"archive {archive} holds the link '{entry.name}' -> '{entry.link}', which points outside the target; refusing to extract it."
+                f"archive {archive} holds the link '{entry.name}' -> '{entry.link}', which points outside the target; "
+                "refusing to extract it."
             )
     if entry.kind == "hardlink" and _escapes(entry.link):
         raise PrimerError(
-            f"archive {archive} holds the hard link '{entry.name}' -> '{entry.link}', which points outside the target; refusing to extract it."
+            f"archive {archive} holds the hard link '{entry.name}' -> '{entry.link}', which points outside the target; "
+            "refusing to extract it."
         )
 
 
@@ -149,7 +152,8 @@ def _extract_all(archive: Path, entries: list, target: Path, member: str, write)
 def _ensure_inside(root: Path, path: Path, entry: Entry, archive: Path) -> None:
     if not path.resolve().is_relative_to(root):
         raise PrimerError(
-            f"archive {archive} holds the entry '{entry.name}', which resolves outside the target through a link; refusing to extract it."
+            f"archive {archive} holds the entry '{entry.name}', which resolves outside the target through a link; "
+            "refusing to extract it."
         )
 
 

@@ -75,8 +75,8 @@ def refuse_links_out(src: Path, paths: list[Path]) -> None:
     root = src.resolve()
     for path in paths:
         if path.is_symlink() and not path.resolve().is_relative_to(root):
-            raise PrimerError(f"{path} is a symlink to {os.readlink(path)}, outside the source folder {src}; it was not "
-                              "copied: replace it with the file itself, or remove it.")
+            raise PrimerError(f"{path} is a symlink to {os.readlink(path)}, outside the source folder {src}; "
+                              "it was not copied: replace it with the file itself, or remove it.")
 
 
 def copy_folder(src: Path, target: Path) -> None:
@@ -100,7 +100,8 @@ def fetch_source(
     target = Path(target)
     archive = is_archive_source(url, member)
     if is_remote(url):
-        path = cached_download(url, sha1, archive, f"{key}.url", downloads, retries, timeout, params_file)  # checked there
+        # checked there
+        path = cached_download(url, sha1, archive, f"{key}.url", downloads, retries, timeout, params_file)
     else:
         path = local_path(url, f"{key}.url", params_file)
         if path.is_dir():

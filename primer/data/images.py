@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 
 import numpy as np
 from PIL import ExifTags, Image
@@ -48,8 +47,8 @@ def refuse_too_many_pixels(width: int, height: int, max_pixels: int) -> None:
     kilobytes of PNG can declare 12000 x 12000 and take gigabytes to decode."""
     if max_pixels and width * height > max_pixels:
         raise PrimerError(f"the photo declares {width} x {height} = {width * height:,} pixels, over the limit of "
-                          f"{max_pixels:,} (verify.max_image_pixels); it was not decoded: send a smaller photo, or raise "
-                          "the limit if you trust the source.")
+                          f"{max_pixels:,} (verify.max_image_pixels); it was not decoded: send a smaller photo, or "
+                          "raise the limit if you trust the source.")
 
 
 def open_rgb(path, draft_size: int = 0, max_pixels: int = 0) -> Image.Image:
@@ -69,7 +68,8 @@ def open_rgb(path, draft_size: int = 0, max_pixels: int = 0) -> Image.Image:
             if not max_pixels:
                 raise
             raise PrimerError(f"the photo declares more than {2 * Image.MAX_IMAGE_PIXELS:,} pixels, over the limit of "
-                              f"{max_pixels:,} (verify.max_image_pixels); it was not decoded: send a smaller photo.") from None
+                              f"{max_pixels:,} (verify.max_image_pixels); it was not decoded: "
+                              "send a smaller photo.") from None
     with img:
         refuse_too_many_pixels(img.width, img.height, max_pixels)
         if draft_size and img.format == "JPEG":

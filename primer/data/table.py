@@ -25,5 +25,6 @@ def read_table(path: Path | str, columns: list[str], stage: str) -> list[dict]:
         reader = csv.DictReader(f)
         missing = [c for c in columns if c not in (reader.fieldnames or [])]
         if missing:
-            raise PrimerError(f"{path} lacks the column(s) {', '.join(missing)}; rerun the {stage} stage (dvc repro {stage}).")
+            raise PrimerError(
+                f"{path} lacks the column(s) {', '.join(missing)}; rerun the {stage} stage (dvc repro {stage}).")
         return list(reader)

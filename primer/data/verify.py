@@ -97,7 +97,8 @@ def verify_images(root: Path | str, num_workers: int = 0, max_image_pixels: int 
 
 def summarize(results: list[Checked]) -> dict:
     """Counts for logging: kept per class, rejected per reason and per class."""
-    summary: dict = {"kept": len([r for r in results if not r.reason]), "rejected": len([r for r in results if r.reason])}
+    summary: dict = {"kept": len([r for r in results if not r.reason]),
+                     "rejected": len([r for r in results if r.reason])}
     for r in results:
         key = f"rejected/{r.reason}" if r.reason else f"kept/{r.label}"
         summary[key] = summary.get(key, 0) + 1

@@ -13,7 +13,8 @@ from primer.text.corpus import Vocab
 from primer.text.sentence_pairs import EOS, ids_to_sentence, preprocess_nmt, references_by_source, to_array
 
 # d2l's four sentences (chapter 10.7) and their references: its anchor is BLEU 1.0 on all four
-D2L_EXAMPLES = [("go .", "va !"), ("i lost .", "j'ai perdu ."), ("he's calm .", "il est calme ."), ("i'm home .", "je suis chez moi .")]
+D2L_EXAMPLES = [("go .", "va !"), ("i lost .", "j'ai perdu ."), ("he's calm .", "il est calme ."),
+                ("i'm home .", "je suis chez moi .")]
 
 
 @torch.no_grad()
@@ -49,7 +50,8 @@ def test_bleu(model: Seq2SeqTransformer, test_pairs: list, src_vocab: Vocab, tgt
     sources, references = references_by_source(test_pairs)
     hypotheses = translate_sentences(model, sources, src_vocab, tgt_vocab, num_steps, beam_size, device,
                                      progress=f"test BLEU, beam {beam_size}")
-    rows = [{"source": s, "translation": h, "references": " | ".join(r)} for s, h, r in zip(sources, hypotheses, references)]
+    rows = [{"source": s, "translation": h, "references": " | ".join(r)}
+            for s, h, r in zip(sources, hypotheses, references)]
     return corpus_bleu(hypotheses, references), rows
 
 
@@ -85,5 +87,6 @@ def attention_maps(model: Seq2SeqTransformer, sentence: str, src_vocab: Vocab, t
     finally:
         model.keep_attention_weights(False)
     src_labels = (source_tokens + [EOS])[:n_src]
-    out_labels = [*tgt_vocab.to_tokens(out_ids), EOS][: decoder_in.shape[1]]  # row t is the query that predicted token t
+    # row t is the query that predicted token t
+    out_labels = [*tgt_vocab.to_tokens(out_ids), EOS][: decoder_in.shape[1]]
     return {"source": src_labels, "output": out_labels, "encoder": encoder, "cross": cross}

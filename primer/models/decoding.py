@@ -31,7 +31,8 @@ def greedy_decode(model: Seq2SeqTransformer, src: torch.Tensor, max_len: int) ->
 
 
 @torch.no_grad()
-def beam_search(model: Seq2SeqTransformer, src: torch.Tensor, beam_size: int, max_len: int, alpha: float = 0.75) -> list[list[int]]:
+def beam_search(model: Seq2SeqTransformer, src: torch.Tensor, beam_size: int, max_len: int,
+                alpha: float = 0.75) -> list[list[int]]:
     """For each row of src (B, S): the best of `beam_size` hypotheses by log P / length^alpha."""
     batch, k = src.shape[0], beam_size
     memory, src_mask = model.encode(src)
@@ -79,6 +80,7 @@ def translate(model: Seq2SeqTransformer, src: torch.Tensor, beam_size: int, max_
     with tqdm(total=src.shape[0], desc=progress, unit="sentence", leave=False, disable=progress is None) as bar:
         for start in range(0, src.shape[0], batch_size):
             chunk = src[start:start + batch_size]
-            out += greedy_decode(model, chunk, max_len) if beam_size == 1 else beam_search(model, chunk, beam_size, max_len)
+            out += (greedy_decode(model, chunk, max_len) if beam_size == 1
+                    else beam_search(model, chunk, beam_size, max_len))
             bar.update(chunk.shape[0])
     return out

@@ -76,7 +76,8 @@ class RNNLM(nn.Module):
             raise PrimerError(f"RNNLM needs vocab_size={vocab_size}, num_hiddens={num_hiddens} and "
                               f"num_layers={num_layers} all at least 1.")
         if dropout and impl == "scratch":
-            raise PrimerError(f"RNNLM dropout is {dropout:g}, but impl 'scratch' has no dropout; use impl 'fused' or dropout 0.")
+            raise PrimerError(f"RNNLM dropout is {dropout:g}, but impl 'scratch' has no dropout; "
+                              "use impl 'fused' or dropout 0.")
         self.vocab_size, self.cell, self.num_hiddens, self.num_layers, self.impl = (
             vocab_size, cell, num_hiddens, num_layers, impl)
         if impl == "scratch":
@@ -115,7 +116,8 @@ class RNNLM(nn.Module):
             logits = hs.transpose(0, 1) @ self.W_hq + self.b_q  # (B, T, V)
         else:
             state = self._initial_state(x.shape[0], self.head.weight)
-            one_hot = self.head.weight.new_zeros(*x.shape, self.vocab_size).scatter_(-1, x.unsqueeze(-1), 1.0)  # (B, T, V)
+            one_hot = self.head.weight.new_zeros(*x.shape, self.vocab_size).scatter_(
+                -1, x.unsqueeze(-1), 1.0)  # (B, T, V)
             # (F.one_hot would read the ids' min and max back to the host to check them: a sync on a GPU)
             hs, state = self.rnn(one_hot, state if self.cell == "lstm" else state[0])  # (B, T, H)
             state = state if self.cell == "lstm" else (state,)

@@ -89,8 +89,8 @@ class MultiHeadAttention(nn.Module):
         if self.keep_weights:
             out, self.weights = explicit_attention(q, k, v, causal_mask(q.shape[2], q.device) if is_causal else mask)
         else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
-                                                 is_causal=is_causal)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
+                                                 dropout_p=self.dropout if self.training else 0.0, is_causal=is_causal)
         return self.W_o(out.transpose(1, 2).flatten(2))  # (B, Tq, d)
 
 
@@ -140,7 +140,8 @@ class DecoderBlock(nn.Module):
         self.ffn = PositionWiseFFN(num_hiddens, ffn_num_hiddens, dropout)
         self.addnorm3 = AddNorm(num_hiddens, dropout)
 
-    def forward(self, x, memory, src_mask, tgt_mask=None):  # x: (B, T, d); memory: (B, S, d); tgt_mask: (T, T) or causal
+    # x: (B, T, d); memory: (B, S, d); tgt_mask: (T, T) or causal
+    def forward(self, x, memory, src_mask, tgt_mask=None):
         y = self.addnorm1(x, self.self_attention(x, x, x, tgt_mask, is_causal=tgt_mask is None))
         z = self.addnorm2(y, self.cross_attention(y, memory, memory, src_mask))
         return self.addnorm3(z, self.ffn(z))
@@ -152,7 +153,8 @@ class TransformerEncoder(nn.Module):
         self.num_hiddens = num_hiddens
         self.embedding = nn.Embedding(vocab_size, num_hiddens)
         self.pos_encoding = PositionalEncoding(num_hiddens, dropout)
-        self.blocks = nn.ModuleList(EncoderBlock(num_hiddens, num_heads, ffn_num_hiddens, dropout) for _ in range(num_layers))
+        self.blocks = nn.ModuleList(EncoderBlock(num_hiddens, num_heads, ffn_num_hiddens, dropout)
+                                    for _ in range(num_layers))
 
     def forward(self, src, src_mask):  # src: (B, S) ids -> (B, S, d)
         x = self.pos_encoding(self.embedding(src) * math.sqrt(self.num_hiddens))
@@ -167,7 +169,8 @@ class TransformerDecoder(nn.Module):
         self.num_hiddens = num_hiddens
         self.embedding = nn.Embedding(vocab_size, num_hiddens)
         self.pos_encoding = PositionalEncoding(num_hiddens, dropout)
-        self.blocks = nn.ModuleList(DecoderBlock(num_hiddens, num_heads, ffn_num_hiddens, dropout) for _ in range(num_layers))
+        self.blocks = nn.ModuleList(DecoderBlock(num_hiddens, num_heads, ffn_num_hiddens, dropout)
+                                    for _ in range(num_layers))
         self.dense = nn.Linear(num_hiddens, vocab_size)
 
     def features(self, tgt_in, memory, src_mask):  # tgt_in: (B, T) ids -> the last block's output (B, T, d)
@@ -201,7 +204,8 @@ class Seq2SeqTransformer(nn.Module):
     def forward(self, src, tgt=None):
         memory, src_mask = self.encode(src)
         if tgt is None:
-            raise ValueError("the Transformer needs targets for teacher forcing; decode with primer.models.decoding instead")
+            raise ValueError("the Transformer needs targets for teacher forcing; "
+                             "decode with primer.models.decoding instead")
         tgt_in = torch.cat([torch.full_like(tgt[:, :1], self.bos_id), tgt[:, :-1]], dim=1)
         if self.training:  # the output layer and the loss fused, slice by slice: no (B, T, V) logits
             hidden = self.decoder.features(tgt_in, memory, src_mask).flatten(0, 1)

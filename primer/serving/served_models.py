@@ -28,10 +28,9 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
-
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from PIL import Image
 
 from primer.data.images import PILLOW_MAX_PIXELS
 from primer.errors import PrimerError
@@ -66,7 +65,8 @@ def refuse_rows(reasons: dict[int, str], rows: int, held_by: dict[int, str] | No
     if not reasons:
         return
     held_by = held_by or {}
-    named = "; ".join(f"row {i}: {held_by[i] + ', ' if i in held_by else ''}{why}" for i, why in list(reasons.items())[:5])
+    named = "; ".join(f"row {i}: {held_by[i] + ', ' if i in held_by else ''}{why}"
+                      for i, why in list(reasons.items())[:5])
     more = f"; and {len(reasons) - 5} more" if len(reasons) > 5 else ""
     raise ServedInputError(f"{len(reasons)} of {rows} rows cannot be answered, so none was: {named}{more}.", reasons)
 
@@ -106,7 +106,8 @@ def column(model_input, name: str) -> list:
     """The values of column `name` of a DataFrame (or a dict of lists, or a list for the only column)."""
     if isinstance(model_input, pd.DataFrame):
         if name not in model_input.columns:
-            raise ServedInputError(f"the input has no column '{name}' (it has {', '.join(map(str, model_input.columns))}).")
+            raise ServedInputError(
+                f"the input has no column '{name}' (it has {', '.join(map(str, model_input.columns))}).")
         return model_input[name].tolist()
     if isinstance(model_input, dict):
         if name not in model_input:
@@ -148,8 +149,9 @@ class PhotoClassifier(ServedModel):
         photos = column(model_input, "image")
         size = sum(len(p) if isinstance(p, (bytes, bytearray, memoryview)) else np.asarray(p).nbytes for p in photos)
         if size > MAX_REQUEST_BYTES:
-            raise ServedInputError(f"the request holds {size / 2**20:.1f} MiB of photos in {len(photos)} rows, over the "
-                                   f"limit of {MAX_REQUEST_BYTES // 2**20} MiB per request; send them in smaller batches.")
+            raise ServedInputError(f"the request holds {size / 2**20:.1f} MiB of photos in {len(photos)} rows, "
+                                   f"over the limit of {MAX_REQUEST_BYTES // 2**20} MiB per request; "
+                                   "send them in smaller batches.")
         arrays, reasons = [], {}
         for i, p in enumerate(photos):
             try:
@@ -206,7 +208,8 @@ class Translator(ServedModel):
         beam_size = (params or {}).get("beam_size")
         beam_size = self.beam_size if beam_size is None else beam_size
         if not whole(beam_size, 1, MAX_BEAM_SIZE):
-            raise ServedInputError(f"beam_size is {beam_size!r}, but it must be a whole number from 1 to {MAX_BEAM_SIZE}.")
+            raise ServedInputError(
+                f"beam_size is {beam_size!r}, but it must be a whole number from 1 to {MAX_BEAM_SIZE}.")
         beam_size = int(beam_size)
         return pd.DataFrame({"translation": translate_sentences(self.model, sentences, self.src_vocab, self.tgt_vocab,
                                                                 self.num_steps, beam_size, self.device)})
@@ -218,7 +221,8 @@ def served_signature(model_file: Path, python_model: mlflow.pyfunc.PythonModel, 
     from mlflow.models import infer_signature
 
     loaded = type(python_model)()  # run on the example; `python_model` itself is pickled as it came
-    context = mlflow.pyfunc.PythonModelContext(artifacts={"model_file": str(model_file)}, model_config=model_config or {})
+    context = mlflow.pyfunc.PythonModelContext(artifacts={"model_file": str(model_file)},
+                                               model_config=model_config or {})
     loaded.load_context(context)
     return infer_signature(input_example, loaded.predict(context, input_example, params), params)
 
@@ -229,8 +233,8 @@ def log_model_args(model_file: Path, python_model: mlflow.pyfunc.PythonModel, in
     file as an artifact, this package as code, and the pinned torch and mlflow it ran with."""
     import torchvision
 
-    return dict(name=name, python_model=python_model, artifacts={"model_file": str(model_file)}, model_config=model_config,
-                signature=signature, input_example=input_example, code_paths=[str(PACKAGE)],
+    return dict(name=name, python_model=python_model, artifacts={"model_file": str(model_file)},
+                model_config=model_config, signature=signature, input_example=input_example, code_paths=[str(PACKAGE)],
                 pip_requirements=[f"mlflow=={mlflow.__version__}", f"torch=={torch.__version__.split('+')[0]}",
                                   f"torchvision=={torchvision.__version__.split('+')[0]}", "pandas", "pillow", "numpy"])
 
@@ -239,4 +243,5 @@ def log_served_model(model_file: Path, python_model: mlflow.pyfunc.PythonModel, 
                      model_config: dict | None = None, params: dict | None = None, name: str = "model"):
     """Log `python_model` over `model_file` to the active MLflow run; returns MLflow's ModelInfo."""
     signature = served_signature(model_file, python_model, input_example, model_config, params)
-    return mlflow.pyfunc.log_model(**log_model_args(model_file, python_model, input_example, model_config, signature, name))
+    return mlflow.pyfunc.log_model(
+        **log_model_args(model_file, python_model, input_example, model_config, signature, name))

@@ -15,8 +15,8 @@ from primer.atomic import atomic_path  # noqa: E402
 def plot_attention(weights, query_tokens: list[str], key_tokens: list[str], path: Path | str, title: str):
     """weights: (layers, heads, Tq, Tk) array-like of one sentence; returns the figure."""
     layers, heads = len(weights), len(weights[0])
-    fig, axes = plt.subplots(layers, heads, figsize=(1.2 + 0.35 * len(key_tokens) * heads, 0.6 + 0.38 * len(query_tokens) * layers),
-                             squeeze=False)
+    fig, axes = plt.subplots(layers, heads, figsize=(1.2 + 0.35 * len(key_tokens) * heads,
+                                                     0.6 + 0.38 * len(query_tokens) * layers), squeeze=False)
     for layer in range(layers):
         for head in range(heads):
             ax = axes[layer][head]
@@ -44,5 +44,6 @@ def plot_attention_maps(maps: dict, folder: Path, prefix: str = "") -> dict:
     figures = {}
     for key, title, queries in MAPS:
         name = f"{prefix}{key}.png"
-        figures[name] = plot_attention(maps[key], maps[queries], maps["source"], folder / name, f"{title}: {sentence!r}")
+        figures[name] = plot_attention(maps[key], maps[queries], maps["source"], folder / name,
+                                       f"{title}: {sentence!r}")
     return figures

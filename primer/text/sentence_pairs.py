@@ -80,7 +80,8 @@ def split_pairs(pairs: list, val_fraction: float, test_fraction: float, seed: in
     not on file order or on how many pairs are used.
     """
     if val_fraction + test_fraction >= 1:
-        raise PrimerError(f"val_fraction {val_fraction} + test_fraction {test_fraction} leaves no training pairs; lower them.")
+        raise PrimerError(
+            f"val_fraction {val_fraction} + test_fraction {test_fraction} leaves no training pairs; lower them.")
     splits = {"train": [], "val": [], "test": []}
     for pair in pairs:
         digest = hashlib.blake2b(f"{seed}\t{' '.join(pair[0])}".encode(), digest_size=8).digest()
@@ -151,6 +152,7 @@ def load_translation_data(path, num_pairs: int, val_fraction: float, test_fracti
     splits = split_pairs(read.pairs, val_fraction, test_fraction, seed)
     src_vocab = build_vocab([s for s, _ in splits["train"]], min_freq)
     tgt_vocab = build_vocab([t for _, t in splits["train"]], min_freq)
-    arrays = {name: (to_array([s for s, _ in pairs], src_vocab, num_steps), to_array([t for _, t in pairs], tgt_vocab, num_steps))
+    arrays = {name: (to_array([s for s, _ in pairs], src_vocab, num_steps),
+                     to_array([t for _, t in pairs], tgt_vocab, num_steps))
               for name, pairs in splits.items()}
     return TranslationData(src_vocab, tgt_vocab, splits, arrays, read.skipped)

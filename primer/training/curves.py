@@ -15,7 +15,8 @@ from primer.data.table import write_table  # noqa: E402
 
 def write_history_csv(history: list[dict], path: Path | str) -> None:
     columns = list(dict.fromkeys(k for row in history for k in row))
-    write_table(path, [{k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()} for row in history], columns)
+    write_table(path, [{k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()} for row in history],
+                columns)
 
 
 def plot_history(history: list[dict], path: Path | str, title: str, panels: dict[str, list[str]] | None = None,
@@ -40,7 +41,8 @@ def plot_history(history: list[dict], path: Path | str, title: str, panels: dict
         if best_epoch:
             ax.axvline(best_epoch, color="tab:green", linestyle="--", linewidth=1, label=f"kept: epoch {best_epoch}")
         if stopped:
-            ax.axvline(epochs[-1], color="tab:red", linestyle=":", linewidth=1, label=f"stopped early: epoch {epochs[-1]}")
+            ax.axvline(epochs[-1], color="tab:red", linestyle=":", linewidth=1,
+                       label=f"stopped early: epoch {epochs[-1]}")
         ax.set_xlabel("epoch")
         ax.set_title(name)
         ax.legend()

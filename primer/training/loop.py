@@ -2,7 +2,8 @@
 
 Models honour `logits, loss = model(x, y)`; data comes from `batches(epoch)`, an iterable of
 (x, y) already on the device (so augmentation and sharding stay with the data, and a resumed
-epoch draws the same batches); validation comes from `evaluate(model, epoch) -> {"val/...": value}` (epoch counts from 1).
+epoch draws the same batches); validation comes from `evaluate(model, epoch) -> {"val/...": value}`
+(epoch counts from 1).
 Metrics go to `log(metrics, step)`, a plain function (MLflow's, or nothing) that may queue them; `flush()`
 waits for the queue at each epoch's end. Checkpoints are written
 every epoch (the last weights and optimizer state to resume from, and the best weights so far), and a
@@ -102,7 +103,8 @@ class Fitted:
         """The kept epoch's metrics, how many epochs ran, the best epoch and value, and whether it stopped early."""
         kept = next(row for row in self.history if row["epoch"] == self.best_epoch)
         return {**{k: v for k, v in kept.items() if k != "epoch"}, "epochs": self.history[-1]["epoch"],
-                "best/epoch": self.best_epoch, f"best/{metric.replace('/', '_')}": self.best, "stopped_early": self.stopped_early}
+                "best/epoch": self.best_epoch, f"best/{metric.replace('/', '_')}": self.best,
+                "stopped_early": self.stopped_early}
 
     def log_to(self, run, metric: str) -> None:
         """`best/epoch`, the best value and the `stopped_early` tag, on the stage's tracking run."""
@@ -177,7 +179,8 @@ def fit(
 
     saved = load_matching(checkpoint, fingerprint) if checkpoint else None
     if saved is not None and "best_model" not in saved:
-        print(f"checkpoint {checkpoint} is from a version without best-epoch keeping; training starts fresh", flush=True)
+        print(f"checkpoint {checkpoint} is from a version without best-epoch keeping; training starts fresh",
+              flush=True)
         saved = None
     if saved is not None:
         distributed.unwrap(model).load_state_dict(saved["model"])
@@ -187,16 +190,17 @@ def fit(
         best_epoch, best_state = saved["best_epoch"], saved["best_model"]
         bad_epochs, stopped = saved["bad_epochs"], saved["stopped_early"]
         if distributed.is_main():
-            print(f"{desc}: resumed from {checkpoint} after epoch {start}" + (" (it had stopped early)" if stopped else ""),
-                  flush=True)
+            print(f"{desc}: resumed from {checkpoint} after epoch {start}"
+                  + (" (it had stopped early)" if stopped else ""), flush=True)
     run_began = time.perf_counter()  # for the time left, from the epochs this process has run
     for epoch in range(start, epochs):
         if stopped:
             break
         model.train()
         began, seen, loss_sum, window_sum, window_n, norms = time.perf_counter(), 0, 0.0, 0.0, 0, []
+        # the epoch's summary line is printed below
         bar = tqdm(batches(epoch), desc=f"{desc} epoch {epoch + 1}/{epochs}", unit="batch", leave=False,
-                   total=steps_per_epoch or None, disable=not distributed.is_main())  # the epoch's summary line is printed below
+                   total=steps_per_epoch or None, disable=not distributed.is_main())
         for x, y in bar:
             set_lr(step)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
@@ -243,7 +247,8 @@ def fit(
                 failed.append(exc)
         if distributed.is_main():
             summary = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k.startswith("val/"))
-            print(f"{desc} epoch {epoch + 1}/{epochs}: loss {metrics['train/epoch_loss']:.4f}" + (f", {summary}" if summary else "")
+            print(f"{desc} epoch {epoch + 1}/{epochs}: loss {metrics['train/epoch_loss']:.4f}"
+                  + (f", {summary}" if summary else "")
                   + time_left(time.perf_counter() - run_began, epoch + 1 - start, epochs - epoch - 1), flush=True)
             # on the cadence, at the end, and before an error of `log` stops the run (the rerun resumes here)
             if checkpoint and ((epoch + 1) % checkpoint_every == 0 or last or stopped or failed):
@@ -255,7 +260,8 @@ def fit(
             raise failed[0]
         if stopped and distributed.is_main():
             print(f"{desc}: stopped early after epoch {epoch + 1}: {best_metric} has not improved by more than "
-                  f"{min_delta:g} for {patience} epochs; keeping epoch {best_epoch} ({best_metric} {best:.4g})", flush=True)
+                  f"{min_delta:g} for {patience} epochs; keeping epoch {best_epoch} ({best_metric} {best:.4g})",
+                  flush=True)
     if best_state is not None:
         distributed.unwrap(model).load_state_dict(best_state)
     return Fitted(history, best_epoch, best if best is not None else float("nan"), stopped)

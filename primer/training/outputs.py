@@ -58,13 +58,14 @@ class TrainingOutputs:
         StageRun: `fitted`'s best epoch on `metric`, `summary` as the metrics JSON, and the model served as
         `run.log_served_model(model file, **served)`. Each file is written atomically."""
         with atomic_path(self.model) as tmp:
-            torch.save({"model": model.state_dict(), "model_args": model_args, **(extra or {}), "history": fitted.history,
-                        "best_epoch": fitted.best_epoch, "mlflow_run_id": run.run_id or ""}, tmp)
+            torch.save({"model": model.state_dict(), "model_args": model_args, **(extra or {}),
+                        "history": fitted.history, "best_epoch": fitted.best_epoch, "mlflow_run_id": run.run_id or ""},
+                       tmp)
         write_text(self.metrics, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
         fitted.log_to(run, metric)
         write_history_csv(fitted.history, self.curves)
-        figure = plot_history(fitted.history, self.curves_png, curves.title, curves.panels, best_epoch=fitted.best_epoch,
-                              stopped=fitted.stopped_early)
+        figure = plot_history(fitted.history, self.curves_png, curves.title, curves.panels,
+                              best_epoch=fitted.best_epoch, stopped=fitted.stopped_early)
         run.log_figure(figure, curves.artifact)
         run.log_artifact(self.curves)
         run.log_served_model(self.model, **served)

@@ -71,7 +71,8 @@ class AugmentPolicy:
             blur = v2.GaussianBlur(self.blur_kernel, (self.blur_sigma_min, self.blur_sigma_max))
             steps.append((f"blur k={self.blur_kernel}", blur))
         if self.cutout_size and self.cutout_count:
-            steps.append((f"cutout {self.cutout_count}×{self.cutout_size}", Cutout(self.cutout_size, self.cutout_count)))
+            steps.append((f"cutout {self.cutout_count}×{self.cutout_size}",
+                          Cutout(self.cutout_size, self.cutout_count)))
         return steps
 
     def compose(self) -> v2.Compose:

@@ -87,9 +87,11 @@ def photo_array(photo: bytes | np.ndarray, size: int, draft_oversample: int = 2,
     else:
         array = np.asarray(photo)
         if array.dtype != np.uint8 or array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] != 3):
-            raise PrimerError(f"a photo array must be uint8 of shape (H, W, 3) or (H, W), not {array.dtype} {array.shape}.")
+            raise PrimerError(
+                f"a photo array must be uint8 of shape (H, W, 3) or (H, W), not {array.dtype} {array.shape}.")
         refuse_too_many_pixels(array.shape[1], array.shape[0], max_pixels)
-        chw = torch.from_numpy(np.ascontiguousarray(array if array.ndim == 3 else np.repeat(array[..., None], 3, axis=2)))
+        chw = torch.from_numpy(
+            np.ascontiguousarray(array if array.ndim == 3 else np.repeat(array[..., None], 3, axis=2)))
         chw = chw.permute(2, 0, 1)
     return TF.resize(chw, [size, size], antialias=True).permute(1, 2, 0).numpy()
 
@@ -121,7 +123,8 @@ def _fill(item: tuple[int, str]) -> int:
 
 
 def write_image_array(
-    root: Path | str, rel_paths: list[str], size: int, out: Path | str, num_workers: int, draft_oversample: int, desc: str
+    root: Path | str, rel_paths: list[str], size: int, out: Path | str, num_workers: int,
+    draft_oversample: int, desc: str
 ) -> None:
     """Write `out` (.npy, uint8, (len(rel_paths), size, size, 3)), row i from `root / rel_paths[i]`."""
     shape = (len(rel_paths), size, size, 3)

@@ -67,7 +67,8 @@ def load_arrays(folder: Path | str, train_size: int, eval_size: int, splits=("tr
         images = _read_npy(folder / f"{split}_images.npy", mmap_mode="r")
         labels = _read_npy(folder / f"{split}_labels.npy")
         if len(images) != meta["counts"][split] or len(labels) != len(images):
-            raise PrimerError(f"{folder}/{split}_images.npy does not match meta.json; rerun the augment stage (dvc repro augment).")
+            raise PrimerError(f"{folder}/{split}_images.npy does not match meta.json; "
+                              "rerun the augment stage (dvc repro augment).")
         data[split] = (torch.from_numpy(np.array(images)), torch.from_numpy(labels))  # read into memory once
     return data
 
@@ -120,7 +121,8 @@ def train_batches(
 def eval_batches(
     images: torch.Tensor, labels: torch.Tensor, batch_size: int, device: torch.device, channels_last: bool
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    order = torch.arange(len(images), device=images.device)[distributed.rank() :: distributed.world()]  # every image, once
+    # every image, once
+    order = torch.arange(len(images), device=images.device)[distributed.rank() :: distributed.world()]
     labels = labels.to(images.device)
     for start in range(0, len(order), batch_size):
         index = order[start : start + batch_size]

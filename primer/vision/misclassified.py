@@ -27,8 +27,8 @@ def plot_misclassified(images: torch.Tensor, labels: torch.Tensor, probabilities
     for ax, i in zip(axes.flat, chosen):
         ax.imshow(images[i].numpy())
         ax.set_title(f"{classes[int(labels[i])]} {probabilities[i]:.2f}", fontsize=8)
-    fig.suptitle(f"{len(wrong)} of {len(labels)} test images misclassified" + (f" (first {len(chosen)} shown)" if len(chosen) < len(wrong) else ""),
-                 fontsize=9)
+    fig.suptitle(f"{len(wrong)} of {len(labels)} test images misclassified"
+                 + (f" (first {len(chosen)} shown)" if len(chosen) < len(wrong) else ""), fontsize=9)
     fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=80)

@@ -30,7 +30,7 @@ from torchvision import transforms
 
 from primer.devices import use_bf16
 from primer.models.cnn import PrimerCNN
-from primer.training.loop import compile_model, fit, make_optimizer
+from primer.training.loop import FitConfig, compile_model, fit, make_optimizer
 from primer.vision.augment_policy import AugmentPolicy
 from primer.vision.image_arrays import write_image_array
 from primer.vision.image_batches import train_batches
@@ -91,7 +91,7 @@ def our_loop(images, labels, steps: int, warmup: int, batch: int, device, compil
         return timed_batches(train_batches(images, labels, batch, policy, 0, epoch, device, channels_last=True),
                              warmup, steps, device, stamps)
 
-    fit(model, optimizer, batches, lambda m, epoch: {"val/loss": 0.0}, 1, device=device, bf16=bf16, log_every=10**9)
+    fit(model, optimizer, batches, lambda m, epoch: {"val/loss": 0.0}, FitConfig(1, bf16=bf16, log_every=10**9))
     epoch = train_batches(images, labels, batch, policy, 0, 1, device, channels_last=True)
     next(epoch)  # the epoch's first batch also moves its order to the device: once an epoch, not per step
 

@@ -23,7 +23,7 @@ from primer.host_sync import HostSyncs
 from primer.models.cnn import build_cnn
 from primer.models.rnn import RNNLM
 from primer.models.transformer import Seq2SeqTransformer
-from primer.training.loop import fit
+from primer.training.loop import FitConfig, fit
 from primer.vision.augment_policy import AugmentPolicy
 from primer.vision.image_batches import train_batches
 
@@ -36,10 +36,10 @@ EVERY = dict(crop_size=48, hflip=0.5, vflip=0.3, rotate_deg=15, brightness=0.5, 
              perspective=0.3, perspective_p=0.5, blur_kernel=5, cutout_size=8, cutout_count=2)
 
 
-def run(model, optimizer, batches, **kwargs) -> tuple[int, dict, list]:
+def run(model, optimizer, batches, count=lambda x, y: len(x)) -> tuple[int, dict, list]:
     syncs = HostSyncs()
-    history = fit(model, optimizer, syncs.watch(batches), lambda m, e: {"val/loss": 0.0}, 2, device=CPU,
-                  grad_clip=1.0, log_every=10**9, **kwargs).history
+    history = fit(model, optimizer, syncs.watch(batches), lambda m, e: {"val/loss": 0.0},
+                  FitConfig(2, grad_clip=1.0, log_every=10**9), count=count).history
     return syncs.steps, dict(syncs.found), [row["train/epoch_loss"] for row in history]
 
 

@@ -26,7 +26,7 @@ from d2l import torch as d2l
 
 from primer.models.rnn import RNNLM
 from primer.text.corpus import Vocab, load_corpus, seq_data_iter_random
-from primer.training.loop import compile_model, fit, make_optimizer
+from primer.training.loop import FitConfig, compile_model, fit, make_optimizer
 
 from bench_device import add_device_args, choose_device, describe, syncs_per_step, timed_batches, untimed_steps
 
@@ -117,8 +117,8 @@ def our_rate(cell: str, impl: str, v: int, batches: list, warmup: int, device, c
     optimizer, stamps = make_optimizer(model, "sgd", 1.0), {}
     steps = len(batches) - warmup
     fit(model, optimizer, lambda epoch: timed_batches(batches, warmup, steps, device, stamps),
-        lambda m, e: {"val/loss": 0.0}, 1, device=device, grad_clip=1.0, log_every=10**9, count=lambda x, y: x.numel(),
-        unit="tok")
+        lambda m, e: {"val/loss": 0.0}, FitConfig(1, grad_clip=1.0, log_every=10**9, unit="tok"),
+        count=lambda x, y: x.numel())
     x, y = batches[-1]
 
     def step():

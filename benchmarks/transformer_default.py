@@ -73,7 +73,7 @@ def worker(args) -> None:
     from primer.devices import configure_device, pick_device, use_bf16
     from primer.models.transformer import Seq2SeqTransformer
     from primer.text.sentence_pairs import BOS, EOS, PAD, load_translation_data
-    from primer.training.loop import compile_model, fit, make_optimizer
+    from primer.training.loop import FitConfig, compile_model, fit, make_optimizer
 
     params = yaml.safe_load((args.tree / "params.yaml").read_text())
     p, seed = params["train_transformer"], params["seed"]
@@ -114,9 +114,9 @@ def worker(args) -> None:
             _sync(device)
             stamps["end"] = time.perf_counter()
 
-        fit(model, optimizer, epoch, lambda _m, _e: {}, 1, device=device, grad_clip=p["grad_clip"], bf16=bf16,
-            log_every=10**9, best_metric="train/epoch_loss", steps_per_epoch=len(batches), desc="benchmark",
-            count=lambda x, y: (y != pad).sum(), unit="tok")
+        config = FitConfig(1, grad_clip=p["grad_clip"], bf16=bf16, log_every=10**9, best_metric="train/epoch_loss",
+                           steps_per_epoch=len(batches), unit="tok", desc="benchmark")
+        fit(model, optimizer, epoch, lambda _m, _e: {}, config, count=lambda x, y: (y != pad).sum())
         rates.append(tokens / (stamps["end"] - stamps["start"]))
     model.train()
     with FlopCounterMode(display=False) as counter:  # the same batches once more, counted

@@ -29,28 +29,14 @@ from primer.devices import configure_device, pick_device, use_bf16
 from primer.models.cnn import ARCHS, build_cnn
 from primer.params import choice, flag, integer, number, output_only, result_values, run_only, some_of
 from primer.stage import cli, load_checked, open_stage, stage_parser
-from primer.training.checkpoint import fingerprint
-from primer.training.loop import (
-    COMPILE_MODES,
-    FIT_KEYS,
-    OPTIMIZERS,
-    check_fit_params,
-    compile_model,
-    fit,
-    fit_schema,
-    make_optimizer,
-)
+from primer.training.checkpoint import Checkpoint, fingerprint
+from primer.training.loop import (COMPILE_MODES, OPTIMIZERS, FitConfig, check_fit_params, compile_model, fit,
+                                  fit_schema, make_optimizer)
 from primer.training.outputs import Curves, TrainingOutputs, add_training_outputs
 from primer.vision.augment_policy import AugmentPolicy, augment_schema, check_augment
 from primer.vision.image_arrays import png_bytes
-from primer.vision.image_batches import (
-    data_identity,
-    eval_batches,
-    evaluate_binary,
-    load_arrays,
-    train_batches,
-    train_steps,
-)
+from primer.vision.image_batches import (data_identity, eval_batches, evaluate_binary, load_arrays, train_batches,
+                                         train_steps)
 
 AUGMENT = augment_schema()
 SCHEMA = {
@@ -129,18 +115,16 @@ def train(args, params: dict, run, device: torch.device) -> None:
     bf16 = use_bf16(device, p["bf16"])
     run.set_tags({"bf16": bf16, "world_size": distributed.world()})
     fitted = fit(
-        net, optimizer,
-        batches=partial(_train_epoch, train_x, train_y, p, policy, seed, device),
-        evaluate=lambda _model, _epoch: evaluate_binary(
+        net, optimizer, partial(_train_epoch, train_x, train_y, p, policy, seed, device),
+        lambda _model, _epoch: evaluate_binary(
             model, eval_batches(val_x, val_y, p["batch_size"], device, p["channels_last"]), bf16, device),
-        epochs=p["epochs"], device=device, grad_clip=p["grad_clip"], bf16=bf16,
-        checkpoint=args.checkpoint,
-        fingerprint=fingerprint(train=result_values(p, SCHEMA["train_cnn"]),
-                                augment=result_values(aug, SCHEMA["augment"].schema), seed=seed,
-                                data=data_identity(args.arrays), world=distributed.world()),
-        model_args=p["model"], log=run.log_metrics, flush=run.flush, log_every=p["log_every"],
-        best_metric="val/acc", higher_is_better=True, **{k: p[k] for k in FIT_KEYS},
-        steps_per_epoch=train_steps(len(train_x), p["batch_size"]), unit="img", desc="train_cnn",
+        FitConfig.from_params(p, bf16=bf16, best_metric="val/acc", higher_is_better=True, desc="train_cnn",
+                              steps_per_epoch=train_steps(len(train_x), p["batch_size"])),
+        Checkpoint(args.checkpoint, fingerprint(train=result_values(p, SCHEMA["train_cnn"]),
+                                                augment=result_values(aug, SCHEMA["augment"].schema), seed=seed,
+                                                data=data_identity(args.arrays), world=distributed.world()),
+                   model_args=p["model"]),
+        run,
     )
     if not distributed.is_main():
         return

@@ -19,6 +19,7 @@ import math
 import random
 from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 
@@ -27,26 +28,11 @@ from primer.errors import PrimerError
 from primer.models.rnn import RNNLM, generate, perplexity
 from primer.params import choice, each_of, integer, number, output_only, result_values, run_only, text
 from primer.stage import cli, open_stage, stage_parser
-from primer.text.corpus import (
-    Vocab,
-    epoch_positions,
-    gather_batches,
-    load_corpus,
-    num_batches,
-    seq_data_iter_random,
-    seq_data_iter_sequential,
-    split_tail,
-)
-from primer.training.checkpoint import fingerprint
-from primer.training.loop import (
-    COMPILE_MODES,
-    FIT_KEYS,
-    check_fit_params,
-    compile_model,
-    fit,
-    fit_schema,
-    make_optimizer,
-)
+from primer.text.corpus import (Vocab, epoch_positions, gather_batches, load_corpus, num_batches, seq_data_iter_random,
+                                seq_data_iter_sequential, split_tail)
+from primer.training.checkpoint import Checkpoint, fingerprint
+from primer.training.loop import (COMPILE_MODES, FitConfig, check_fit_params, compile_model, fit, fit_schema,
+                                  make_optimizer)
 from primer.training.outputs import Curves, TrainingOutputs, add_training_outputs
 
 VARIANT = {
@@ -172,15 +158,14 @@ def train(args, params: dict, run, corpus: str) -> None:
 
     steps = num_batches(len(train_ids), p["batch_size"], p["num_steps"], p["sampling"] == "sequential")
     fitted = fit(
-        model, optimizer, batches_for(model, train_ids, p, seed, device), evaluate, p["epochs"],
-        device=device, grad_clip=p["grad_clip"], checkpoint=args.checkpoint,
-        fingerprint=fingerprint(model=model_args, variant=result_values(variant, VARIANT), train=shared_results(p),
-                                seed=seed, vocab=vocab.idx_to_token, chars=len(ids)),
-        model_args=model_args, extra={"vocab": vocab.idx_to_token}, log=log, flush=run.flush, log_every=p["log_every"],
-        best_metric="val/ppl", higher_is_better=False, **{k: p[k] for k in FIT_KEYS if k != "patience"},
-        patience=variant["patience"], steps_per_epoch=steps, val_every=p["val_every"],
-        checkpoint_every=p["checkpoint_every"],
-        count=lambda x, y: x.numel(), unit="tok", desc=f"train_lm@{args.variant}",
+        model, optimizer, batches_for(model, train_ids, p, seed, device), evaluate,
+        FitConfig.from_params(p, patience=variant["patience"], best_metric="val/ppl", steps_per_epoch=steps,
+                              unit="tok", desc=f"train_lm@{args.variant}"),
+        Checkpoint(args.checkpoint, fingerprint(model=model_args, variant=result_values(variant, VARIANT),
+                                                train=shared_results(p), seed=seed, vocab=vocab.idx_to_token,
+                                                chars=len(ids)),
+                   model_args=model_args, extra={"vocab": vocab.idx_to_token}),
+        SimpleNamespace(log_metrics=log, flush=run.flush), count=lambda x, y: x.numel(),
     )
     for row in fitted.history:
         row["train/ppl"] = math.exp(row["train/epoch_loss"])

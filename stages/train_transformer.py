@@ -29,16 +29,9 @@ from primer.stage import cli, open_stage, stage_parser
 from primer.text.attention_plot import plot_attention_maps
 from primer.text.length_batches import bucketed_batches
 from primer.text.sentence_pairs import BOS, EOS, PAD, load_translation_data
-from primer.training.checkpoint import fingerprint
-from primer.training.loop import (
-    COMPILE_MODES,
-    FIT_KEYS,
-    check_fit_params,
-    compile_model,
-    fit,
-    fit_schema,
-    make_optimizer,
-)
+from primer.training.checkpoint import Checkpoint, fingerprint
+from primer.training.loop import (COMPILE_MODES, FitConfig, check_fit_params, compile_model, fit, fit_schema,
+                                  make_optimizer)
 from primer.training.outputs import Curves, TrainingOutputs, add_training_outputs
 
 SCHEMA = {
@@ -135,13 +128,13 @@ def train(args, params: dict, run) -> None:
     vocabs = {"src_vocab": data.src_vocab.idx_to_token, "tgt_vocab": tgt.idx_to_token}
     metric = "val/loss" if len(val_src) else "train/epoch_loss"
     fitted = fit(
-        model, optimizer, shuffled_batches(train_src, train_tgt, p["batch_size"], seed, device, pad), evaluate, p["epochs"],
-        device=device, grad_clip=p["grad_clip"], bf16=bf16, checkpoint=args.checkpoint,
-        fingerprint=fingerprint(model=model_args, train=result_values(p, SCHEMA["train_transformer"]),
-                                seed=seed, vocabs=vocabs, pairs=len(train_src)),
-        model_args=model_args, extra=vocabs, log=run.log_metrics, flush=run.flush, log_every=p["log_every"],
-        best_metric=metric, **{k: p[k] for k in FIT_KEYS}, steps_per_epoch=-(-len(train_src) // p["batch_size"]),
-        count=lambda x, y: (y != pad).sum(), unit="tok", desc="train_transformer",
+        model, optimizer, shuffled_batches(train_src, train_tgt, p["batch_size"], seed, device, pad), evaluate,
+        FitConfig.from_params(p, bf16=bf16, best_metric=metric, steps_per_epoch=-(-len(train_src) // p["batch_size"]),
+                              unit="tok", desc="train_transformer"),
+        Checkpoint(args.checkpoint, fingerprint(model=model_args, train=result_values(p, SCHEMA["train_transformer"]),
+                                                seed=seed, vocabs=vocabs, pairs=len(train_src)),
+                   model_args=model_args, extra=vocabs),
+        run, count=lambda x, y: (y != pad).sum(),
     )
     report(args, p, model, model_args, vocabs, data, fitted, metric, device, run)
 

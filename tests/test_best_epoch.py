@@ -8,13 +8,15 @@ import json
 import subprocess
 import sys
 from argparse import Namespace
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from torch.optim import lr_scheduler
 
-from primer.training.loop import fit
+from primer.training.checkpoint import Checkpoint
+from primer.training.loop import FitConfig, fit
 from primer.training.schedule import lr_factor
 
 from conftest import REPO, tiny_cnn_params, venv_env, write_tiny_arrays
@@ -32,7 +34,7 @@ class Toy(torch.nn.Module):
         return logits, (None if y is None else torch.nn.functional.mse_loss(logits, y))
 
 
-def toy_fit(tmp_path, scores: list[float], checkpoint=None, die_in_epoch: int | None = None, **options):
+def toy_fit(tmp_path, scores: list[float], checkpoint=None, die_in_epoch: int | None = None, log=None, **options):
     """fit over len(scores) epochs of 4 steps whose val/acc at epoch e is scores[e - 1]; returns
     (result, the weights at the end of each epoch, the model)."""
     torch.manual_seed(0)
@@ -50,9 +52,10 @@ def toy_fit(tmp_path, scores: list[float], checkpoint=None, die_in_epoch: int | 
         weights[epoch] = {k: v.clone() for k, v in m.state_dict().items()}
         return {"val/acc": scores[epoch - 1]}
 
-    result = fit(model, torch.optim.SGD(model.parameters(), lr=0.1), batches, evaluate, len(scores),
-                 device=torch.device("cpu"), checkpoint=checkpoint, fingerprint="toy", best_metric="val/acc",
-                 higher_is_better=True, steps_per_epoch=4, **options)
+    config = FitConfig(len(scores), best_metric="val/acc", higher_is_better=True, steps_per_epoch=4, **options)
+    result = fit(model, torch.optim.SGD(model.parameters(), lr=0.1), batches, evaluate, config,
+                 Checkpoint(checkpoint, "toy") if checkpoint else None,
+                 SimpleNamespace(log_metrics=log, flush=lambda: None) if log else None)
     return result, weights, model
 
 
@@ -208,7 +211,8 @@ def test_a_failing_log_still_gets_its_epoch_checkpointed_between_cadence_points(
             raise ConnectionError("store gone")
 
     with pytest.raises(ConnectionError):
-        fit(model, torch.optim.SGD(model.parameters(), lr=0.1), lambda e: [(x[i * 4:(i + 1) * 4], y[i * 4:(i + 1) * 4]) for i in range(4)],
-            lambda m, e: {"val/loss": 1.0 / e}, 6, device=torch.device("cpu"), checkpoint=checkpoint, fingerprint="toy",
-            log=log, log_every=1, checkpoint_every=5)
+        fit(model, torch.optim.SGD(model.parameters(), lr=0.1),
+            lambda e: [(x[i * 4:(i + 1) * 4], y[i * 4:(i + 1) * 4]) for i in range(4)],
+            lambda m, e: {"val/loss": 1.0 / e}, FitConfig(6, log_every=1, checkpoint_every=5), Checkpoint(checkpoint, "toy"),
+            SimpleNamespace(log_metrics=log, flush=lambda: None))
     assert torch.load(checkpoint, weights_only=True)["epoch"] == 3

@@ -8,14 +8,15 @@ import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
 import torch
 from torch import nn
 
 from primer.models.cnn import PrimerCNN, ResidualCNN, build_cnn
-from primer.training.checkpoint import fingerprint, load_matching
-from primer.training.loop import fit, make_optimizer
+from primer.training.checkpoint import Checkpoint, fingerprint, load_matching
+from primer.training.loop import FitConfig, fit, make_optimizer
 from primer.vision.augment_policy import AugmentPolicy
 from primer.vision.image_batches import eval_batches, evaluate_binary, load_arrays, train_batches
 
@@ -69,9 +70,11 @@ def train_tiny(folder, epochs: int, checkpoint=None, batches_hook=None, seed: in
 
     logged = []
     history = fit(
-        model, optimizer, batches, lambda m, epoch: evaluate_binary(model, eval_batches(vx, vy, 8, device, True), False, device),
-        epochs, device=device, checkpoint=checkpoint, fingerprint=fingerprint(seed=seed, epochs=epochs),
-        model_args={"width": 8}, log=lambda m, s: logged.append((s, m)), log_every=2, best_metric="val/acc", higher_is_better=True,
+        model, optimizer, batches,
+        lambda m, epoch: evaluate_binary(model, eval_batches(vx, vy, 8, device, True), False, device),
+        FitConfig(epochs, log_every=2, best_metric="val/acc", higher_is_better=True),
+        Checkpoint(checkpoint, fingerprint(seed=seed, epochs=epochs), model_args={"width": 8}) if checkpoint else None,
+        SimpleNamespace(log_metrics=lambda m, s: logged.append((s, m)), flush=lambda: None),
     ).history
     return history, logged, model
 

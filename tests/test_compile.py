@@ -12,7 +12,7 @@ from primer.devices import configure_device
 from primer.errors import PrimerError
 from primer.models.rnn import RNNLM
 from primer.params import load_params
-from primer.training.loop import compile_model, fit, make_optimizer
+from primer.training.loop import FitConfig, compile_model, fit, make_optimizer
 from stages import train_cnn, train_lm, train_transformer
 
 from conftest import REPO
@@ -48,8 +48,8 @@ def test_a_compiled_model_trains_as_the_eager_one_and_keeps_its_state_dict_keys(
     x, y = torch.randint(0, 12, (6, 4, 6)), torch.randint(0, 12, (6, 4, 6))
     losses = []
     for model in (eager, compiled):
-        history = fit(model, make_optimizer(model, "sgd", 1.0), lambda epoch: zip(x, y), lambda m, e: {"val/loss": 0.0}, 2,
-                      device=torch.device("cpu"), grad_clip=1.0, log_every=10**9).history
+        history = fit(model, make_optimizer(model, "sgd", 1.0), lambda epoch: zip(x, y), lambda m, e: {"val/loss": 0.0},
+                      FitConfig(2, grad_clip=1.0, log_every=10**9)).history
         losses.append([row["train/epoch_loss"] for row in history])
     assert losses[0] == pytest.approx(losses[1], rel=1e-5)
     with pytest.raises(PrimerError, match="compile mode is 'max'"):

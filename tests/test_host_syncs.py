@@ -18,7 +18,7 @@ from primer.host_sync import HostSyncs
 from primer.models.cnn import build_cnn
 from primer.models.rnn import RNNLM
 from primer.models.transformer import Seq2SeqTransformer
-from primer.training.loop import fit, make_optimizer
+from primer.training.loop import FitConfig, fit, make_optimizer
 from primer.vision.augment_policy import AugmentPolicy
 from primer.vision.image_batches import train_batches
 from stages.train_lm import batches_for
@@ -37,10 +37,10 @@ def _two_threads():
     torch.set_num_threads(threads)
 
 
-def run(model, optimizer, batches, device=CPU, log_every=10**9, **kwargs) -> tuple[HostSyncs, list, list]:
+def run(model, optimizer, batches, log_every=10**9, count=lambda x, y: len(x), unit="img") -> tuple[HostSyncs, list, list]:
     syncs = HostSyncs()
-    fitted = fit(model, optimizer, syncs.watch(batches), lambda m, e: {"val/loss": 0.0}, 1, device=device,
-                 grad_clip=1.0, log_every=log_every, **kwargs)
+    fitted = fit(model, optimizer, syncs.watch(batches), lambda m, e: {"val/loss": 0.0},
+                 FitConfig(1, grad_clip=1.0, log_every=log_every, unit=unit), count=count)
     return syncs, syncs.steps, [row["train/epoch_loss"] for row in fitted.history]
 
 
@@ -137,9 +137,10 @@ def test_on_cuda_no_step_synchronises():
                 torch.cuda.set_sync_debug_mode("default")
         return wrapped
 
-    fit(model, optimizer, strict(batches), lambda m, e: {"val/loss": 0.0}, 1, device=cuda, grad_clip=1.0, log_every=10**9)
+    config = FitConfig(1, grad_clip=1.0, log_every=10**9)
+    fit(model, optimizer, strict(batches), lambda m, e: {"val/loss": 0.0}, config)
     fit(lm, make_optimizer(lm, "sgd", 1.0), strict(batches_for(lm, ids, {**LM, "sampling": "random"}, 0, cuda)),
-        lambda m, e: {"val/loss": 0.0}, 1, device=cuda, grad_clip=1.0, log_every=10**9)
+        lambda m, e: {"val/loss": 0.0}, config)
 
 
 def test_fused_adam_on_the_cpu_takes_the_per_tensor_adams_steps():

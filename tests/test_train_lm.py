@@ -63,8 +63,8 @@ def lm_fit(tmp_path, epochs: int, checkpoint=None, hook=None, sampling: str = "s
     """fit() wired as the train_lm stage wires it (its own batches and perplexity), on a tiny corpus."""
     from primer.models.rnn import perplexity
     from primer.text.corpus import Vocab, split_tail
-    from primer.training.checkpoint import fingerprint
-    from primer.training.loop import fit, make_optimizer
+    from primer.training.checkpoint import Checkpoint, fingerprint
+    from primer.training.loop import FitConfig, fit, make_optimizer
     from stages.train_lm import batches_for
 
     torch.manual_seed(0)
@@ -82,9 +82,10 @@ def lm_fit(tmp_path, epochs: int, checkpoint=None, hook=None, sampling: str = "s
             yield batch
 
     return fit(model, make_optimizer(model, "sgd", 1.0), interrupted,
-               lambda m, e: {"val/ppl": perplexity(model, val_ids, p["num_steps"], torch.device("cpu"))}, epochs,
-               device=torch.device("cpu"), grad_clip=1.0, checkpoint=checkpoint, fingerprint=fingerprint(e=epochs),
-               extra={"vocab": vocab.idx_to_token}, best_metric="val/ppl", count=lambda x, y: x.numel(), unit="tok").history
+               lambda m, e: {"val/ppl": perplexity(model, val_ids, p["num_steps"], torch.device("cpu"))},
+               FitConfig(epochs, grad_clip=1.0, best_metric="val/ppl", unit="tok"),
+               Checkpoint(checkpoint, fingerprint(e=epochs), extra={"vocab": vocab.idx_to_token}) if checkpoint else None,
+               count=lambda x, y: x.numel()).history
 
 
 @pytest.mark.parametrize("sampling", ["random", "sequential"])

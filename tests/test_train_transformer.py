@@ -15,8 +15,8 @@ from primer.models.decoding import greedy_decode
 from primer.models.transformer import Seq2SeqTransformer
 from primer.text.bleu import corpus_bleu, sentence_bleu
 from primer.text.sentence_pairs import BOS, EOS, PAD, build_vocab, ids_to_sentence, to_array
-from primer.training.checkpoint import fingerprint
-from primer.training.loop import fit, make_optimizer
+from primer.training.checkpoint import Checkpoint, fingerprint
+from primer.training.loop import FitConfig, fit, make_optimizer
 
 from conftest import REPO, venv_env
 
@@ -62,9 +62,10 @@ def fit_pairs(tmp_path, epochs, checkpoint=None, hook=None, dropout=0.0):
                 hook(epoch, i)
             yield batch
 
-    history = fit(model, make_optimizer(model, "adam", 0.01), interrupted, lambda m, e: {}, epochs,
-                  device=torch.device("cpu"), grad_clip=1.0, checkpoint=checkpoint, fingerprint=fingerprint(e=epochs),
-                  best_metric="train/epoch_loss", count=lambda x, y: (y != model.pad_id).sum(), unit="tok").history
+    history = fit(model, make_optimizer(model, "adam", 0.01), interrupted, lambda m, e: {},
+                  FitConfig(epochs, grad_clip=1.0, best_metric="train/epoch_loss", unit="tok"),
+                  Checkpoint(checkpoint, fingerprint(e=epochs)) if checkpoint else None,
+                  count=lambda x, y: (y != model.pad_id).sum()).history
     return model, history, (src_vocab, tgt_vocab), (src, tgt), pairs
 
 

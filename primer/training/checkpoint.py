@@ -7,6 +7,7 @@ import hashlib
 import json
 import random
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -84,3 +85,22 @@ def load_matching(path: Path | str, expected_fingerprint: str) -> dict | None:
         print(f"checkpoint {path} was made for other model args, params or data; training starts fresh", flush=True)
         return None
     return checkpoint
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Where a training run keeps the state to resume from, the fingerprint a checkpoint must carry to
+    be resumed (the run's result params and data), and what is saved beside the state: the model's
+    constructor args and plain data such as a vocabulary."""
+
+    path: Path | str
+    fingerprint: str = ""
+    model_args: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
+
+    def load(self) -> dict | None:
+        """The checkpoint to resume from, or None (missing, unreadable, or made for another run)."""
+        return load_matching(self.path, self.fingerprint)
+
+    def save(self, **state) -> None:
+        save(self.path, **state, model_args=self.model_args, fingerprint=self.fingerprint, **self.extra)

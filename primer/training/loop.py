@@ -3,11 +3,10 @@
 Models honour `logits, loss = model(x, y)`; data comes from `batches(epoch)`, an iterable of
 (x, y) already on the device (so augmentation and sharding stay with the data, and a resumed
 epoch draws the same batches); validation comes from `evaluate(model, epoch) -> {"val/...": value}`
-(epoch counts from 1).
-Metrics go to `log(metrics, step)`, a plain function (MLflow's, or nothing) that may queue them; `flush()`
-waits for the queue at each epoch's end. Checkpoints are written
-every epoch (the last weights and optimizer state to resume from, and the best weights so far), and a
-matching one is resumed from. The model ends holding its best epoch's weights. A `log` that fails
+(epoch counts from 1); the loop's policies are one `FitConfig`. Metrics go to a tracker (the stage's
+MLflow run, or `NoTracking`) that may queue them; its `flush()` waits for the queue at each epoch's end.
+Checkpoints hold the last weights and optimizer state to resume from and the best weights so far, and a
+matching one is resumed from. The model ends holding its best epoch's weights. A tracker that fails
 mid-epoch (a tracking server that died) is not called again; its error is raised once the epoch's
 checkpoint is written, so nothing trained is lost and a rerun resumes.
 """
@@ -15,8 +14,7 @@ checkpoint is written, so nothing trained is lost and a rerun resumes.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from pathlib import Path
+from dataclasses import dataclass, fields
 from typing import Callable, Iterable
 
 import torch
@@ -25,11 +23,11 @@ from tqdm import tqdm
 from primer import distributed
 from primer.errors import PrimerError
 from primer.params import choice, integer, number
-from primer.training.checkpoint import load_matching, rng_state, save, set_rng_state
-from primer.training.schedule import SCHEDULES, check_schedule, lr_factor
+from primer.training.checkpoint import Checkpoint, rng_state, set_rng_state
+from primer.training.early_stopping import EarlyStopping
+from primer.training.schedule import SCHEDULES, ScheduledLr, check_schedule
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
-FIT_KEYS = ("patience", "min_delta", "schedule", "warmup_epochs")
 COMPILE_MODES = ("off", "default", "reduce-overhead")  # torch.compile modes; reduce-overhead adds CUDA graphs
 
 
@@ -112,156 +110,152 @@ class Fitted:
         run.set_tags({"stopped_early": str(self.stopped_early).lower(), "epochs_run": self.history[-1]["epoch"]})
 
 
+@dataclass(frozen=True)
+class FitConfig:
+    """The loop's policies: how long, how each step is taken, which epoch is kept and when to stop, and
+    how often to log, validate and checkpoint. `steps_per_epoch` sizes the lr schedule and the progress
+    bar (a schedule or a warmup needs it); `unit` names what `count` counts, for the rate."""
+
+    epochs: int
+    steps_per_epoch: int = 0
+    grad_clip: float = 0.0
+    bf16: bool = False
+    schedule: str = "constant"
+    warmup_epochs: float = 0.0
+    best_metric: str = "val/loss"
+    higher_is_better: bool = False
+    patience: int = 0
+    min_delta: float = 0.0
+    val_every: int = 1
+    checkpoint_every: int = 1
+    log_every: int = 10
+    unit: str = "img"
+    desc: str = "train"
+
+    @classmethod
+    def from_params(cls, section: dict, **settings) -> FitConfig:
+        """The fields a stage's params section holds under these names (epochs, grad_clip, schedule, ...),
+        then `settings`, which win (a resolved bf16, the selection metric, the stage's name)."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{**{k: v for k, v in section.items() if k in names}, **settings})
+
+
+class NoTracking:
+    """A tracker that keeps nothing: what `fit` needs of a stage's tracking run is these two methods."""
+
+    def log_metrics(self, metrics: dict, step: int | None = None) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+
 def fit(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     batches: Callable[[int], Iterable[tuple[torch.Tensor, torch.Tensor]]],
     evaluate: Callable[[torch.nn.Module, int], dict],
-    epochs: int,
-    *,
-    device: torch.device,
-    grad_clip: float = 0.0,
-    bf16: bool = False,
-    checkpoint: Path | str | None = None,
-    fingerprint: str = "",
-    model_args: dict | None = None,
-    extra: dict | None = None,
-    log: Callable[[dict, int], None] = lambda metrics, step: None,
-    flush: Callable[[], None] = lambda: None,
-    log_every: int = 10,
-    best_metric: str = "val/loss",
-    higher_is_better: bool = False,
-    patience: int = 0,
-    min_delta: float = 0.0,
-    schedule: str = "constant",
-    warmup_epochs: float = 0.0,
-    steps_per_epoch: int = 0,
-    val_every: int = 1,
-    checkpoint_every: int = 1,
+    config: FitConfig,
+    checkpoint: Checkpoint | None = None,
+    tracker=None,
     count: Callable[[torch.Tensor, torch.Tensor], int | torch.Tensor] = lambda x, y: len(x),
-    unit: str = "img",
-    desc: str = "train",
 ) -> Fitted:
-    """Train for `epochs` (resuming a matching checkpoint) and load the best epoch's weights into `model`.
+    """Train for `config.epochs` (resuming `checkpoint` when it matches) and load the best epoch's
+    weights into `model`.
 
-    The best epoch is the last one that beat the best so far by more than `min_delta` on
-    `best_metric`; `patience` > 0 stops after that many epochs without one. The lr of each step is
-    the optimizer's lr times `lr_factor(schedule, ...)` over `epochs * steps_per_epoch` steps (needed
-    for any schedule but a constant lr without warmup). `extra` (plain data, e.g. a vocabulary) is
-    saved in every checkpoint beside the training state; `count(x, y)` is how many `unit`s a batch
-    holds (images, tokens), for the rate. `val_every` and `checkpoint_every` space out validation and
-    checkpoints (in epochs; the last epoch always has both), for epochs too short to pay them each time: the
-    best epoch is then the best validated one, `patience` still counts epochs, and a killed run resumes from
-    the last checkpoint written.
+    The kept epoch and early stopping follow `EarlyStopping`, the lr of each step `ScheduledLr`.
+    `count(x, y)` is how many `config.unit`s a batch holds (images, tokens), for the rate.
+    `val_every` and `checkpoint_every` space out validation and checkpoints (in epochs; the last epoch
+    always has both), for epochs too short to pay them each time: the best epoch is then the best
+    validated one, `patience` still counts epochs, and a killed run resumes from the last checkpoint
+    written. Metrics go to `tracker.log_metrics(metrics, step)`; `tracker.flush()` ends each epoch.
     """
+    c, tracker = config, tracker or NoTracking()
+    device = next(distributed.unwrap(model).parameters()).device
     start, step, history = 0, 0, []
-    best, best_epoch, best_state, bad_epochs, stopped = None, 0, None, 0, False
-    failed: list[BaseException] = []  # the first error of `log`: raised after the epoch's checkpoint
+    keep = EarlyStopping(c.best_metric, c.higher_is_better, c.min_delta, c.patience)
+    lr = ScheduledLr(optimizer, c.schedule, c.epochs, c.steps_per_epoch, c.warmup_epochs)
+    failed: list[BaseException] = []  # the first error of the tracker: raised after the epoch's checkpoint
 
     def log_once(metrics: dict, at: int) -> None:
         if failed:
             return
         try:
-            log(metrics, at)
+            tracker.log_metrics(metrics, at)
         except Exception as exc:
             failed.append(exc)
 
-    base_lrs = [group["lr"] for group in optimizer.param_groups]
-    total_steps = epochs * steps_per_epoch
-    warmup_steps = round(warmup_epochs * steps_per_epoch)
-    if (schedule != "constant" or warmup_steps) and not steps_per_epoch:
-        raise ValueError("a learning-rate schedule needs steps_per_epoch")
-
-    def set_lr(at: int) -> None:
-        factor = lr_factor(schedule, at, total_steps, warmup_steps)
-        for group, base in zip(optimizer.param_groups, base_lrs):
-            group["lr"] = base * factor
-
-    saved = load_matching(checkpoint, fingerprint) if checkpoint else None
-    if saved is not None and "best_model" not in saved:
-        print(f"checkpoint {checkpoint} is from a version without best-epoch keeping; training starts fresh",
-              flush=True)
-        saved = None
+    saved = checkpoint.load() if checkpoint else None
     if saved is not None:
         distributed.unwrap(model).load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         set_rng_state(saved["rng"])
-        start, step, best, history = saved["epoch"], saved["step"], saved["best"], saved["history"]
-        best_epoch, best_state = saved["best_epoch"], saved["best_model"]
-        bad_epochs, stopped = saved["bad_epochs"], saved["stopped_early"]
+        start, step, history = saved["epoch"], saved["step"], saved["history"]
+        keep.load(saved)
         if distributed.is_main():
-            print(f"{desc}: resumed from {checkpoint} after epoch {start}"
-                  + (" (it had stopped early)" if stopped else ""), flush=True)
+            print(f"{c.desc}: resumed from {checkpoint.path} after epoch {start}"
+                  + (" (it had stopped early)" if keep.stopped else ""), flush=True)
     run_began = time.perf_counter()  # for the time left, from the epochs this process has run
-    for epoch in range(start, epochs):
-        if stopped:
+    for epoch in range(start, c.epochs):
+        if keep.stopped:
             break
         model.train()
         began, seen, loss_sum, window_sum, window_n, norms = time.perf_counter(), 0, 0.0, 0.0, 0, []
         # the epoch's summary line is printed below
-        bar = tqdm(batches(epoch), desc=f"{desc} epoch {epoch + 1}/{epochs}", unit="batch", leave=False,
-                   total=steps_per_epoch or None, disable=not distributed.is_main())
+        bar = tqdm(batches(epoch), desc=f"{c.desc} epoch {epoch + 1}/{c.epochs}", unit="batch", leave=False,
+                   total=c.steps_per_epoch or None, disable=not distributed.is_main())
         for x, y in bar:
-            set_lr(step)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            lr.set(step)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=c.bf16):
                 _, loss = model(x, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if grad_clip:
-                norms.append(torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip))
+            if c.grad_clip:
+                norms.append(torch.nn.utils.clip_grad_norm_(model.parameters(), c.grad_clip))
             optimizer.step()
             step += 1
             seen += count(x, y)  # may be a device tensor (tokens that are not padding): no sync per step
             loss_sum = loss_sum + loss.detach()
             window_sum, window_n = window_sum + loss.detach(), window_n + 1
-            if step % log_every == 0:  # one host sync per window, not per step
+            if step % c.log_every == 0:  # one host sync per window, not per step
                 window = _mean_over_ranks(window_sum, window_n)
                 log_once({"train/loss": window, "lr": optimizer.param_groups[0]["lr"]}, step)
                 rate = float(seen) * distributed.world() / (time.perf_counter() - began)
-                bar.set_postfix_str(f"loss {window:.4f}, {rate:.0f} {unit}/s")
+                bar.set_postfix_str(f"loss {window:.4f}, {rate:.0f} {c.unit}/s")
                 window_sum, window_n = 0.0, 0
         seconds = time.perf_counter() - began
         metrics = {
             "train/epoch_loss": _mean_over_ranks(torch.as_tensor(loss_sum, device=device), bar.n),
-            f"train/{unit}_per_s": float(seen) * distributed.world() / seconds,
+            f"train/{c.unit}_per_s": float(seen) * distributed.world() / seconds,
             "lr": optimizer.param_groups[0]["lr"],
         }
-        if grad_clip:
+        if c.grad_clip:
             metrics["train/grad_norm"] = float(torch.stack(norms).mean()) if norms else 0.0
-        last = epoch + 1 == epochs
-        if (epoch + 1) % val_every == 0 or last:
+        last = epoch + 1 == c.epochs
+        if (epoch + 1) % c.val_every == 0 or last:
             model.eval()
             metrics.update(evaluate(model, epoch + 1))
-            value = metrics[best_metric]
-            if best is None or (value > best + min_delta if higher_is_better else value < best - min_delta):
-                best, best_epoch = value, epoch + 1
-                best_state = {k: v.detach().clone() for k, v in distributed.unwrap(model).state_dict().items()}
-            bad_epochs = epoch + 1 - best_epoch  # epochs since the best one
-            stopped = bool(patience) and bad_epochs >= patience
+            keep.update(metrics, epoch + 1, model)
         history.append({"epoch": epoch + 1, **metrics})
         log_once(metrics, step)
-        if not failed:  # `log` may queue (MLflow's writes run on a thread): each epoch ends with all of it stored
+        if not failed:  # the tracker may queue (MLflow's writes run on a thread): each epoch ends with all stored
             try:
-                flush()
+                tracker.flush()
             except Exception as exc:
                 failed.append(exc)
         if distributed.is_main():
             summary = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k.startswith("val/"))
-            print(f"{desc} epoch {epoch + 1}/{epochs}: loss {metrics['train/epoch_loss']:.4f}"
+            print(f"{c.desc} epoch {epoch + 1}/{c.epochs}: loss {metrics['train/epoch_loss']:.4f}"
                   + (f", {summary}" if summary else "")
-                  + time_left(time.perf_counter() - run_began, epoch + 1 - start, epochs - epoch - 1), flush=True)
-            # on the cadence, at the end, and before an error of `log` stops the run (the rerun resumes here)
-            if checkpoint and ((epoch + 1) % checkpoint_every == 0 or last or stopped or failed):
-                save(checkpoint, model=distributed.unwrap(model).state_dict(), optimizer=optimizer.state_dict(),
-                     model_args=model_args or {}, epoch=epoch + 1, step=step, rng=rng_state(), best=best,
-                     best_epoch=best_epoch, best_model=best_state, bad_epochs=bad_epochs, stopped_early=stopped,
-                     history=history, fingerprint=fingerprint, **(extra or {}))
+                  + time_left(time.perf_counter() - run_began, epoch + 1 - start, c.epochs - epoch - 1), flush=True)
+            # on the cadence, at the end, and before a tracker error stops the run (the rerun resumes here)
+            if checkpoint and ((epoch + 1) % c.checkpoint_every == 0 or last or keep.stopped or failed):
+                checkpoint.save(model=distributed.unwrap(model).state_dict(), optimizer=optimizer.state_dict(),
+                                epoch=epoch + 1, step=step, rng=rng_state(), history=history, **keep.state())
         if failed:
             raise failed[0]
-        if stopped and distributed.is_main():
-            print(f"{desc}: stopped early after epoch {epoch + 1}: {best_metric} has not improved by more than "
-                  f"{min_delta:g} for {patience} epochs; keeping epoch {best_epoch} ({best_metric} {best:.4g})",
-                  flush=True)
-    if best_state is not None:
-        distributed.unwrap(model).load_state_dict(best_state)
-    return Fitted(history, best_epoch, best if best is not None else float("nan"), stopped)
+        if keep.stopped and distributed.is_main():
+            print(f"{c.desc}: stopped early after epoch {epoch + 1}: {keep.reason()}", flush=True)
+    if keep.best_state is not None:
+        distributed.unwrap(model).load_state_dict(keep.best_state)
+    return Fitted(history, keep.best_epoch, keep.best if keep.best is not None else float("nan"), keep.stopped)

@@ -48,3 +48,21 @@ def lr_factor(kind: str, step: int, total_steps: int, warmup_steps: int) -> floa
     if kind == "cosine":
         return _cos(1.0, 0.0, min(step - warmup_steps, total_steps - warmup_steps) / max(1, total_steps - warmup_steps))
     return 1.0
+
+
+class ScheduledLr:
+    """Sets the lr of each optimizer step: the optimizer's own lrs times `lr_factor` over
+    `epochs * steps_per_epoch` steps (a schedule or a warmup needs `steps_per_epoch`)."""
+
+    def __init__(self, optimizer, kind: str, epochs: int, steps_per_epoch: int, warmup_epochs: float = 0.0):
+        self.optimizer, self.kind = optimizer, kind
+        self.base_lrs = [group["lr"] for group in optimizer.param_groups]
+        self.total_steps = epochs * steps_per_epoch
+        self.warmup_steps = round(warmup_epochs * steps_per_epoch)
+        if (kind != "constant" or self.warmup_steps) and not steps_per_epoch:
+            raise ValueError("a learning-rate schedule needs steps_per_epoch")
+
+    def set(self, step: int) -> None:
+        factor = lr_factor(self.kind, step, self.total_steps, self.warmup_steps)
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = base * factor

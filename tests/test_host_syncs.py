@@ -73,7 +73,8 @@ LM = {"batch_size": 4, "num_steps": 6}
 
 
 @pytest.mark.parametrize("sampling", ["random", "sequential"])
-@pytest.mark.parametrize(("cell", "impl"), [("lstm", "fused"), ("lstm", "scratch"), ("gru", "scratch"), ("rnn", "fused")])
+@pytest.mark.parametrize(("cell", "impl"),
+                         [("lstm", "fused"), ("lstm", "scratch"), ("gru", "scratch"), ("rnn", "fused")])
 def test_a_language_model_step_waits_on_nothing(cell, impl, sampling):
     torch.manual_seed(0)
     ids = torch.randint(0, 12, (150,), generator=torch.Generator().manual_seed(2))
@@ -137,7 +138,8 @@ def test_on_cuda_no_step_synchronises():
                 torch.cuda.set_sync_debug_mode("default")
         return wrapped
 
-    fit(model, optimizer, strict(batches), lambda m, e: {"val/loss": 0.0}, 1, device=cuda, grad_clip=1.0, log_every=10**9)
+    fit(model, optimizer, strict(batches), lambda m, e: {"val/loss": 0.0}, 1, device=cuda, grad_clip=1.0,
+        log_every=10**9)
     fit(lm, make_optimizer(lm, "sgd", 1.0), strict(batches_for(lm, ids, {**LM, "sampling": "random"}, 0, cuda)),
         lambda m, e: {"val/loss": 0.0}, 1, device=cuda, grad_clip=1.0, log_every=10**9)
 

@@ -1,5 +1,6 @@
-"""primer/serving/registry.py against a real SQLite MLflow store and a real `mlflow server`: the alias `champion` moves only to a better
-model, a re-evaluated run keeps its version, and each version links back to its training run."""
+"""primer/serving/registry.py against a real SQLite MLflow store and a real `mlflow server`: the alias `champion`
+moves only to a better model, a re-evaluated run keeps its version, and each version links back to its training
+run."""
 
 from __future__ import annotations
 

@@ -2,12 +2,13 @@
 #   make repro   set up .venv from requirements.lock and run the pipeline (dvc repro)
 #   make test    set up .venv from requirements.lock + requirements-dev.lock and run the test suite
 #   make test-container  build and run the image with podman (tests/test_container_run.py, ~10 min, root)
+#   make lint    set up .venv like make test and run `ruff check .` (rules in pyproject.toml)
 #   make demo    set up .venv and run every stage once with the quick profile (about 15 min on 2 cores)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup test test-container repro demo
+.PHONY: setup test test-container lint repro demo
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	python3 -m venv $(VENV)
@@ -27,6 +28,9 @@ test: $(VENV)/.dev-installed
 
 test-container: $(VENV)/.dev-installed
 	$(PY) -m pytest -m container --durations=0 tests/test_container_run.py
+
+lint: $(VENV)/.dev-installed
+	$(VENV)/bin/ruff check .
 
 repro: setup
 	$(PY) -m primer.params_check

@@ -30,13 +30,27 @@ from primer.models.cnn import ARCHS, build_cnn
 from primer.params import choice, flag, integer, number, output_only, result_values, run_only, some_of
 from primer.stage import cli, load_checked, open_stage, stage_parser
 from primer.training.checkpoint import Checkpoint, fingerprint
-from primer.training.loop import (COMPILE_MODES, OPTIMIZERS, FitConfig, check_fit_params, compile_model, fit,
-                                  fit_schema, make_optimizer)
+from primer.training.loop import (
+    COMPILE_MODES,
+    OPTIMIZERS,
+    FitConfig,
+    check_fit_params,
+    compile_model,
+    fit,
+    fit_schema,
+    make_optimizer,
+)
 from primer.training.outputs import Curves, TrainingOutputs, add_training_outputs
 from primer.vision.augment_policy import AugmentPolicy, augment_schema, check_augment
 from primer.vision.image_arrays import png_bytes
-from primer.vision.image_batches import (data_identity, eval_batches, evaluate_binary, load_arrays, train_batches,
-                                         train_steps)
+from primer.vision.image_batches import (
+    data_identity,
+    eval_batches,
+    evaluate_binary,
+    load_arrays,
+    train_batches,
+    train_steps,
+)
 
 AUGMENT = augment_schema()
 SCHEMA = {

@@ -28,11 +28,26 @@ from primer.errors import PrimerError
 from primer.models.rnn import RNNLM, generate, perplexity
 from primer.params import choice, each_of, integer, number, output_only, result_values, run_only, text
 from primer.stage import cli, open_stage, stage_parser
-from primer.text.corpus import (Vocab, epoch_positions, gather_batches, load_corpus, num_batches, seq_data_iter_random,
-                                seq_data_iter_sequential, split_tail)
+from primer.text.corpus import (
+    Vocab,
+    epoch_positions,
+    gather_batches,
+    load_corpus,
+    num_batches,
+    seq_data_iter_random,
+    seq_data_iter_sequential,
+    split_tail,
+)
 from primer.training.checkpoint import Checkpoint, fingerprint
-from primer.training.loop import (COMPILE_MODES, FitConfig, check_fit_params, compile_model, fit, fit_schema,
-                                  make_optimizer)
+from primer.training.loop import (
+    COMPILE_MODES,
+    FitConfig,
+    check_fit_params,
+    compile_model,
+    fit,
+    fit_schema,
+    make_optimizer,
+)
 from primer.training.outputs import Curves, TrainingOutputs, add_training_outputs
 
 VARIANT = {

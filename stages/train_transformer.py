@@ -30,8 +30,15 @@ from primer.text.attention_plot import plot_attention_maps
 from primer.text.length_batches import bucketed_batches
 from primer.text.sentence_pairs import BOS, EOS, PAD, load_translation_data
 from primer.training.checkpoint import Checkpoint, fingerprint
-from primer.training.loop import (COMPILE_MODES, FitConfig, check_fit_params, compile_model, fit, fit_schema,
-                                  make_optimizer)
+from primer.training.loop import (
+    COMPILE_MODES,
+    FitConfig,
+    check_fit_params,
+    compile_model,
+    fit,
+    fit_schema,
+    make_optimizer,
+)
 from primer.training.outputs import Curves, TrainingOutputs, add_training_outputs
 
 SCHEMA = {

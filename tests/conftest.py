@@ -100,11 +100,13 @@ def venv_env(tmp_path: Path) -> dict:
     env["DVC_SITE_CACHE_DIR"] = str(tmp_path / "dvc-site-cache")
     env.pop("MLFLOW_TRACKING_URI", None)
     env["PRIMER_TRACKING"] = "on"
-    env["MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"] = "0.25"  # tiny runs last ~1 s (train_cnn); the default samples every 10 s
+    # tiny runs last ~1 s (train_cnn); the default samples every 10 s
+    env["MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL"] = "0.25"
     return env
 
 
-def write_tiny_arrays(folder: Path, n_train: int = 48, n_eval: int = 16, train_size: int = 40, eval_size: int = 32) -> Path:
+def write_tiny_arrays(folder: Path, n_train: int = 48, n_eval: int = 16, train_size: int = 40,
+                      eval_size: int = 32) -> Path:
     """Augment-stage outputs with a learnable signal: class 1 images are brighter than class 0."""
     import json
 
@@ -142,6 +144,7 @@ def copy_repo(dest: Path) -> Path:
         if (REPO / name).is_file():
             (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, dest / name)
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"], ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"]):
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"]):
         subprocess.run(cmd, cwd=dest, check=True)
     return dest

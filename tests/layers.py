@@ -80,7 +80,8 @@ def back_imports(root: Path = REPO) -> list[str]:
             continue
         mine = layer_of(module)
         if mine is None:
-            found.append(f"{path.relative_to(root)} is in no layer: add it to LAYERS in tests/layers.py and to docs/architecture.md")
+            found.append(f"{path.relative_to(root)} is in no layer: add it to LAYERS in tests/layers.py and to "
+                         "docs/architecture.md")
             continue
         for target in sorted(imports(path, known)):
             theirs = layer_of(target)

@@ -33,25 +33,29 @@ def test_each_stage_points_at_the_subpackages_its_deps_are_in():
         drawn.setdefault(stage, set()).add(package)
     for name, stage in dvc_stages().items():
         packages = {d.split("/")[1] for d in stage["deps"] if d.startswith("primer/") and d.count("/") == 2}
-        assert drawn.get(name, set()) == packages, f"docs/architecture.md: the arrows of {name} differ from its dvc.yaml deps"
+        assert drawn.get(name, set()) == packages, (
+            f"docs/architecture.md: the arrows of {name} differ from its dvc.yaml deps")
         for package in packages:
             assert re.search(rf'^\s*{package}\["primer/{package}"\]', pipeline, re.M), package
 
 
 def layer_nodes() -> dict[str, list[str]]:
     """Node id -> the module files its label names."""
-    return {node: re.findall(r"(\w+\.py)\b", label) for node, label in re.findall(r'^\s*(\w+)\["(.*)"\]\s*$', diagrams()[1], re.M)}
+    return {node: re.findall(r"(\w+\.py)\b", label)
+            for node, label in re.findall(r'^\s*(\w+)\["(.*)"\]\s*$', diagrams()[1], re.M)}
 
 
 def test_every_module_named_exists_where_the_diagram_puts_it():
     for node, names in layer_nodes().items():
         folder = REPO / "primer" if node in TOP_LEVEL_NODES else REPO / "primer" / node
         for name in names:
-            assert (folder / name).is_file(), f"docs/architecture.md names {name} in {node}, but {folder / name} does not exist"
+            assert (folder / name).is_file(), (
+                f"docs/architecture.md names {name} in {node}, but {folder / name} does not exist")
 
 
 def test_the_diagram_names_every_module_once():
-    named = [("" if node in TOP_LEVEL_NODES else node + "/") + name for node, names in layer_nodes().items() for name in names]
+    named = [("" if node in TOP_LEVEL_NODES else node + "/") + name
+             for node, names in layer_nodes().items() for name in names]
     actual = [p.relative_to(REPO / "primer").as_posix() for p in modules().values()
               if p.is_relative_to(REPO / "primer") and p.name != "__init__.py"]
     assert sorted(named) == sorted(actual)

@@ -391,7 +391,8 @@ def test_packed_parameters_come_back_exactly():
     g = gen(0)
     tensors = {"top": torch.randint(0, 30, (5,), generator=g), "hflip": torch.rand(5, generator=g) < 0.5,
                "angle": torch.rand(5, generator=g) * 30 - 15, "cut_y": torch.randint(0, 9, (5, 3), generator=g),
-               "jitter0": torch.tensor([0, 3, 4]), "coeffs": torch.randn(2, 8, generator=g), "none": torch.zeros(0, dtype=torch.long)}
+               "jitter0": torch.tensor([0, 3, 4]), "coeffs": torch.randn(2, 8, generator=g),
+               "none": torch.zeros(0, dtype=torch.long)}
     buffer, layout = pack(tensors)
     assert buffer.dtype == torch.uint8 and all(start % 8 == 0 for _, _, _, start, _ in layout)
     back = unpack(buffer.clone(), layout)
@@ -402,5 +403,6 @@ def test_packed_parameters_come_back_exactly():
     from primer.vision.batch_augment import to_device
 
     sent = to_device(tensors, torch.device("meta"))
-    assert all(sent[k].device.type == "meta" and sent[k].dtype == t.dtype and sent[k].shape == t.shape for k, t in tensors.items())
+    assert all(sent[k].device.type == "meta" and sent[k].dtype == t.dtype and sent[k].shape == t.shape
+               for k, t in tensors.items())
     assert to_device(tensors, torch.device("cpu"))["top"] is tensors["top"]  # already there: no copy

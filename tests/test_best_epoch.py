@@ -76,7 +76,8 @@ def test_early_stopping_stops_after_patience_epochs_without_a_gain(tmp_path, cap
     result, weights, model = toy_fit(tmp_path, [0.5, 0.9, 0.85, 0.88, 0.9, 0.99, 0.99], patience=3)
     assert [r["epoch"] for r in result.history] == [1, 2, 3, 4, 5] and result.stopped_early
     assert result.best_epoch == 2 and same(model.state_dict(), weights[2])
-    assert "stopped early after epoch 5: val/acc has not improved by more than 0 for 3 epochs; keeping epoch 2" in capsys.readouterr().out
+    assert ("stopped early after epoch 5: val/acc has not improved by more than 0 for 3 epochs; keeping epoch 2"
+            in capsys.readouterr().out)
 
 
 def test_min_delta_is_the_least_gain_that_counts(tmp_path):
@@ -112,7 +113,8 @@ def torch_lrs(make, total: int, base: float) -> torch.Tensor:
 
 SCHEDULES = {  # (schedule, warmup steps) -> PyTorch's own scheduler over `total` steps
     ("constant", 0): lambda o, total, w: lr_scheduler.LambdaLR(o, lambda step: 1.0),
-    ("constant", 10): lambda o, total, w: lr_scheduler.LinearLR(o, start_factor=1 / (w + 1), end_factor=1.0, total_iters=w),
+    ("constant", 10): lambda o, total, w: lr_scheduler.LinearLR(o, start_factor=1 / (w + 1), end_factor=1.0,
+                                                                total_iters=w),
     ("cosine", 0): lambda o, total, w: lr_scheduler.CosineAnnealingLR(o, T_max=total, eta_min=0),
     ("cosine", 10): lambda o, total, w: lr_scheduler.SequentialLR(o, [
         lr_scheduler.LinearLR(o, start_factor=1 / (w + 1), end_factor=1.0, total_iters=w),
@@ -132,7 +134,8 @@ def test_each_schedule_equals_pytorchs_own(kind, warmup):
 
 def test_fit_steps_with_the_scheduled_lr_and_logs_it(tmp_path):
     logged = []
-    toy_fit(tmp_path, [0.1] * 5, schedule="onecycle", warmup_epochs=1.5, log_every=1, log=lambda m, s: logged.append((s, m)))
+    toy_fit(tmp_path, [0.1] * 5, schedule="onecycle", warmup_epochs=1.5, log_every=1,
+            log=lambda m, s: logged.append((s, m)))
     used = torch.tensor([m["lr"] for s, m in logged if "train/loss" in m], dtype=torch.float64)
     theirs = torch_lrs(lambda o: lr_scheduler.OneCycleLR(o, max_lr=0.1, total_steps=20, pct_start=6 / 20), 20, 0.1)
     assert torch.allclose(used, theirs, rtol=1e-9, atol=1e-12)
@@ -150,17 +153,20 @@ def test_train_cnn_writes_the_best_epoch_and_evaluate_scores_it(tmp_path):
         np.save(arrays / f"{split}_labels.npy", 1 - labels)
     params = tiny_cnn_params(REPO / "params.yaml", tmp_path / "params.yaml", epochs=4, lr=1e-4)
     out = {name: tmp_path / name for name in ("ckpt.pt", "cnn.pt", "metrics.json", "curves.csv", "curves.png")}
-    done = subprocess.run([sys.executable, str(REPO / "stages" / "train_cnn.py"), "--params", str(params), "--arrays", str(arrays),
-                           "--checkpoint", str(out["ckpt.pt"]), "--model", str(out["cnn.pt"]), "--metrics", str(out["metrics.json"]),
+    done = subprocess.run([sys.executable, str(REPO / "stages" / "train_cnn.py"), "--params", str(params),
+                           "--arrays", str(arrays), "--checkpoint", str(out["ckpt.pt"]), "--model", str(out["cnn.pt"]),
+                           "--metrics", str(out["metrics.json"]),
                            "--curves", str(out["curves.csv"]), "--curves-png", str(out["curves.png"])],
-                          cwd=tmp_path, env={**venv_env(tmp_path), "PRIMER_TRACKING": "off"}, capture_output=True, text=True, timeout=600)
+                          cwd=tmp_path, env={**venv_env(tmp_path), "PRIMER_TRACKING": "off"}, capture_output=True,
+                          text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     checkpoint = torch.load(out["ckpt.pt"], weights_only=True)
     history = checkpoint["history"]
     best = max(range(4), key=lambda i: (history[i]["val/acc"], -i)) + 1
     assert checkpoint["best_epoch"] == best < 4 and history[best - 1]["val/acc"] > history[-1]["val/acc"]
     metrics = json.loads(out["metrics.json"].read_text())
-    assert metrics["best/epoch"] == best and metrics["val/acc"] == history[best - 1]["val/acc"] and metrics["epochs"] == 4
+    assert (metrics["best/epoch"] == best and metrics["val/acc"] == history[best - 1]["val/acc"]
+            and metrics["epochs"] == 4)
     saved = torch.load(out["cnn.pt"], weights_only=True)
     assert same(saved["model"], checkpoint["best_model"]) and not same(saved["model"], checkpoint["model"])
 
@@ -183,7 +189,8 @@ def test_val_every_validates_every_nth_epoch_and_the_last_and_keeps_the_best_val
 def test_patience_counts_epochs_between_validations(tmp_path):
     # validated at 2 (the best), 4 and 6: at epoch 6 it has gone 4 epochs without a gain, past patience 3
     result, _, _ = toy_fit(tmp_path, [0.1, 0.9, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7], val_every=2, patience=3)
-    assert result.best_epoch == 2 and result.stopped_early and result.history[-1]["epoch"] == 6  # 4 epochs since the best
+    # 4 epochs since the best
+    assert result.best_epoch == 2 and result.stopped_early and result.history[-1]["epoch"] == 6
 
 
 def test_checkpoint_every_writes_every_nth_epoch_and_a_resumed_run_ends_the_same(tmp_path):
@@ -213,6 +220,7 @@ def test_a_failing_log_still_gets_its_epoch_checkpointed_between_cadence_points(
     with pytest.raises(ConnectionError):
         fit(model, torch.optim.SGD(model.parameters(), lr=0.1),
             lambda e: [(x[i * 4:(i + 1) * 4], y[i * 4:(i + 1) * 4]) for i in range(4)],
-            lambda m, e: {"val/loss": 1.0 / e}, FitConfig(6, log_every=1, checkpoint_every=5), Checkpoint(checkpoint, "toy"),
+            lambda m, e: {"val/loss": 1.0 / e}, FitConfig(6, log_every=1, checkpoint_every=5),
+            Checkpoint(checkpoint, "toy"),
             SimpleNamespace(log_metrics=log, flush=lambda: None))
     assert torch.load(checkpoint, weights_only=True)["epoch"] == 3

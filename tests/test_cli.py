@@ -48,8 +48,8 @@ def repo(tmp_path):
     vocab = Vocab(TEXT)
     lm_args = {"vocab_size": len(vocab), "cell": "lstm", "num_hiddens": 16, "num_layers": 1, "impl": "fused"}
     lm = RNNLM(**lm_args).eval()
-    torch.save({"model": lm.state_dict(), "model_args": lm_args, "vocab": vocab.idx_to_token, "history": [], "best_epoch": 0},
-               tmp_path / "models/lm/lstm.pt")
+    torch.save({"model": lm.state_dict(), "model_args": lm_args, "vocab": vocab.idx_to_token, "history": [],
+                "best_epoch": 0}, tmp_path / "models/lm/lstm.pt")
     tf, src, tgt = save_tiny_translator(tmp_path / "models/transformer.pt")
     return tmp_path, {"cnn": cnn, "lm": (lm, vocab), "tf": (tf, src, tgt)}
 
@@ -72,7 +72,8 @@ def test_classify_prints_p_dog_per_photo_and_names_the_unreadable_one(repo):
     header, *rows = done.stdout.splitlines()
     assert header.split() == ["photo", "p_dog", "label"]
     with torch.no_grad():
-        expected = torch.sigmoid(models["cnn"](eval_batch(torch.from_numpy(np.stack([resized_array(p, 32) for p in good]))))[0])
+        expected = torch.sigmoid(
+            models["cnn"](eval_batch(torch.from_numpy(np.stack([resized_array(p, 32) for p in good]))))[0])
     assert [r.split()[0] for r in rows] == [p.name for p in good]
     assert [float(r.split()[1]) for r in rows] == pytest.approx(expected.tolist(), abs=1e-4)
     assert [r.split()[2] for r in rows] == ["Dog" if p >= 0.5 else "Cat" for p in expected.tolist()]
@@ -95,10 +96,12 @@ def test_mistakes_are_one_sentence_each(repo):
     root, _ = repo
     (root / "models/cnn.pt").unlink()
     for args, sentence in [
-        (["classify", "x.jpg"], "primer: error: models/cnn.pt does not exist; run `dvc repro train_cnn` first (or give --model)."),
-        (["generate", "--variant", "gru", "the"], "primer: error: models/lm/gru.pt does not exist; run `dvc repro train_lm@gru` "
-                                                  "first (or give --model)."),
-        (["translate", "  "], "primer: error: a sentence to translate is empty; give the English text, e.g. \"i'm home .\"."),
+        (["classify", "x.jpg"],
+         "primer: error: models/cnn.pt does not exist; run `dvc repro train_cnn` first (or give --model)."),
+        (["generate", "--variant", "gru", "the"],
+         "primer: error: models/lm/gru.pt does not exist; run `dvc repro train_lm@gru` first (or give --model)."),
+        (["translate", "  "],
+         "primer: error: a sentence to translate is empty; give the English text, e.g. \"i'm home .\"."),
         (["generate", ""], "primer: error: the prefix is empty; give the text to continue, e.g. \"time traveller\"."),
     ]:
         done = primer(root, *args)
@@ -110,8 +113,10 @@ def test_a_broken_params_file_is_one_sentence_naming_it(repo):
     for text, sentence in [
         ("- a\n- b\n", "params file 'params.yaml' must hold a mapping of sections, not list."),
         ("42\n", "params file 'params.yaml' must hold a mapping of sections, not int."),
-        ("augment: {eval_size: 32\n", "params file 'params.yaml' is not valid YAML at line 2: expected ',' or '}', but got '<stream end>'."),
-        ("augment: {eval_size: 32}\n", "params.yaml: key 'augment.draft_oversample' is missing; add it (an integer from 0 to 8)."),
+        ("augment: {eval_size: 32\n",
+         "params file 'params.yaml' is not valid YAML at line 2: expected ',' or '}', but got '<stream end>'."),
+        ("augment: {eval_size: 32}\n",
+         "params.yaml: key 'augment.draft_oversample' is missing; add it (an integer from 0 to 8)."),
         ("augment: {eval_size: 2, draft_oversample: 2}\nverify: {max_image_pixels: 100}\n",
          "params.yaml: 'augment.eval_size' is 2, but it must be an integer from 8 to 4096."),
     ]:
@@ -120,8 +125,8 @@ def test_a_broken_params_file_is_one_sentence_naming_it(repo):
         assert (done.returncode, done.stderr.strip()) == (1, f"primer: error: {sentence}"), text
     (root / "params.yaml").write_text("[1, 2]\n")
     done = primer(root, "translate", "go .")
-    assert (done.returncode, done.stderr.strip()) == (1, "primer: error: params file 'params.yaml' must hold a mapping of "
-                                                         "sections, not list.")
+    assert (done.returncode, done.stderr.strip()) == (1, "primer: error: params file 'params.yaml' must hold a "
+                                                         "mapping of sections, not list.")
     (root / "params.yaml").unlink()
     done = primer(root, "translate", "go .")
     assert (done.returncode, done.stderr.strip()) == (1, "primer: error: 'params.yaml' not found; run primer from the "
@@ -131,11 +136,16 @@ def test_a_broken_params_file_is_one_sentence_naming_it(repo):
 def test_arguments_out_of_range_are_refused_by_argparse_in_one_line(repo):
     root, _ = repo
     for args, sentence in [
-        (["translate", "--beam-size", "-1", "go ."], "argument --beam-size: -1 is out of range; give a whole number from 1 to 64"),
-        (["translate", "--beam-size", "0", "go ."], "argument --beam-size: 0 is out of range; give a whole number from 1 to 64"),
-        (["translate", "--beam-size", "two", "go ."], "argument --beam-size: 'two' is not a whole number; give one from 1 to 64"),
-        (["generate", "--length", "-5", "the"], "argument --length: -5 is out of range; give a whole number from 1 to 10,000"),
-        (["generate", "--length", "0", "the"], "argument --length: 0 is out of range; give a whole number from 1 to 10,000"),
+        (["translate", "--beam-size", "-1", "go ."],
+         "argument --beam-size: -1 is out of range; give a whole number from 1 to 64"),
+        (["translate", "--beam-size", "0", "go ."],
+         "argument --beam-size: 0 is out of range; give a whole number from 1 to 64"),
+        (["translate", "--beam-size", "two", "go ."],
+         "argument --beam-size: 'two' is not a whole number; give one from 1 to 64"),
+        (["generate", "--length", "-5", "the"],
+         "argument --length: -5 is out of range; give a whole number from 1 to 10,000"),
+        (["generate", "--length", "0", "the"],
+         "argument --length: 0 is out of range; give a whole number from 1 to 10,000"),
         (["generate", "--length", "10000000", "the"],
          "argument --length: 10000000 is out of range; give a whole number from 1 to 10,000"),
     ]:
@@ -156,10 +166,11 @@ def test_classify_refuses_a_png_bomb_at_the_params_limit_and_classifies_the_rest
     assert done.returncode == 1 and done.stdout == ""
     assert done.stderr.strip().splitlines() == [
         "primer classify: cannot read bomb.png (the photo declares "
-        "12000 x 12000 = 144,000,000 pixels, over the limit of 2,000 (verify.max_image_pixels); it was not decoded: send "
-        "a smaller photo, or raise the limit if you trust the source); the other photos are classified.",
-        "primer classify: cannot read pet.jpg (the photo declares 60 x 40 = 2,400 pixels, over the limit of 2,000 (verify.max_image_pixels); it was not decoded: send a "
-        "smaller photo, or raise the limit if you trust the source); the other photos are classified."]
+        "12000 x 12000 = 144,000,000 pixels, over the limit of 2,000 (verify.max_image_pixels); it was not decoded: "
+        "send a smaller photo, or raise the limit if you trust the source); the other photos are classified.",
+        "primer classify: cannot read pet.jpg (the photo declares 60 x 40 = 2,400 pixels, over the limit of 2,000 "
+        "(verify.max_image_pixels); it was not decoded: send a smaller photo, or raise the limit if you trust the "
+        "source); the other photos are classified."]
     params["verify"]["max_image_pixels"] = 89_478_485
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     done = primer(root, "classify", "bomb.png", "pet.jpg")
@@ -190,4 +201,5 @@ def test_classify_with_the_registered_champion_answers_as_with_the_file(repo, mo
     assert from_registry.returncode == 0, from_registry.stderr
     assert from_registry.stdout == from_file.stdout
     wrong = primer(root, "classify", "--model", "models:/primer-nothing@champion", "pet.jpg", env=env)
-    assert wrong.returncode == 1 and wrong.stderr.startswith("primer: error: cannot load the MLflow model 'models:/primer-nothing@champion'")
+    assert wrong.returncode == 1 and wrong.stderr.startswith(
+        "primer: error: cannot load the MLflow model 'models:/primer-nothing@champion'")

@@ -127,7 +127,8 @@ def test_checkpoint_for_other_params_is_not_loaded(tmp_path):
 
 def run_stage(tmp_path, params, env, tag: str) -> subprocess.CompletedProcess:
     out = tmp_path / tag
-    cmd = [sys.executable, str(REPO / "stages" / "train_cnn.py"), "--params", str(params), "--arrays", str(tmp_path / "arrays"),
+    cmd = [sys.executable, str(REPO / "stages" / "train_cnn.py"), "--params", str(params),
+           "--arrays", str(tmp_path / "arrays"),
            "--checkpoint", str(out / "ckpt.pt"), "--model", str(out / "cnn.pt"), "--metrics", str(out / "metrics.json"),
            "--curves", str(out / "curves.csv"), "--curves-png", str(out / "curves.png")]
     return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
@@ -139,7 +140,8 @@ def test_ddp_two_processes_match_one_and_rank0_alone_logs(tmp_path):
     env = {**venv_env(tmp_path), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"}
     results = {}
     for nproc in (1, 2):
-        params = tiny_cnn_params(REPO / "params.yaml", tmp_path / f"params{nproc}.yaml", nproc=nproc, epochs=4, lr=0.003)
+        params = tiny_cnn_params(REPO / "params.yaml", tmp_path / f"params{nproc}.yaml", nproc=nproc, epochs=4,
+                                 lr=0.003)
         done = run_stage(tmp_path, params, env, f"n{nproc}")
         assert done.returncode == 0, done.stderr[-3000:]
         results[nproc] = json.loads((tmp_path / f"n{nproc}" / "metrics.json").read_text())
@@ -156,7 +158,8 @@ def test_ddp_two_processes_match_one_and_rank0_alone_logs(tmp_path):
     assert len(client.get_metric_history(ddp.info.run_id, "val/acc")) == 4  # rank 0 alone: one point per epoch
     artifacts = {a.path for a in client.list_artifacts(ddp.info.run_id)}
     assert {"training_curves.png", "curves.csv"} <= artifacts
-    assert any(m.name == "model" and m.source_run_id == ddp.info.run_id for m in client.search_logged_models([ddp.info.experiment_id]))
+    assert any(m.name == "model" and m.source_run_id == ddp.info.run_id
+               for m in client.search_logged_models([ddp.info.experiment_id]))
 
 
 @pytest.mark.slow
@@ -167,7 +170,8 @@ def test_stage_killed_mid_run_resumes_to_the_same_metrics(tmp_path):
     whole = run_stage(tmp_path, params, env, "whole")
     assert whole.returncode == 0, whole.stderr[-3000:]
     out = tmp_path / "killed"
-    cmd = [sys.executable, str(REPO / "stages" / "train_cnn.py"), "--params", str(params), "--arrays", str(tmp_path / "arrays"),
+    cmd = [sys.executable, str(REPO / "stages" / "train_cnn.py"), "--params", str(params),
+           "--arrays", str(tmp_path / "arrays"),
            "--checkpoint", str(out / "ckpt.pt"), "--model", str(out / "cnn.pt"), "--metrics", str(out / "metrics.json"),
            "--curves", str(out / "curves.csv"), "--curves-png", str(out / "curves.png")]
     proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

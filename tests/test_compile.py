@@ -27,14 +27,16 @@ def test_a_bare_off_in_yaml_is_off_and_true_is_refused(tmp_path, stage):
     path.write_text(text)
     assert load_params(path, stage.SCHEMA)[section]["compile"] == "off"
     path.write_text(text.replace("compile: off", "compile: true"))  # every stage's; this one reports its own
-    with pytest.raises(PrimerError, match=rf"'{section}.compile' is True, but it must be one of 'off', 'default', 'reduce-overhead'"):
+    with pytest.raises(PrimerError, match=rf"'{section}.compile' is True, "
+                                          r"but it must be one of 'off', 'default', 'reduce-overhead'"):
         load_params(path, stage.SCHEMA)
 
 
 def test_reduce_overhead_with_sequential_sampling_is_refused():
     params = load_params(REPO / "params.yaml", train_lm.SCHEMA)
     params["train_lm"].update({"compile": "reduce-overhead", "sampling": "sequential"})
-    with pytest.raises(PrimerError, match="'train_lm.compile' is 'reduce-overhead'.*'train_lm.sampling' is 'sequential'"):
+    with pytest.raises(PrimerError,
+                       match="'train_lm.compile' is 'reduce-overhead'.*'train_lm.sampling' is 'sequential'"):
         train_lm.check_params("lstm", "corpus.txt", 100_000, params)
 
 
@@ -61,9 +63,11 @@ def test_cuda_gets_tf32_and_the_autotuner_and_the_cpu_nothing():
     try:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = torch.backends.cudnn.benchmark = False
         configure_device(torch.device("cpu"))
-        assert not (torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32 or torch.backends.cudnn.benchmark)
+        assert not (torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32
+                    or torch.backends.cudnn.benchmark)
         configure_device(torch.device("cuda"))  # flags only: no CUDA device needed to set them
-        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32 and torch.backends.cudnn.benchmark
+        assert (torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+                and torch.backends.cudnn.benchmark)
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark = saved
 
@@ -79,7 +83,8 @@ def test_adam_is_fused_where_the_parameters_are_on_the_cpu_or_cuda():
 def test_lm_samples_need_a_validation_to_be_written_at():
     params = load_params(REPO / "params.yaml", train_lm.SCHEMA)
     params["train_lm"].update({"val_every": 3, "sample_every": 50})
-    with pytest.raises(PrimerError, match=r"'train_lm.sample_every' \(50\) must be a multiple of 'train_lm.val_every' \(3\)"):
+    with pytest.raises(PrimerError,
+                       match=r"'train_lm.sample_every' \(50\) must be a multiple of 'train_lm.val_every' \(3\)"):
         train_lm.check_params("lstm", "corpus.txt", 100_000, params)
     params["train_lm"]["sample_every"] = 51
     train_lm.check_params("lstm", "corpus.txt", 100_000, params)

@@ -4,8 +4,9 @@ podman (tests/podman_stack.py) from stand-in base images made of Debian's packag
 It builds the image; checks the image runs as non-root (`primer.doctor`, `dvc --version`) and writes a
 user-owned checkout as its owner; brings up `db` and `mlflow`; runs the `pipeline` service on a
 root-owned copy of this checkout: a tiny offline `dvc exp run -S ...` (local sources) of the data
-stages and train_basics, logging to MLflow on PostgreSQL; reads the runs back through MLflow's REST API; restarts `mlflow` and
-reads them again; and removes every container, volume and image. About 10 minutes, ~10 GB of disk.
+stages and train_basics, logging to MLflow on PostgreSQL; reads the runs back through MLflow's REST API;
+restarts `mlflow` and reads them again; and removes every container, volume and image. About 10 minutes,
+~10 GB of disk.
 
 Marker `container`: the default suite leaves it out; `make test-container` (run by .ci/run) runs it.
 Without podman it skips, except under CI, where it fails.
@@ -141,7 +142,8 @@ def pipeline_run(services):
 def test_the_pipeline_service_has_shared_memory_for_workers_and_a_c_compiler(services):
     engine, work, checkout, _ = services
     out = engine.run(compose_cmd(work, "run", "-T", "--rm", "--no-deps", "pipeline", "sh", "-c",
-                                 "df -k --output=size /dev/shm | tail -1 && gcc --version | head -1"), cwd=checkout).stdout
+                                 "df -k --output=size /dev/shm | tail -1 && gcc --version | head -1"),
+                     cwd=checkout).stdout
     shm_kib, compiler = [line for line in out.splitlines() if not line.startswith("entrypoint:")][:2]
     assert int(shm_kib) == 8 << 20  # shm_size: 8gb (Docker's default is 64 MB)
     assert compiler.startswith("gcc")  # Triton compiles its launchers with it (compile: default)
@@ -202,5 +204,6 @@ def test_restarting_mlflow_loses_nothing(pipeline_run):
     after = search_runs(url)
     assert {k: (r["info"]["run_id"], r["info"]["status"], sorted(map(str, r["data"].get("metrics", []))))
             for k, r in after.items()} == {k: (r["info"]["run_id"], r["info"]["status"],
-                                               sorted(map(str, r["data"].get("metrics", [])))) for k, r in before.items()}
+                                               sorted(map(str, r["data"].get("metrics", []))))
+                                           for k, r in before.items()}
     assert artifact(url, after["augment"], "augment_preview.png")[:8] == b"\x89PNG\r\n\x1a\n"

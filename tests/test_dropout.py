@@ -49,7 +49,8 @@ def test_training_scales_kept_elements_and_eval_passes_through():
 
 def test_bf16_inputs_stay_bf16():
     y = Dropout(0.1).train()(torch.ones(64, 64, dtype=torch.bfloat16))
-    assert y.dtype == torch.bfloat16 and set(torch.unique(y.float()).tolist()) <= {0.0, torch.tensor(1 / 0.9).bfloat16().item()}
+    assert y.dtype == torch.bfloat16 and set(torch.unique(y.float()).tolist()) <= {
+        0.0, torch.tensor(1 / 0.9).bfloat16().item()}
 
 
 def test_a_probability_of_one_or_more_is_refused():

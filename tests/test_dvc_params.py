@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from primer.params import EachOf, SomeOf, flatten, integer, output_only, result_values, run_only, some_of
+
 from conftest import REPO
 from layers import dvc_stages
 
@@ -68,7 +69,8 @@ def test_dvc_params_are_the_stages_result_and_output_fields(stage):
 
 
 def test_the_comparison_fails_when_a_result_field_is_missing_or_a_run_field_is_listed():
-    schema = {"seed": integer(0), "train": {"lr": integer(1), "device": run_only(integer(0)), "examples": output_only(integer(0))},
+    schema = {"seed": integer(0),
+              "train": {"lr": integer(1), "device": run_only(integer(0)), "examples": output_only(integer(0))},
               "other": some_of({"size": integer(1)})}
     params = {"seed": 0, "train": {"lr": 1, "device": 0, "examples": 2}, "other": {"size": 3, "unread": 4}}
     assert schema_keys(schema) == {"seed", "train.lr", "train.examples", "other.size"}

@@ -43,7 +43,8 @@ def test_binary_report_counts():
     report = binary_report(labels, probs)
     assert report["confusion"] == confusion(labels, (probs >= 0.5).long()) == [[2, 1], [1, 3]]
     assert report["accuracy"] == pytest.approx(5 / 7) and report["precision"] == pytest.approx(3 / 4)
-    assert report["recall"] == pytest.approx(3 / 4) and report["roc_auc"] == pytest.approx(brute_force_auc(labels, probs))
+    assert (report["recall"] == pytest.approx(3 / 4)
+            and report["roc_auc"] == pytest.approx(brute_force_auc(labels, probs)))
 
 
 TEXT = "the time traveller for so it will be convenient to speak of him was expounding a recondite matter to us " * 8
@@ -54,11 +55,12 @@ def save_tiny_translator(path) -> tuple:
     """A tiny Transformer over PAIRS' vocabularies, saved as train_transformer saves it; (model, src, tgt)."""
     lines = [preprocess_nmt(line).split("\t") for line in PAIRS.strip().split("\n")]
     src, tgt = build_vocab([s.split() for s, _ in lines], 1), build_vocab([t.split() for _, t in lines], 1)
-    args = {"src_vocab_size": len(src), "tgt_vocab_size": len(tgt), "num_hiddens": 16, "num_heads": 2, "ffn_num_hiddens": 16,
-            "num_layers": 1, "dropout": 0.0, "label_smoothing": 0.0, "pad_id": 1, "bos_id": 2, "eos_id": 3}
+    args = {"src_vocab_size": len(src), "tgt_vocab_size": len(tgt), "num_hiddens": 16, "num_heads": 2,
+            "ffn_num_hiddens": 16, "num_layers": 1, "dropout": 0.0, "label_smoothing": 0.0, "pad_id": 1, "bos_id": 2,
+            "eos_id": 3}
     model = Seq2SeqTransformer(**args).eval()
-    torch.save({"model": model.state_dict(), "model_args": args, "src_vocab": src.idx_to_token, "tgt_vocab": tgt.idx_to_token,
-                "history": []}, path)
+    torch.save({"model": model.state_dict(), "model_args": args, "src_vocab": src.idx_to_token,
+                "tgt_vocab": tgt.idx_to_token, "history": []}, path)
     return model, src, tgt
 
 
@@ -68,7 +70,8 @@ def trained(tmp_path):
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["augment"].update(train_size=40, eval_size=32)
     params["train_lm"].update(num_steps=8, sample_chars=10)
-    params["train_transformer"].update(val_fraction=0.2, test_fraction=0.2, num_steps=8, beam_size=2, attention_sentence="go 3 !")
+    params["train_transformer"].update(val_fraction=0.2, test_fraction=0.2, num_steps=8, beam_size=2,
+                                       attention_sentence="go 3 !")
     params["evaluate"].update(misclassified=4, examples=5)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     arrays = write_tiny_arrays(tmp_path / "arrays")
@@ -82,13 +85,15 @@ def trained(tmp_path):
     for name, cell in [("rnn", "rnn"), ("gru", "gru")]:
         args = {"vocab_size": len(vocab), "cell": cell, "num_hiddens": 8, "num_layers": 1, "impl": "fused"}
         history = [{"epoch": 1, "train/ppl": 20.0, "val/ppl": 21.0}]
-        torch.save({"model": RNNLM(**args).state_dict(), "model_args": args, "vocab": vocab.idx_to_token, "history": history,
-                    "best_epoch": 1, "mlflow_run_id": f"{name}-run"}, tmp_path / "lm" / f"{name}.pt")
+        torch.save({"model": RNNLM(**args).state_dict(), "model_args": args, "vocab": vocab.idx_to_token,
+                    "history": history, "best_epoch": 1, "mlflow_run_id": f"{name}-run"},
+                   tmp_path / "lm" / f"{name}.pt")
     (tmp_path / "fra.txt").write_text(PAIRS)
     lines = [preprocess_nmt(line).split("\t") for line in PAIRS.strip().split("\n")]
     src, tgt = build_vocab([s.split() for s, _ in lines], 1), build_vocab([t.split() for _, t in lines], 1)
-    args = {"src_vocab_size": len(src), "tgt_vocab_size": len(tgt), "num_hiddens": 16, "num_heads": 2, "ffn_num_hiddens": 16,
-            "num_layers": 1, "dropout": 0.0, "label_smoothing": 0.0, "pad_id": 1, "bos_id": 2, "eos_id": 3}
+    args = {"src_vocab_size": len(src), "tgt_vocab_size": len(tgt), "num_hiddens": 16, "num_heads": 2,
+            "ffn_num_hiddens": 16, "num_layers": 1, "dropout": 0.0, "label_smoothing": 0.0, "pad_id": 1, "bos_id": 2,
+            "eos_id": 3}
     torch.save({"model": Seq2SeqTransformer(**args).state_dict(), "model_args": args, "src_vocab": src.idx_to_token,
                 "tgt_vocab": tgt.idx_to_token, "history": [], "mlflow_run_id": "tf-run"}, tmp_path / "tf.pt")
     (tmp_path / "summary.json").write_text(json.dumps({"kept": 20, "rejected/empty": 1}))
@@ -101,9 +106,10 @@ def run_evaluate(tmp_path, arrays, env, script=None):
            "--arrays", str(arrays), "--cnn-model", str(tmp_path / "cnn.pt"), "--lm-models", str(tmp_path / "lm"),
            "--corpus", str(tmp_path / "timemachine.txt"), "--transformer-model", str(tmp_path / "tf.pt"),
            "--pairs", str(tmp_path / "fra.txt"), "--verify-summary", str(tmp_path / "summary.json"),
-           "--preview", str(tmp_path / "none.png"), "--cnn-curves", str(tmp_path / "none.png"), "--lm-plots", str(tmp_path),
-           "--basics-plot", str(tmp_path / "none.png"), "--metrics", str(out / "metrics.json"),
-           "--confusion", str(out / "confusion.csv"), "--plots", str(out / "figures"), "--report", str(out / "report.html")]
+           "--preview", str(tmp_path / "none.png"), "--cnn-curves", str(tmp_path / "none.png"),
+           "--lm-plots", str(tmp_path), "--basics-plot", str(tmp_path / "none.png"),
+           "--metrics", str(out / "metrics.json"), "--confusion", str(out / "confusion.csv"),
+           "--plots", str(out / "figures"), "--report", str(out / "report.html")]
     return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600), out
 
 
@@ -112,8 +118,10 @@ def test_evaluate_writes_every_artifact_and_tags_the_training_runs(trained):
     done, out = run_evaluate(tmp_path, arrays, venv_env(tmp_path))
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["cnn/test_images"] == 16 and 0 <= metrics["cnn/test_acc"] <= 1 and 0 <= metrics["cnn/test_roc_auc"] <= 1
-    assert set(metrics) >= {"lm/rnn/test_ppl", "lm/gru/test_ppl", "transformer/test_bleu", "transformer/d2l_bleu_k2_mean"}
+    assert (metrics["cnn/test_images"] == 16 and 0 <= metrics["cnn/test_acc"] <= 1
+            and 0 <= metrics["cnn/test_roc_auc"] <= 1)
+    assert set(metrics) >= {"lm/rnn/test_ppl", "lm/gru/test_ppl", "transformer/test_bleu",
+                            "transformer/d2l_bleu_k2_mean"}
     assert 1 < metrics["lm/rnn/test_ppl"] < 100 and metrics["transformer/test_sentences"] > 0
     rows = (out / "confusion.csv").read_text().splitlines()
     assert rows[0] == "actual,predicted" and len(rows) == 17 and {r.split(",")[0] for r in rows[1:]} == {"Cat", "Dog"}
@@ -169,8 +177,10 @@ def test_evaluate_killed_mid_way_leaves_outputs_of_one_run(trained, dies_in, out
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     unchanged = {path.name for path, text in old.items() if path.read_text(errors="replace") == text}
     assert unchanged == ({p.name for p in old} if outputs_are == "old" else set()), unchanged
-    visible = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))  # kill -9 leaves temps; the next run removes them
+    # kill -9 leaves temps; the next run removes them
+    visible = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
     assert visible == ["confusion.csv", "figures", "metrics.json", "report.html"]
     if outputs_are == "new":
         assert "cnn/test_acc" in json.loads((out / "metrics.json").read_text())
-        assert {p.name for p in (out / "figures").iterdir()} == {"misclassified.png", "attention_encoder.png", "attention_cross.png"}
+        assert {p.name for p in (out / "figures").iterdir()} == {"misclassified.png", "attention_encoder.png",
+                                                                 "attention_cross.png"}

@@ -44,14 +44,16 @@ def listing(root: Path) -> set[str]:
 
 
 def test_zip_member_is_kept_and_stripped(tmp_path):
-    archive = make_zip(tmp_path / "a.zip", [("PetImages/Cat/1.jpg", b"c"), ("PetImages/Dog/2.jpg", b"d"), ("readme.txt", b"r")])
+    archive = make_zip(tmp_path / "a.zip",
+                       [("PetImages/Cat/1.jpg", b"c"), ("PetImages/Dog/2.jpg", b"d"), ("readme.txt", b"r")])
     out = extract(archive, tmp_path / "out", member="PetImages")
     assert listing(out) == {"Cat", "Cat/1.jpg", "Dog", "Dog/2.jpg"}
     assert (out / "Dog" / "2.jpg").read_bytes() == b"d"
 
 
 def test_tar_with_inside_links_extracts(tmp_path):
-    archive = make_tar(tmp_path / "a.tgz", {"d/a.txt": b"x"}, symlinks={"d/b.txt": "a.txt"}, hardlinks={"d/c.txt": "d/a.txt"})
+    archive = make_tar(tmp_path / "a.tgz", {"d/a.txt": b"x"}, symlinks={"d/b.txt": "a.txt"},
+                       hardlinks={"d/c.txt": "d/a.txt"})
     out = extract(archive, tmp_path / "out")
     assert (out / "d" / "b.txt").read_bytes() == b"x" and (out / "d" / "c.txt").read_bytes() == b"x"
 

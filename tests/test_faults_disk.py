@@ -29,7 +29,8 @@ def small_disk(tmp_path):
     disk.mkdir()
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root")
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True, text=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True,
+                             text=True)
     if mounted.returncode != 0:
         pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
     yield disk
@@ -45,14 +46,14 @@ def test_augment_on_a_full_disk_is_refused_before_writing_and_keeps_the_old_arra
     out = small_disk / "arrays"
     args[args.index("--out") + 1] = str(out)
     env = {**os.environ, "PYTHONPATH": str(REPO), "PRIMER_TRACKING": "off"}
-    first = subprocess.run([sys.executable, "stages/augment.py", *args], cwd=REPO, env=env, capture_output=True, text=True,
-                           timeout=300)
+    first = subprocess.run([sys.executable, "stages/augment.py", *args], cwd=REPO, env=env, capture_output=True,
+                           text=True, timeout=300)
     assert first.returncode == 0, first.stderr
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     params = Path(args[args.index("--params") + 1])
     params.write_text(params.read_text().replace("train_size: 40", "train_size: 400"))  # 4 x 400 x 400 x 3 = 1.9 MB
-    again = subprocess.run([sys.executable, "stages/augment.py", *args], cwd=REPO, env=env, capture_output=True, text=True,
-                           timeout=300)
+    again = subprocess.run([sys.executable, "stages/augment.py", *args], cwd=REPO, env=env, capture_output=True,
+                           text=True, timeout=300)
     assert again.returncode == 1
     (line,) = again.stderr.strip().splitlines()
     assert line.startswith(f"augment: error: {out} needs 1.8 MiB but its disk has ") and line.endswith(
@@ -99,6 +100,6 @@ def test_a_symlink_out_of_a_local_source_folder_is_refused(tmp_path):
     (folder / "Dog/1.jpg").symlink_to("/etc/passwd")
     with pytest.raises(PrimerError) as refused:
         copy_folder(folder, tmp_path / "raw")
-    assert str(refused.value) == (f"{folder / 'Dog/1.jpg'} is a symlink to /etc/passwd, outside the source folder {folder}; "
-                                  "it was not copied: replace it with the file itself, or remove it.")
+    assert str(refused.value) == (f"{folder / 'Dog/1.jpg'} is a symlink to /etc/passwd, outside the source folder "
+                                  f"{folder}; it was not copied: replace it with the file itself, or remove it.")
     assert not (tmp_path / "raw").exists()

@@ -50,7 +50,7 @@ def _save_lm_model(path):
     args = {"vocab_size": 6, "cell": "gru", "num_hiddens": 4, "num_layers": 1, "impl": "fused"}
     history = [{"epoch": 1, "train/ppl": 5.0, "val/ppl": 5.5}]
     torch.save({"model": RNNLM(**args).state_dict(), "model_args": args, "vocab": ["<unk>", " ", "a", "b", "c", "d"],
-                "history": history, "mlflow_run_id": ""}, path)
+                "history": history, "best_epoch": 1, "mlflow_run_id": ""}, path)
     return path
 
 

@@ -34,7 +34,8 @@ DIE_AFTER_FIRST_ARRAY = textwrap.dedent("""
 
 def augment_inputs(tmp_path: Path) -> list[str]:
     images = write_class_folders(tmp_path / "images", per_class=4)
-    rows = ["path,label,split"] + [f"{c}/{i}.jpg,{c},{s}" for c in ("Cat", "Dog") for i, s in enumerate(["train", "train", "val", "test"])]
+    rows = ["path,label,split"] + [f"{c}/{i}.jpg,{c},{s}"
+                                   for c in ("Cat", "Dog") for i, s in enumerate(["train", "train", "val", "test"])]
     (tmp_path / "split.csv").write_text("\n".join(rows) + "\n")
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["augment"].update(train_size=40, eval_size=32, num_workers=1, preview_images=2)
@@ -53,12 +54,14 @@ def test_augment_killed_mid_write_leaves_a_temp_that_its_next_run_removes(tmp_pa
     env = {**os.environ, "PYTHONPATH": str(REPO), "PRIMER_TRACKING": "off"}
     script = tmp_path / "die.py"
     script.write_text(DIE_AFTER_FIRST_ARRAY)
-    killed = subprocess.run([sys.executable, str(script), *args], cwd=tmp_path, env=env, capture_output=True, timeout=300)
+    killed = subprocess.run([sys.executable, str(script), *args], cwd=tmp_path, env=env, capture_output=True,
+                            timeout=300)
     assert killed.returncode == -signal.SIGKILL
     data = tmp_path / "data"
     [left] = temps(data)
     assert (left / "train_images.npy").is_file() and not (data / "arrays").exists()
-    ignored = subprocess.run(["git", "check-ignore", "--no-index", "-q", f"data/{left.name}/train_images.npy"], cwd=REPO)
+    ignored = subprocess.run(["git", "check-ignore", "--no-index", "-q", f"data/{left.name}/train_images.npy"],
+                             cwd=REPO)
     assert ignored.returncode == 0, f"{left.name} is not git-ignored"
 
     writer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])  # a live writer's temp
@@ -82,7 +85,8 @@ def test_every_cached_output_is_already_in_its_committed_gitignore():
     all, so a fresh clone's first repro leaves `git status` clean."""
     from dvc.repo import Repo
 
-    tracked = set(subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split())
+    tracked = set(subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True,
+                                 check=True).stdout.split())
     with Repo(str(REPO)) as repo:
         cached = [Path(out.def_path) for out in repo.index.outs if out.use_cache]
     assert cached
@@ -120,7 +124,8 @@ def test_a_failure_while_writing_leaves_every_previous_output(tmp_path):
 
 def test_a_replacement_that_fails_undoes_the_ones_already_made(tmp_path):
     figures, metrics = previous_outputs(tmp_path)
-    with pytest.raises(FileNotFoundError), outputs_together([(figures, True), (metrics, False)]) as (new_figures, new_metrics):
+    with (pytest.raises(FileNotFoundError),
+          outputs_together([(figures, True), (metrics, False)]) as (new_figures, new_metrics)):
         (new_figures / "new.png").write_text("new figure")  # the figures are replaced first...
         # ...and the metrics' temp is never written, so its replacement fails after the figures moved
     assert [p.name for p in figures.iterdir()] == ["old.png"] and metrics.read_text() == "old metrics"

@@ -79,31 +79,36 @@ def _argv(stage: str, tmp_path: Path) -> list[str]:
     corpus = tmp_path / "corpus.txt"
     corpus.write_text("The Time Traveller was expounding a recondite matter to us.\n")
     out = [str(tmp_path / name) for name in ("ckpt.pt", "model.pt", "metrics.json", "curves.csv", "curves.png")]
-    training = ["--checkpoint", out[0], "--model", out[1], "--metrics", out[2], "--curves", out[3], "--curves-png", out[4]]
+    training = ["--checkpoint", out[0], "--model", out[1], "--metrics", out[2], "--curves", out[3],
+                "--curves-png", out[4]]
     return {
         "split": ["--manifest", str(tmp_path / "manifest.csv"), "--out", str(tmp_path / "split.csv")],
-        "augment": ["--images", str(tmp_path), "--split", str(tmp_path / "split.csv"), "--out", str(tmp_path / "arrays"),
-                    "--preview", str(tmp_path / "preview.png")],
+        "augment": ["--images", str(tmp_path), "--split", str(tmp_path / "split.csv"),
+                    "--out", str(tmp_path / "arrays"), "--preview", str(tmp_path / "preview.png")],
         "train_basics": ["--metrics", out[2], "--plot", out[4]],
         "train_cnn": ["--arrays", str(tmp_path / "arrays"), *training],
         "train_lm": ["--variant", "lstm", "--corpus", str(corpus), *training],
-        "train_transformer": ["--pairs", str(tmp_path / "fra.txt"), *training, "--translations", str(tmp_path / "t.csv"),
-                              "--attention", str(tmp_path / "attention")],
+        "train_transformer": ["--pairs", str(tmp_path / "fra.txt"), *training,
+                              "--translations", str(tmp_path / "t.csv"), "--attention", str(tmp_path / "attention")],
     }[stage]
 
 
 CROSS_KEY_MISTAKES = [
     ("split", _set("split", val_fraction=0.6, test_fraction=0.4), "'split.val_fraction' + 'split.test_fraction' is 1"),
-    ("augment", _set("augment.policy", crop_size=200), "'augment.policy.crop_size' (200) is larger than 'augment.train_size' (150)"),
-    ("augment", _set("augment.policy", blur_sigma_min=2.0, blur_sigma_max=1.0), "'augment.policy.blur_sigma_min' (2) is above"),
+    ("augment", _set("augment.policy", crop_size=200),
+     "'augment.policy.crop_size' (200) is larger than 'augment.train_size' (150)"),
+    ("augment", _set("augment.policy", blur_sigma_min=2.0, blur_sigma_max=1.0),
+     "'augment.policy.blur_sigma_min' (2) is above"),
     ("train_cnn", _set("augment.policy", crop_size=151), "'augment.policy.crop_size' (151) is larger than"),
-    ("train_cnn", _set("augment.policy", blur_sigma_min=5.0, blur_sigma_max=1.0), "'augment.policy.blur_sigma_min' (5) is above"),
+    ("train_cnn", _set("augment.policy", blur_sigma_min=5.0, blur_sigma_max=1.0),
+     "'augment.policy.blur_sigma_min' (5) is above"),
     ("train_transformer", _set("train_transformer.model", num_hiddens=30, num_heads=4),
      "'train_transformer.model.num_hiddens' (30) must be divisible by 'train_transformer.model.num_heads' (4)"),
     ("train_basics", _set("train_basics.plane", lr=1.0),
      "'train_basics.plane.lr' is 1, which makes gradient descent diverge on the ice-cream table; use a value below"),
     ("train_lm", lambda p: None, "is too short for one batch of batch_size=32 x num_steps=35"),
-    ("train_lm", _set("train_lm", batch_size=1, num_steps=2, val_fraction=0.01), "leaves only 1 character(s) for validation"),
+    ("train_lm", _set("train_lm", batch_size=1, num_steps=2, val_fraction=0.01),
+     "leaves only 1 character(s) for validation"),
 ]
 
 
@@ -138,7 +143,8 @@ def test_device_cuda_without_cuda_fails_before_any_mlflow_run(tmp_path, monkeypa
     params = _params(tmp_path, _set("train_transformer", device="cuda"))
     assert cli(main, ["--params", str(params), *_argv("train_transformer", tmp_path)]) == 1
     line = capsys.readouterr().err.strip()
-    assert line.endswith(f"{params}: 'train_transformer.device' is 'cuda', but torch sees no CUDA device; use 'auto' or 'cpu'.")
+    assert line.endswith(f"{params}: 'train_transformer.device' is 'cuda', but torch sees no CUDA device; "
+                         "use 'auto' or 'cpu'.")
     assert not store.exists()
 
 
@@ -151,18 +157,19 @@ def test_params_check_names_a_missing_empty_or_incomplete_params_file_before_dvc
     import sys
 
     shutil.copy(REPO / "dvc.yaml", tmp_path / "dvc.yaml")
-    restore = "restore it with `git checkout params.yaml`, or copy the missing part from the repository's own params.yaml."
+    restore = ("restore it with `git checkout params.yaml`, or copy the missing part from the repository's own "
+               "params.yaml.")
 
     def check() -> tuple[int, str]:
-        done = subprocess.run([sys.executable, "-m", "primer.params_check"], cwd=tmp_path, capture_output=True, text=True,
-                              timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+        done = subprocess.run([sys.executable, "-m", "primer.params_check"], cwd=tmp_path, capture_output=True,
+                              text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
         return done.returncode, done.stderr.strip()
 
-    assert check() == (1, f"params_check: error: params file 'params.yaml' not found; the pipeline reads all its settings "
-                          f"from it: {restore}")
+    assert check() == (1, "params_check: error: params file 'params.yaml' not found; the pipeline reads all its "
+                          f"settings from it: {restore}")
     (tmp_path / "params.yaml").write_text("\n")
-    assert check() == (1, "params_check: error: params file 'params.yaml' is empty; it must hold the pipeline's sections "
-                          f"(fetch, verify, ...): {restore}")
+    assert check() == (1, "params_check: error: params file 'params.yaml' is empty; it must hold the pipeline's "
+                          f"sections (fetch, verify, ...): {restore}")
     (tmp_path / "params.yaml").write_text("- fetch\n")
     assert check() == (1, "params_check: error: params file 'params.yaml' must hold a mapping of sections, not list.")
     params = yaml.safe_load((REPO / "params.yaml").read_text())

@@ -44,8 +44,8 @@ def open_run(tmp_path: Path, stage: str, then: str) -> subprocess.Popen:
     """A process that opens a run of `stage`, then dies by SIGKILL (`then` = "die") or sleeps."""
     script = tmp_path / "open_run.py"
     script.write_text(OPEN_A_RUN)
-    proc = subprocess.Popen([sys.executable, str(script), stage, then], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            text=True, cwd=tmp_path)
+    proc = subprocess.Popen([sys.executable, str(script), stage, then], stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True, cwd=tmp_path)
     assert proc.stdout.readline().strip() == "open"
     return proc
 
@@ -72,10 +72,12 @@ def test_sigkilled_run_is_closed_as_killed_by_the_next_run_of_its_stage(tmp_path
         with stage_run("train_lm@rnn", {"a": 2}) as run:
             new_id = run.run_id
         after = runs_by_status(uri)
-        by_pid = {(r.data.tags["stage"], r.data.tags["primer.pid"]): r for r in after.values() if r.info.run_id != new_id}
+        by_pid = {(r.data.tags["stage"], r.data.tags["primer.pid"]): r
+                  for r in after.values() if r.info.run_id != new_id}
         closed = by_pid[("train_lm@rnn", str(killed.pid))]
         assert closed.info.status == "KILLED" and closed.info.end_time is not None
-        assert f"process {killed.pid} on {socket.gethostname()} ended without closing this run" in closed.data.tags["primer.closed_because"]
+        assert (f"process {killed.pid} on {socket.gethostname()} ended without closing this run"
+                in closed.data.tags["primer.closed_because"])
         assert by_pid[("train_lm@rnn", str(alive.pid))].info.status == "RUNNING"  # its process still works
         assert by_pid[("train_cnn", str(other_stage.pid))].info.status == "RUNNING"  # closed by the next train_cnn
         assert after[new_id].info.status == "FINISHED"
@@ -106,7 +108,8 @@ def free_port() -> int:
 
 def start_server(tmp_path: Path, port: int, env: dict) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-           "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination", str(tmp_path / "artifacts")]
+           "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+           "--artifacts-destination", str(tmp_path / "artifacts")]
     log = open(tmp_path / "server.log", "a")
     server = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 90
@@ -138,7 +141,8 @@ def test_tracking_server_dying_mid_stage_is_one_sentence_and_the_rerun_resumes(t
            "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     env.pop("MLFLOW_EXPERIMENT_NAME", None)
     checkpoint = tmp_path / "ckpt.pt"
-    cmd = [sys.executable, str(REPO / "stages" / "train_cnn.py"), "--params", str(params), "--arrays", str(tmp_path / "arrays"),
+    cmd = [sys.executable, str(REPO / "stages" / "train_cnn.py"), "--params", str(params),
+           "--arrays", str(tmp_path / "arrays"),
            "--checkpoint", str(checkpoint), "--model", str(tmp_path / "cnn.pt"), "--metrics", str(tmp_path / "m.json"),
            "--curves", str(tmp_path / "c.csv"), "--curves-png", str(tmp_path / "c.png")]
     server = start_server(tmp_path, port, env)
@@ -155,7 +159,8 @@ def test_tracking_server_dying_mid_stage_is_one_sentence_and_the_rerun_resumes(t
     errors = [line for line in stderr.splitlines() if "error" in line.lower()]
     assert stage.returncode == 1, stderr[-3000:]
     assert "Traceback" not in stderr and "WARNING" not in stderr, stderr[-3000:]
-    assert len(errors) == 1 and errors[0].startswith(f"train_cnn: error: MLflow tracking at {url} stopped answering"), errors
+    assert len(errors) == 1 and errors[0].startswith(
+        f"train_cnn: error: MLflow tracking at {url} stopped answering"), errors
     epochs_done = torch.load(checkpoint, weights_only=True)["epoch"]
     assert 1 <= epochs_done < 40
 
@@ -178,7 +183,8 @@ def test_stage_started_from_a_subfolder_logs_to_the_root_store(tmp_path):
     env = {**venv_env(tmp_path), "TQDM_DISABLE": "1"}
     env.pop("DVC_ROOT", None)
     env.pop("MLFLOW_EXPERIMENT_NAME", None)
-    done = subprocess.run([sys.executable, str(REPO / "stages" / "train_basics.py"), "--params", str(REPO / "params.yaml"),
+    done = subprocess.run([sys.executable, str(REPO / "stages" / "train_basics.py"),
+                           "--params", str(REPO / "params.yaml"),
                            "--metrics", "m.json", "--plot", "p.png"], cwd=repo / "docs", env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -196,7 +202,8 @@ def test_stage_run_outside_any_repository_logs_to_the_store_of_its_params_files_
     env = {**venv_env(tmp_path), "TQDM_DISABLE": "1"}
     env.pop("DVC_ROOT", None)
     env.pop("MLFLOW_EXPERIMENT_NAME", None)
-    done = subprocess.run([sys.executable, str(REPO / "stages" / "train_basics.py"), "--params", str(repo / "params.yaml"),
+    done = subprocess.run([sys.executable, str(REPO / "stages" / "train_basics.py"),
+                           "--params", str(repo / "params.yaml"),
                            "--metrics", "m.json", "--plot", "p.png"], cwd=elsewhere, env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -77,7 +77,8 @@ def test_gpu_check_tiny_on_cpu_fills_a_row_per_part(tmp_path):
     parts = [cell(row, "part") for row in rows]
     assert parts[0] == "pytest -m gpu -q"
     benchmarks = [row for row in rows if "_throughput" in cell(row, "part")]
-    assert len(benchmarks) == 8  # cnn x 2 compile modes, lm scratch and fused x 2, transformer at the d2l and default sizes
+    # cnn x 2 compile modes, lm scratch and fused x 2, transformer at the d2l and default sizes
+    assert len(benchmarks) == 8
     assert sum("compile off" in p for p in parts) == 4 and sum("compile default" in p for p in parts) == 3
     stages = [p.removeprefix("dvc repro -s ") for p in parts if p.startswith("dvc repro")]
     assert stages == ["fetch", "verify", "split", "augment", "train_cnn", "train_lm@lstm", "train_lm@gru",

@@ -37,7 +37,8 @@ def _two_threads():
     torch.set_num_threads(threads)
 
 
-def run(model, optimizer, batches, log_every=10**9, count=lambda x, y: len(x), unit="img") -> tuple[HostSyncs, list, list]:
+def run(model, optimizer, batches, log_every=10**9, count=lambda x, y: len(x),
+        unit="img") -> tuple[HostSyncs, list, list]:
     syncs = HostSyncs()
     fitted = fit(model, optimizer, syncs.watch(batches), lambda m, e: {"val/loss": 0.0},
                  FitConfig(1, grad_clip=1.0, log_every=log_every, unit=unit), count=count)
@@ -73,7 +74,8 @@ LM = {"batch_size": 4, "num_steps": 6}
 
 
 @pytest.mark.parametrize("sampling", ["random", "sequential"])
-@pytest.mark.parametrize(("cell", "impl"), [("lstm", "fused"), ("lstm", "scratch"), ("gru", "scratch"), ("rnn", "fused")])
+@pytest.mark.parametrize(("cell", "impl"),
+                         [("lstm", "fused"), ("lstm", "scratch"), ("gru", "scratch"), ("rnn", "fused")])
 def test_a_language_model_step_waits_on_nothing(cell, impl, sampling):
     torch.manual_seed(0)
     ids = torch.randint(0, 12, (150,), generator=torch.Generator().manual_seed(2))

@@ -29,12 +29,14 @@ def write_tree(root, files: dict) -> None:
 
 @pytest.mark.parametrize("source, found", [
     ("from primer.training.loop import fit\n", "primer/vision/aug.py (vision) imports primer.training.loop (training)"),
-    ("def f():\n    from primer.text import corpus\n", "primer/vision/aug.py (vision) imports primer.text.corpus (text)"),
+    ("def f():\n    from primer.text import corpus\n",
+     "primer/vision/aug.py (vision) imports primer.text.corpus (text)"),
     ("import primer.stage\n", "primer/vision/aug.py (vision) imports primer.stage (stage plumbing)"),
     ("from primer.data.table import read_table\nfrom primer.errors import PrimerError\n", None),
 ])
 def test_the_check_finds_an_import_that_runs_back(tmp_path, source, found):
-    """A sibling (text), a later layer (training) or the stage plumbing, also inside a function; an earlier one is fine."""
+    """A sibling (text), a later layer (training) or the stage plumbing, also inside a function; an earlier one is
+    fine."""
     write_tree(tmp_path, {"primer/__init__.py": "", "primer/errors.py": "", "primer/stage.py": "",
                           "primer/data/__init__.py": "", "primer/data/table.py": "",
                           "primer/text/__init__.py": "", "primer/text/corpus.py": "",
@@ -62,7 +64,9 @@ def test_dvc_deps_are_the_primer_files_the_stage_uses(stage):
 
 def test_the_deps_walk_follows_imports_but_not_the_plumbing(tmp_path):
     write_tree(tmp_path, {"primer/__init__.py": "", "primer/stage.py": "from primer.data import split\n",
-                          "primer/data/__init__.py": "", "primer/data/fetch.py": "from primer.data.download import get\n",
+                          "primer/data/__init__.py": "",
+                          "primer/data/fetch.py": "from primer.data.download import get\n",
                           "primer/data/download.py": "", "primer/data/split.py": "",
-                          "stages/__init__.py": "", "stages/go.py": "from primer.stage import cli\nfrom primer.data import fetch\n"})
+                          "stages/__init__.py": "",
+                          "stages/go.py": "from primer.stage import cli\nfrom primer.data import fetch\n"})
     assert stage_deps(tmp_path / "stages/go.py", tmp_path) == {"primer/data/fetch.py", "primer/data/download.py"}

@@ -23,7 +23,8 @@ def test_an_epoch_holds_every_pair_once_in_ceil_n_over_b_batches():
     src, tgt = pairs()
     batches = list(bucketed_batches(src, tgt, 16, seed=3, device=CPU, pad=PAD, pool=4)(0))
     assert len(batches) == -(-300 // 16)
-    seen = sorted((tuple(row[row != PAD].tolist()), tuple(t[t != PAD].tolist())) for x, y in batches for row, t in zip(x, y))
+    seen = sorted((tuple(row[row != PAD].tolist()), tuple(t[t != PAD].tolist()))
+                  for x, y in batches for row, t in zip(x, y))
     expected = sorted((tuple(row[row != PAD].tolist()), tuple(t[t != PAD].tolist())) for row, t in zip(src, tgt))
     assert seen == expected
 

@@ -2,7 +2,8 @@
 
 A real `mlflow server` on 127.0.0.1 (SQLite store and artifacts in tmp_path), two tiny train_lm variants
 logging to it, then the clicks a user makes: experiment `primer`, select both runs, Compare, val/ppl.
-Set PRIMER_SCREENSHOT=docs/compare_runs.png to also write the overlay screenshot there (the image in docs/experiments.md).
+Set PRIMER_SCREENSHOT=docs/compare_runs.png to also write the overlay screenshot there (the image in
+docs/experiments.md).
 """
 
 from __future__ import annotations

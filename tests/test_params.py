@@ -26,18 +26,22 @@ def write(tmp_path: Path, data) -> Path:
 
 
 def test_valid_section_loads_and_ints_widen_to_floats(tmp_path):
-    params = load_params(write(tmp_path, {"seed": 1, "split": {"val_fraction": 0, "test_fraction": 0.1}, "other": {}}), SCHEMA)
+    params = load_params(write(tmp_path, {"seed": 1, "split": {"val_fraction": 0, "test_fraction": 0.1}, "other": {}}),
+                         SCHEMA)
     assert params == {"seed": 1, "split": {"val_fraction": 0.0, "test_fraction": 0.1}}
 
 
 @pytest.mark.parametrize(
     "data, message",
     [
-        ({"seed": 1, "split": {"val_fraction": -0.1, "test_fraction": 0.1}}, "'split.val_fraction' is -0.1, but it must be a number from 0 to 0.9"),
+        ({"seed": 1, "split": {"val_fraction": -0.1, "test_fraction": 0.1}},
+         "'split.val_fraction' is -0.1, but it must be a number from 0 to 0.9"),
         ({"seed": 1, "split": {"val_fraction": "a", "test_fraction": 0.1}}, "'split.val_fraction' is 'a'"),
-        ({"seed": 1.5, "split": {"val_fraction": 0.1, "test_fraction": 0.1}}, "'seed' is 1.5, but it must be an integer >= 0"),
+        ({"seed": 1.5, "split": {"val_fraction": 0.1, "test_fraction": 0.1}},
+         "'seed' is 1.5, but it must be an integer >= 0"),
         ({"seed": True, "split": {"val_fraction": 0.1, "test_fraction": 0.1}}, "'seed' is True"),
-        ({"seed": 1, "split": {"val_fraction": 0.1, "test_fraction": 0.1, "tset": 1}}, "unknown key 'split.tset'; allowed keys in 'split' are: val_fraction, test_fraction"),
+        ({"seed": 1, "split": {"val_fraction": 0.1, "test_fraction": 0.1, "tset": 1}},
+         "unknown key 'split.tset'; allowed keys in 'split' are: val_fraction, test_fraction"),
         ({"seed": 1, "split": {"val_fraction": 0.1}}, "key 'split.test_fraction' is missing"),
         ({"split": {"val_fraction": 0.1, "test_fraction": 0.1}}, "key 'seed' is missing"),
         ({"seed": 1, "split": [1, 2]}, "'split' must be a mapping"),
@@ -79,8 +83,9 @@ def test_stage_exits_non_zero_with_one_sentence_before_any_work(tmp_path):
     bad["verify"]["num_workers"] = -2
     params = write(tmp_path, bad)
     result = subprocess.run(
-        [sys.executable, str(REPO / "stages" / "verify.py"), "--params", str(params), "--images", str(tmp_path / "none"),
-         "--manifest", str(tmp_path / "m.csv"), "--rejects", str(tmp_path / "r.csv"), "--summary", str(tmp_path / "s.json")],
+        [sys.executable, str(REPO / "stages" / "verify.py"), "--params", str(params),
+         "--images", str(tmp_path / "none"), "--manifest", str(tmp_path / "m.csv"),
+         "--rejects", str(tmp_path / "r.csv"), "--summary", str(tmp_path / "s.json")],
         capture_output=True, text=True, cwd=tmp_path,
     )
     assert result.returncode == 1
@@ -92,7 +97,8 @@ def test_stage_exits_non_zero_with_one_sentence_before_any_work(tmp_path):
 
 @pytest.mark.parametrize("script", ["fetch", "verify", "split", "augment", "train_cnn", "train_lm"])
 def test_every_stage_explains_itself(script):
-    result = subprocess.run([sys.executable, str(REPO / "stages" / f"{script}.py"), "--help"], capture_output=True, text=True)
+    result = subprocess.run([sys.executable, str(REPO / "stages" / f"{script}.py"), "--help"], capture_output=True,
+                            text=True)
     assert result.returncode == 0 and "--params" in result.stdout and len(result.stdout.splitlines()) > 8
 
 
@@ -100,7 +106,8 @@ def test_named_variants_share_one_schema(tmp_path):
     from primer.params import each_of
 
     schema = {"v": each_of({"lr": number(0, 10), "layers": integer(1, 4)})}
-    ok = load_params(write(tmp_path, {"v": {"lstm": {"lr": 1, "layers": 1}, "deep_lstm": {"lr": 2, "layers": 2}}}), schema)
+    ok = load_params(write(tmp_path, {"v": {"lstm": {"lr": 1, "layers": 1}, "deep_lstm": {"lr": 2, "layers": 2}}}),
+                     schema)
     assert ok == {"v": {"lstm": {"lr": 1.0, "layers": 1}, "deep_lstm": {"lr": 2.0, "layers": 2}}}
     with pytest.raises(PrimerError, match="'v.deep.layers' is 9, but it must be an integer from 1 to 4"):
         load_params(write(tmp_path, {"v": {"deep": {"lr": 2, "layers": 9}}}), schema)

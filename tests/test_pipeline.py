@@ -19,7 +19,8 @@ from mlflow.tracking import MlflowClient
 from conftest import REPO, copy_repo, photo, venv_env
 
 pytestmark = pytest.mark.slow
-STAGES = ["fetch", "verify", "split", "augment", "train_cnn", "train_lm@lstm", "train_lm@gru", "train_transformer", "train_basics", "evaluate"]
+STAGES = ["fetch", "verify", "split", "augment", "train_cnn", "train_lm@lstm", "train_lm@gru", "train_transformer",
+          "train_basics", "evaluate"]
 
 
 def tiny_sources(root: Path) -> dict:
@@ -70,7 +71,8 @@ def pipeline(tmp_path_factory):
         p["fetch"].update(sources=sources)
         p["train_cnn"].update(epochs=2, batch_size=8, log_every=1)
         p["train_lm"].update(epochs=2, batch_size=4, num_steps=8, sample_every=1, log_every=5)
-        p["train_transformer"].update(epochs=2, batch_size=8, val_fraction=0.2, test_fraction=0.2, min_freq=1, beam_size=2)
+        p["train_transformer"].update(epochs=2, batch_size=8, val_fraction=0.2, test_fraction=0.2, min_freq=1,
+                                      beam_size=2)
         p["train_transformer"]["model"].update(num_hiddens=16, ffn_num_hiddens=32)
         small = {"num_hiddens": 16, "num_layers": 1, "dropout": 0.0}
         p["train_lm"]["variants"] = {
@@ -121,7 +123,8 @@ def test_repro_runs_every_stage_and_writes_the_outputs(pipeline):
 def test_dvc_metrics_show_lists_the_evaluation(pipeline):
     repo, env, _ = pipeline
     shown = dvc(repo, env, "metrics", "show")
-    for name in ("metrics/evaluate.json", "cnn/test_acc", "transformer/test_bleu", "lm/gru/test_ppl", "metrics/train_cnn.json"):
+    for name in ("metrics/evaluate.json", "cnn/test_acc", "transformer/test_bleu", "lm/gru/test_ppl",
+                 "metrics/train_cnn.json"):
         assert name in shown, name
     plots = json.loads(subprocess.run(["dvc", "plots", "show", "--json"], cwd=repo, env=env, capture_output=True,
                                       text=True, timeout=300).stdout)["data"]
@@ -151,15 +154,17 @@ def test_mlflow_holds_one_finished_run_per_stage(pipeline):
     assert any(k.startswith("system/") for k in train.data.metrics)  # CPU / memory sampled during training
     lms = [by_stage["train_lm@lstm"], by_stage["train_lm@gru"]]
     assert all(len(client.get_metric_history(r.info.run_id, "val/ppl")) == 2 for r in lms)  # same names: overlaid
-    assert {"samples/epoch_00001.txt", "samples/epoch_00002.txt"} <= {a.path for a in client.list_artifacts(lms[0].info.run_id, "samples")}
+    assert {"samples/epoch_00001.txt", "samples/epoch_00002.txt"} <= {
+        a.path for a in client.list_artifacts(lms[0].info.run_id, "samples")}
 
 
 def test_evaluate_registers_each_model_as_the_first_champion_linked_to_its_training_run(pipeline):
     repo, _, first = pipeline
     client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
-    runs = {r.info.run_name: r.info.run_id for r in client.search_runs([client.get_experiment_by_name("primer").experiment_id])}
-    for name, stage in [("primer-cnn", "train_cnn"), ("primer-lm-lstm", "train_lm@lstm"), ("primer-lm-gru", "train_lm@gru"),
-                        ("primer-translator", "train_transformer")]:
+    runs = {r.info.run_name: r.info.run_id
+            for r in client.search_runs([client.get_experiment_by_name("primer").experiment_id])}
+    for name, stage in [("primer-cnn", "train_cnn"), ("primer-lm-lstm", "train_lm@lstm"),
+                        ("primer-lm-gru", "train_lm@gru"), ("primer-translator", "train_transformer")]:
         champion = client.get_model_version_by_alias(name, "champion")
         assert champion.run_id == runs[stage], name
         assert f"evaluate: {name} version 1 (" in first and f"{name} version 1" in first
@@ -172,7 +177,8 @@ def test_each_training_run_holds_a_pyfunc_model_that_answers(pipeline, monkeypat
     mlflow.set_tracking_uri(f"sqlite:///{repo / 'mlflow.db'}")
     try:
         client = MlflowClient()
-        runs = {r.info.run_name: r.info.run_id for r in client.search_runs([client.get_experiment_by_name("primer").experiment_id])}
+        runs = {r.info.run_name: r.info.run_id
+                for r in client.search_runs([client.get_experiment_by_name("primer").experiment_id])}
         cnn = mlflow.pyfunc.load_model(f"runs:/{runs['train_cnn']}/model")
         photos = sorted((repo / "data/raw/petimages/Dog").glob("*.jpg"))[:2]
         answer = cnn.predict(pd.DataFrame({"image": [p.read_bytes() for p in photos]}))
@@ -181,7 +187,8 @@ def test_each_training_run_holds_a_pyfunc_model_that_answers(pipeline, monkeypat
         text = lm.predict(pd.DataFrame({"prefix": ["time "], "length": [7]}))["text"][0]
         assert text.startswith("time ") and len(text) == 12
         translator = mlflow.pyfunc.load_model(f"runs:/{runs['train_transformer']}/model")
-        assert translator.predict(pd.DataFrame({"sentence": ["I see 3."]}), params={"beam_size": 1})["translation"].map(type).tolist() == [str]
+        assert translator.predict(pd.DataFrame({"sentence": ["I see 3."]}),
+                                  params={"beam_size": 1})["translation"].map(type).tolist() == [str]
     finally:
         mlflow.set_tracking_uri(None)
 
@@ -217,9 +224,10 @@ def test_a_clone_pulls_data_arrays_and_models_from_a_local_remote_and_repro_has_
     assert "up to date" in dvc(clone, clone_env, "status")
     assert ran(dvc(clone, clone_env, "repro")) == []
     primer = Path(sys.executable).parent / "primer"  # the models work there without training
-    classified = subprocess.run([str(primer), "classify", "data/raw/petimages/Dog/3.jpg"], cwd=clone, capture_output=True,
-                                text=True, timeout=300)
-    assert classified.returncode == 0 and classified.stdout.splitlines()[1].startswith("data/raw/petimages/Dog/3.jpg"), classified
+    classified = subprocess.run([str(primer), "classify", "data/raw/petimages/Dog/3.jpg"], cwd=clone,
+                                capture_output=True, text=True, timeout=300)
+    assert (classified.returncode == 0
+            and classified.stdout.splitlines()[1].startswith("data/raw/petimages/Dog/3.jpg")), classified
 
 
 def test_second_repro_runs_nothing_and_changes_rerun_only_what_they_affect(pipeline):
@@ -257,7 +265,8 @@ def test_a_changed_module_makes_only_the_stages_that_use_it_stale(pipeline):
         text = path.read_text()
         path.write_text(text + "\n# changed\n")
         try:
-            status = subprocess.run(["dvc", "status", "--json"], cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+            status = subprocess.run(["dvc", "status", "--json"], cwd=repo, env=env, capture_output=True, text=True,
+                                    timeout=300)
         finally:
             path.write_text(text)
         assert status.returncode == 0, status.stderr

@@ -28,7 +28,8 @@ def test_zero_turns_every_step_off():
 
 def test_always_forces_the_flips_for_the_preview():
     image = torch.arange(12, dtype=torch.uint8).reshape(1, 3, 4).expand(3, 3, 4)
-    flip = dict(AugmentPolicy(hflip=0.01, crop_size=0, rotate_deg=0, brightness=0, contrast=0, saturation=0, hue=0).steps(always=True))
+    flip = dict(AugmentPolicy(hflip=0.01, crop_size=0, rotate_deg=0, brightness=0, contrast=0, saturation=0,
+                              hue=0).steps(always=True))
     assert torch.equal(flip["hflip p=0.01"](image), image.flip(-1))
 
 
@@ -43,7 +44,8 @@ def primer_cutout(image: np.ndarray, mask_size: int, num_masks: int) -> np.ndarr
     h, w = out.shape[:2]
     for _ in range(num_masks):
         y, x = random.randint(0, h - 1), random.randint(0, w - 1)
-        out[max(0, y - mask_size // 2) : min(h, y + mask_size // 2), max(0, x - mask_size // 2) : min(w, x + mask_size // 2)] = 0
+        out[max(0, y - mask_size // 2) : min(h, y + mask_size // 2),
+            max(0, x - mask_size // 2) : min(w, x + mask_size // 2)] = 0
     return out
 
 

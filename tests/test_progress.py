@@ -30,7 +30,8 @@ def test_each_epoch_bar_counts_to_its_batches_and_each_line_says_the_time_left(t
     toy_fit(tmp_path, [0.1, 0.2, 0.3])
     out, err = capsys.readouterr()
     for epoch in (1, 2, 3):
-        assert re.search(rf"train epoch {epoch}/3: +0%\S* *\| *0/4 \[00:00<", err), err  # the total, and elapsed<remaining
+        # the total, and elapsed<remaining
+        assert re.search(rf"train epoch {epoch}/3: +0%\S* *\| *0/4 \[00:00<", err), err
     lines = [line for line in out.splitlines() if re.match(r"train epoch \d/3: loss", line)]
     assert len(lines) == 3
     assert all(re.search(r" \(\d+\.\d s/epoch, (about \d+ s|under 1 s) left\)$", line) for line in lines[:2]), lines

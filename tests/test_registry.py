@@ -1,5 +1,6 @@
-"""primer/serving/registry.py against a real SQLite MLflow store and a real `mlflow server`: the alias `champion` moves only to a better
-model, a re-evaluated run keeps its version, and each version links back to its training run."""
+"""primer/serving/registry.py against a real SQLite MLflow store and a real `mlflow server`: the alias `champion`
+moves only to a better model, a re-evaluated run keeps its version, and each version links back to its training
+run."""
 
 from __future__ import annotations
 
@@ -44,7 +45,8 @@ def training_run(store) -> str:
     """A train_cnn-like run holding its served model "model"."""
     with mlflow.start_run() as run:
         example = pd.DataFrame({"image": [png_bytes(np.zeros((8, 8, 3), np.uint8))]})
-        log_served_model(store / "cnn.pt", PhotoClassifier(), example, {"eval_size": 16, "draft_oversample": 2, "max_image_pixels": 89_478_485})
+        log_served_model(store / "cnn.pt", PhotoClassifier(), example,
+                         {"eval_size": 16, "draft_oversample": 2, "max_image_pixels": 89_478_485})
     return run.info.run_id
 
 

@@ -1,4 +1,5 @@
-"""Linear and logistic regression against numpy least squares and torch's log-loss; the train_basics stage end to end."""
+"""Linear and logistic regression against numpy least squares and torch's log-loss; the train_basics stage end to
+end."""
 
 from __future__ import annotations
 

@@ -36,7 +36,8 @@ STAGE = textwrap.dedent('''
     sys.exit(cli(main))
 ''')
 
-WAIT = "import time, pathlib\nwhile not pathlib.Path('go').exists(): time.sleep(0.05)\npathlib.Path('waited').write_text('')\n"
+WAIT = ("import time, pathlib\nwhile not pathlib.Path('go').exists(): time.sleep(0.05)\n"
+        "pathlib.Path('waited').write_text('')\n")
 
 
 def git(repo: Path, env: dict, *args: str) -> None:
@@ -77,16 +78,19 @@ def start_repro(repo: Path, env: dict, hold_first: bool) -> subprocess.Popen:
     subprocess.run(["dvc", "init", "-q"], cwd=repo, env=env, check=True, timeout=120)
     git(repo, env, "add", "-A")
     git(repo, env, "commit", "-qm", "tiny pipeline")
-    return subprocess.Popen(["dvc", "repro"], cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(["dvc", "repro"], cwd=repo, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
 
 
 def busy_experiment(repo: Path, env: dict, repro: subprocess.Popen, waiting_for: str) -> str:
     """Once the repro waits at `waiting_for`, run `dvc exp run -S a.x=2` beside it; returns what it said."""
     deadline = time.monotonic() + 120
     while not (repo / waiting_for).exists():
-        assert repro.poll() is None and time.monotonic() < deadline, repro.stdout.read() if repro.poll() is not None else "timeout"
+        assert repro.poll() is None and time.monotonic() < deadline, (
+            repro.stdout.read() if repro.poll() is not None else "timeout")
         time.sleep(0.05)
-    done = subprocess.run(["dvc", "exp", "run", "-S", "a.x=2"], cwd=repo, env=env, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(["dvc", "exp", "run", "-S", "a.x=2"], cwd=repo, env=env, capture_output=True, text=True,
+                          timeout=120)
     assert done.returncode != 0, done.stdout + done.stderr  # refused: the repro holds the repository's lock...
     assert yaml.safe_load((repo / "params.yaml").read_text()) == {"a": {"x": 2}}  # ...but the value is written
     return done.stdout + done.stderr
@@ -115,8 +119,10 @@ def test_a_stage_refuses_params_changed_after_the_repro_began(tiny_repo):
     subprocess.run(["git", "checkout", "params.yaml"], cwd=repo, check=True, timeout=60)  # the fix the sentence gives
     rerun = subprocess.run(["dvc", "repro"], cwd=repo, env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
-    assert (repo / "second.out").read_text() == "1" and locked(repo)["second"]["params"]["params.yaml"] == {"a": {"x": 1}}
-    assert len(list((repo / ".dvc" / "tmp").glob("primer-params-*.json"))) == 1  # the finished repro's record was removed
+    assert ((repo / "second.out").read_text() == "1"
+            and locked(repo)["second"]["params"]["params.yaml"] == {"a": {"x": 1}})
+    # the finished repro's record was removed
+    assert len(list((repo / ".dvc" / "tmp").glob("primer-params-*.json"))) == 1
 
 
 def test_a_stage_whose_params_changed_while_it_ran_fails_instead_of_being_locked(tiny_repo):
@@ -125,5 +131,6 @@ def test_a_stage_whose_params_changed_while_it_ran_fails_instead_of_being_locked
     busy_experiment(repo, env, repro, waiting_for="first.started")  # `first` has loaded a.x = 1 and trains
     code, out = finish(repo, repro)
     assert code != 0, out
-    assert "params.yaml changed while this stage ran, so DVC would record values it did not use (a.x: 1 -> 2)" in out, out
+    assert ("params.yaml changed while this stage ran, so DVC would record values it did not use (a.x: 1 -> 2)"
+            in out), out
     assert locked(repo) == {}  # DVC locked nothing: no stage is recorded with a.x = 2

@@ -356,7 +356,8 @@ def perplexity_per_window(model: RNNLM, ids: torch.Tensor, num_steps: int) -> fl
     return math.exp(total / count)
 
 
-WORDS = "the time traveller for so it will be convenient to speak of him was expounding a recondite matter to us".split()
+WORDS = ("the time traveller for so it will be convenient to speak of him "
+         "was expounding a recondite matter to us").split()
 
 
 @pytest.mark.parametrize(("cell", "impl"), [("lstm", "fused"), ("gru", "scratch"), ("rnn", "fused")])

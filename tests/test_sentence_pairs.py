@@ -34,7 +34,8 @@ def test_preprocess_matches_d2l_rules():
 
 def test_bad_lines_are_counted_and_skipped(tmp_path):
     path = tmp_path / "pairs.txt"
-    path.write_text("Go.\tVa !\nno tab here\n\nHi.\tSalut !\ta third column\n\tVide.\nEmpty.\t  \nI won!\tJ'ai gagné !\n")
+    path.write_text("Go.\tVa !\nno tab here\n\nHi.\tSalut !\ta third column\n"
+                    "\tVide.\nEmpty.\t  \nI won!\tJ'ai gagné !\n")
     read = read_pairs(path)
     assert read.pairs == [(["go", "."], ["va", "!"]), (["i", "won", "!"], ["j'ai", "gagné", "!"])]
     assert read.skipped == {"no_tab": 1, "extra_tab": 1, "empty_side": 2}
@@ -69,7 +70,8 @@ def test_split_is_by_source_sentence_and_independent_of_order():
     splits = split_pairs(pairs, 0.2, 0.2, seed=7)
     assert sum(len(v) for v in splits.values()) == 200
     sources = {name: {s[0] for s, _ in v} for name, v in splits.items()}
-    assert not sources["train"] & sources["test"] and not sources["train"] & sources["val"] and not sources["val"] & sources["test"]
+    assert (not sources["train"] & sources["test"] and not sources["train"] & sources["val"]
+            and not sources["val"] & sources["test"])
     assert all(len(v) % 5 == 0 and v for v in splits.values())  # every translation of a sentence together
     again = split_pairs(list(reversed(pairs)), 0.2, 0.2, seed=7)
     assert {n: sorted(map(str, v)) for n, v in again.items()} == {n: sorted(map(str, v)) for n, v in splits.items()}
@@ -79,7 +81,8 @@ def test_split_is_by_source_sentence_and_independent_of_order():
 
 
 def test_references_group_every_translation():
-    sources, refs = references_by_source([(["go", "."], ["va", "!"]), (["hi", "."], ["salut", "!"]), (["go", "."], ["marche", "."])])
+    sources, refs = references_by_source([(["go", "."], ["va", "!"]), (["hi", "."], ["salut", "!"]),
+                                          (["go", "."], ["marche", "."])])
     assert sources == ["go .", "hi ."] and refs == [["va !", "marche ."], ["salut !"]]
 
 

@@ -30,6 +30,7 @@ from conftest import photo, png_bomb
 from test_evaluate import TEXT, save_tiny_translator
 
 EVAL_SIZE = 32
+CNN_CONFIG = {"eval_size": EVAL_SIZE, "draft_oversample": 2, "max_image_pixels": 89_478_485}  # as train_cnn logs it
 
 
 @pytest.fixture
@@ -51,7 +52,8 @@ def test_the_classifier_gives_the_evaluation_probability_for_photo_bytes_and_arr
     torch.manual_seed(0)
     args = {"arch": "primer", "width": 8}
     cnn = build_cnn(**args).eval()
-    torch.save({"model": cnn.state_dict(), "model_args": args, "classes": ["Cat", "Dog"], "history": []}, store / "cnn.pt")
+    torch.save({"model": cnn.state_dict(), "model_args": args, "classes": ["Cat", "Dog"], "history": []},
+               store / "cnn.pt")
     files = []
     for i, (size, fmt) in enumerate([((80, 60), "JPEG"), ((50, 90), "PNG"), ((300, 200), "JPEG")]):
         files.append(store / f"photo{i}.{fmt.lower()}")
@@ -61,7 +63,7 @@ def test_the_classifier_gives_the_evaluation_probability_for_photo_bytes_and_arr
     files.append(grey)
 
     example = pd.DataFrame({"image": [files[0].read_bytes()]})
-    model, info = logged(store, store / "cnn.pt", PhotoClassifier(), example, {"eval_size": EVAL_SIZE, "draft_oversample": 2, "max_image_pixels": 89_478_485})
+    model, info = logged(store, store / "cnn.pt", PhotoClassifier(), example, CNN_CONFIG)
     got = model.predict(pd.DataFrame({"image": [f.read_bytes() for f in files]}))
 
     with torch.no_grad():  # the evaluate stage: the augment stage's arrays, eval_batch, sigmoid of the logits
@@ -75,9 +77,10 @@ def test_the_classifier_gives_the_evaluation_probability_for_photo_bytes_and_arr
     pixels = [np.array(Image.open(f).convert("RGB")) for f in files[:2]] + [np.array(Image.open(grey))]
     direct = PhotoClassifier()  # arrays go through Python (a JSON request carries bytes as base64)
     direct.load_context(mlflow.pyfunc.PythonModelContext({"model_file": str(store / "cnn.pt")},
-                                                         {"eval_size": EVAL_SIZE, "draft_oversample": 2, "max_image_pixels": 89_478_485}))
+                                                         CNN_CONFIG))
     from_arrays = direct.predict(None, pd.DataFrame({"image": pixels}))
-    np.testing.assert_allclose(from_arrays["p_dog"].to_numpy(), expected[[0, 1, 3]], atol=2e-3)  # PNGs exact, JPEG decode
+    # PNGs exact, JPEG decode
+    np.testing.assert_allclose(from_arrays["p_dog"].to_numpy(), expected[[0, 1, 3]], atol=2e-3)
     assert from_arrays["p_dog"].to_numpy()[1] == pytest.approx(float(expected[1]), abs=1e-6)
 
 
@@ -91,7 +94,8 @@ def test_the_generator_writes_what_the_evaluation_samples(store):
     vocab = Vocab(TEXT)
     args = {"vocab_size": len(vocab), "cell": "gru", "num_hiddens": 16, "num_layers": 1, "impl": "fused"}
     lm = RNNLM(**args).eval()
-    torch.save({"model": lm.state_dict(), "model_args": args, "vocab": vocab.idx_to_token, "history": [], "best_epoch": 0}, store / "lm.pt")
+    torch.save({"model": lm.state_dict(), "model_args": args, "vocab": vocab.idx_to_token, "history": [],
+                "best_epoch": 0}, store / "lm.pt")
     example = pd.DataFrame({"prefix": ["time traveller"], "length": [20]})
     model, info = logged(store, store / "lm.pt", TextGenerator(), example)
     got = model.predict(pd.DataFrame({"prefix": ["time traveller", "the "], "length": [30, 5]}))
@@ -103,32 +107,35 @@ def test_the_translator_translates_as_the_evaluation_with_its_beam_size(store):
     torch.manual_seed(2)
     tf, src, tgt = save_tiny_translator(store / "tf.pt")
     example = pd.DataFrame({"sentence": ["I see 3."]})
-    model, info = logged(store, store / "tf.pt", Translator(), example, {"num_steps": 8, "beam_size": 2}, {"beam_size": 2})
+    model, info = logged(store, store / "tf.pt", Translator(), example, {"num_steps": 8, "beam_size": 2},
+                         {"beam_size": 2})
     sentences = ["I see 3.", "Go 7!", "i see 12 ."]
     got = model.predict(pd.DataFrame({"sentence": sentences}))
-    assert got["translation"].tolist() == translate_sentences(tf, sentences, src, Vocab.from_tokens(tgt.idx_to_token), 8, 2,
-                                                              torch.device("cpu"))
+    assert got["translation"].tolist() == translate_sentences(tf, sentences, src, Vocab.from_tokens(tgt.idx_to_token),
+                                                              8, 2, torch.device("cpu"))
     greedy = model.predict(pd.DataFrame({"sentence": sentences}), params={"beam_size": 1})
     assert greedy["translation"].tolist() == translate_sentences(tf, sentences, src, tgt, 8, 1, torch.device("cpu"))
     assert info.signature.params.to_dict() == [{"name": "beam_size", "default": 2, "shape": None, "type": "long"}]
-    with pytest.raises(ServedInputError, match=r"^1 of 2 rows cannot be answered, so none was: row 1: the sentence is empty\.$"):
+    with pytest.raises(ServedInputError,
+                       match=r"^1 of 2 rows cannot be answered, so none was: row 1: the sentence is empty\.$"):
         model.predict(pd.DataFrame({"sentence": ["I see 3.", "  "]}))
     for beam in (0, -1, 65):
-        with pytest.raises(ServedInputError, match=rf"^beam_size is {beam}, but it must be a whole number from 1 to 64\.$"):
+        with pytest.raises(ServedInputError,
+                           match=rf"^beam_size is {beam}, but it must be a whole number from 1 to 64\.$"):
             model.predict(pd.DataFrame({"sentence": sentences}), params={"beam_size": beam})
 
 
 def test_the_generator_refuses_a_length_out_of_range_and_an_empty_prefix_naming_the_row(store):
     vocab = Vocab(TEXT)
     args = {"vocab_size": len(vocab), "cell": "gru", "num_hiddens": 16, "num_layers": 1, "impl": "fused"}
-    torch.save({"model": RNNLM(**args).state_dict(), "model_args": args, "vocab": vocab.idx_to_token, "history": [], "best_epoch": 0},
-               store / "lm.pt")
+    torch.save({"model": RNNLM(**args).state_dict(), "model_args": args, "vocab": vocab.idx_to_token, "history": [],
+                "best_epoch": 0}, store / "lm.pt")
     model, _ = logged(store, store / "lm.pt", TextGenerator(), pd.DataFrame({"prefix": ["the "], "length": [5]}))
     with pytest.raises(ServedInputError) as refused:
         model.predict(pd.DataFrame({"prefix": ["the ", "", "time ", "a"], "length": [5, 3, -5, 10_000_000]}))
-    assert str(refused.value) == ("3 of 4 rows cannot be answered, so none was: row 2: the length is -5, but it must be a whole "
-                                  "number from 1 to 10,000; row 3: the length is 10000000, but it must be a whole number from "
-                                  "1 to 10,000; row 1: the prefix is empty.")
+    assert str(refused.value) == ("3 of 4 rows cannot be answered, so none was: row 2: the length is -5, but it must "
+                                  "be a whole number from 1 to 10,000; row 3: the length is 10000000, but it must be a "
+                                  "whole number from 1 to 10,000; row 1: the prefix is empty.")
     assert model.predict(pd.DataFrame({"prefix": ["the "], "length": [10_000]}))["text"][0].startswith("the ")
 
 
@@ -154,9 +161,10 @@ def test_the_classifier_refuses_a_png_bomb_from_its_header_without_decoding_it(c
     with pytest.raises(ServedInputError) as refused:
         classifier.predict(pd.DataFrame({"image": [jpeg_of(photo(40, 30)), png_bomb(12000, 12000)]}))
     assert str(refused.value) == (
-        "1 of 2 rows cannot be answered, so none was: row 1: 17,582 bytes starting b'\\x89PNG\\r\\n\\x1a\\n', the photo "
-        "declares 12000 x 12000 = 144,000,000 pixels, over the limit of 89,478,485 (verify.max_image_pixels); it was not "
-        "decoded: send a smaller photo, or raise the limit if you trust the source.")
+        "1 of 2 rows cannot be answered, so none was: row 1: 17,582 bytes starting b'\\x89PNG\\r\\n\\x1a\\n', "
+        "the photo declares 12000 x 12000 = 144,000,000 pixels, over the limit of 89,478,485 "
+        "(verify.max_image_pixels); it was not decoded: send a smaller photo, or raise the limit if you trust the "
+        "source.")
     assert refused.value.reasons.keys() == {1}
     far_over = png_bomb(20000, 20000)  # over twice Pillow's own limit, which Pillow refuses at open
     with pytest.raises(ServedInputError, match=r"row 0: .* over the limit of 89,478,485 \(verify\.max_image_pixels\)"):
@@ -168,16 +176,16 @@ def test_the_classifier_names_each_row_that_is_not_a_photo(classifier):
     with pytest.raises(ServedInputError) as refused:
         classifier.predict(pd.DataFrame({"image": [good, b"hello world", good, good[:200]]}))
     message = str(refused.value)
-    assert message.startswith("2 of 4 rows cannot be answered, so none was: row 1: 11 bytes starting b'hello wo', not an "
-                              "image Pillow can open; row 3: 200 bytes starting b'\\xff\\xd8\\xff")
+    assert message.startswith("2 of 4 rows cannot be answered, so none was: row 1: 11 bytes starting b'hello wo', "
+                              "not an image Pillow can open; row 3: 200 bytes starting b'\\xff\\xd8\\xff")
     assert "\n" not in message and "Traceback" not in message
     assert len(classifier.predict(pd.DataFrame({"image": [good, good]}))) == 2
 
 
 def test_the_classifier_refuses_a_request_over_its_size_before_decoding(classifier):
     big = [b"\0" * (MAX_REQUEST_BYTES // 2), b"\0" * (MAX_REQUEST_BYTES // 2 + 1)]
-    with pytest.raises(ServedInputError, match=r"^the request holds 64\.0 MiB of photos in 2 rows, over the limit of 64 MiB "
-                                               r"per request; send them in smaller batches\.$"):
+    with pytest.raises(ServedInputError, match=r"^the request holds 64\.0 MiB of photos in 2 rows, over the limit of "
+                                               r"64 MiB per request; send them in smaller batches\.$"):
         classifier.predict(pd.DataFrame({"image": big}))
 
 

@@ -49,7 +49,8 @@ def registry(tmp_path, monkeypatch):
                tmp_path / "cnn.pt")
     save_tiny_translator(tmp_path / "tf.pt")
     with mlflow.start_run() as cnn_run:
-        log_served_model(tmp_path / "cnn.pt", PhotoClassifier(), pd.DataFrame({"image": [png_bytes(np.zeros((8, 8, 3), np.uint8))]}),
+        log_served_model(tmp_path / "cnn.pt", PhotoClassifier(),
+                         pd.DataFrame({"image": [png_bytes(np.zeros((8, 8, 3), np.uint8))]}),
                          {"eval_size": 32, "draft_oversample": 2, "max_image_pixels": 89_478_485})
     with mlflow.start_run() as tf_run:
         log_served_model(tmp_path / "tf.pt", Translator(), pd.DataFrame({"sentence": ["I see 3."]}),
@@ -64,8 +65,9 @@ def serve(model_uri: str, tracking_uri: str, cwd: Path):
     port = free_port()
     mlflow_cli = shutil.which("mlflow", path=str(Path(sys.executable).parent))
     env = {**venv_env(cwd), "MLFLOW_TRACKING_URI": tracking_uri}  # the venv's bin on PATH: the server runs uvicorn
-    server = subprocess.Popen([mlflow_cli, "models", "serve", "-m", model_uri, "--env-manager", "local", "-h", "127.0.0.1",
-                               "-p", str(port)], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    server = subprocess.Popen([mlflow_cli, "models", "serve", "-m", model_uri, "--env-manager", "local",
+                               "-h", "127.0.0.1", "-p", str(port)], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         try:
@@ -113,7 +115,8 @@ def test_the_champion_cnn_answers_a_photo_over_http_with_p_dog(registry):
         answer = post(url, {"dataframe_records": [{"image": base64.b64encode(jpeg.read_bytes()).decode()}]})
     finally:
         stop(server)
-    expected = mlflow.pyfunc.load_model("models:/primer-cnn@champion").predict(pd.DataFrame({"image": [jpeg.read_bytes()]}))
+    expected = mlflow.pyfunc.load_model("models:/primer-cnn@champion").predict(
+        pd.DataFrame({"image": [jpeg.read_bytes()]}))
     (row,) = answer["predictions"]
     assert row["label"] == expected["label"][0] and row["p_dog"] == pytest.approx(float(expected["p_dog"][0]), abs=1e-6)
 
@@ -143,9 +146,9 @@ def test_the_champion_cnn_refuses_a_bomb_and_a_row_that_is_not_a_photo_with_400_
         stop(server)
     assert status == 400 and body["error_code"] == "INVALID_PARAMETER_VALUE"
     assert body["message"] == (
-        "2 of 3 rows cannot be answered, so none was: row 1: 17,582 bytes starting b'\\x89PNG\\r\\n\\x1a\\n', the photo "
-        "declares 12000 x 12000 = 144,000,000 pixels, over the limit of 89,478,485 (verify.max_image_pixels); it was not "
-        "decoded: send a smaller photo, or raise the limit if you trust the source; row 2: 11 bytes starting b'not a ph', "
-        "not an image Pillow can open.")
+        "2 of 3 rows cannot be answered, so none was: row 1: 17,582 bytes starting b'\\x89PNG\\r\\n\\x1a\\n', "
+        "the photo declares 12000 x 12000 = 144,000,000 pixels, over the limit of 89,478,485 "
+        "(verify.max_image_pixels); it was not decoded: send a smaller photo, or raise the limit if you trust the "
+        "source; row 2: 11 bytes starting b'not a ph', not an image Pillow can open.")
     assert "stack_trace" not in body
     assert len(ok["predictions"]) == 1

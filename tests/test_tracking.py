@@ -193,7 +193,8 @@ def test_a_failed_queued_write_is_one_sentence_at_the_next_call(store, monkeypat
         return real(self, run_id, metrics=metrics, **kwargs)
 
     monkeypatch.setattr(Client, "log_batch", refuse)
-    with pytest.raises(TrackingLost, match=r"^MLflow tracking at sqlite:.* stopped answering mid-stage \(\[Errno 111\] Connection refused\)"):
+    with pytest.raises(TrackingLost, match=r"^MLflow tracking at sqlite:.* stopped answering mid-stage "
+                                           r"\(\[Errno 111\] Connection refused\)"):
         with stage_run("train_cnn", {}) as run:
             run.log_metrics({"train/loss": 1.0}, 1)
             run.flush()

@@ -14,7 +14,8 @@ from primer.models.rnn import RNNLM
 
 from conftest import REPO, venv_env
 
-TINY_TEXT = "The Time Traveller (for so it will be convenient to speak of him) was expounding a recondite matter to us.\n" * 12
+TINY_TEXT = ("The Time Traveller (for so it will be convenient to speak of him) was expounding a recondite matter "
+             "to us.\n") * 12
 
 
 def tiny_params(tmp_path, **changes):
@@ -84,7 +85,8 @@ def lm_fit(tmp_path, epochs: int, checkpoint=None, hook=None, sampling: str = "s
     return fit(model, make_optimizer(model, "sgd", 1.0), interrupted,
                lambda m, e: {"val/ppl": perplexity(model, val_ids, p["num_steps"], torch.device("cpu"))},
                FitConfig(epochs, grad_clip=1.0, best_metric="val/ppl", unit="tok"),
-               Checkpoint(checkpoint, fingerprint(e=epochs), extra={"vocab": vocab.idx_to_token}) if checkpoint else None,
+               Checkpoint(checkpoint, fingerprint(e=epochs), extra={"vocab": vocab.idx_to_token})
+               if checkpoint else None,
                count=lambda x, y: x.numel()).history
 
 

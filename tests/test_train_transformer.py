@@ -109,9 +109,11 @@ def tiny_params(tmp_path, **changes):
 
 def run_stage(tmp_path, params, pairs):
     out = tmp_path / "out"
-    cmd = [sys.executable, str(REPO / "stages" / "train_transformer.py"), "--params", str(params), "--pairs", str(pairs)]
-    for flag, name in [("--checkpoint", "t.ckpt"), ("--model", "t.pt"), ("--metrics", "m.json"), ("--translations", "tr.csv"),
-                       ("--curves", "c.csv"), ("--curves-png", "c.png"), ("--attention", "attention")]:
+    cmd = [sys.executable, str(REPO / "stages" / "train_transformer.py"), "--params", str(params),
+           "--pairs", str(pairs)]
+    for flag, name in [("--checkpoint", "t.ckpt"), ("--model", "t.pt"), ("--metrics", "m.json"),
+                       ("--translations", "tr.csv"), ("--curves", "c.csv"), ("--curves-png", "c.png"),
+                       ("--attention", "attention")]:
         cmd += [flag, str(out / name)]
     env = {**venv_env(tmp_path), "PRIMER_TRACKING": "off", "PYTHONPATH": str(REPO)}
     return subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600), out
@@ -132,7 +134,8 @@ def test_stage_writes_every_artifact_and_reports_bad_lines(tmp_path):
     saved = torch.load(out / "t.pt", weights_only=True)
     model = Seq2SeqTransformer(**saved["model_args"])
     model.load_state_dict(saved["model"])
-    assert saved["tgt_vocab"][:4] == ["<unk>", "<pad>", "<bos>", "<eos>"] and saved["model_args"]["tgt_vocab_size"] == len(saved["tgt_vocab"])
+    assert (saved["tgt_vocab"][:4] == ["<unk>", "<pad>", "<bos>", "<eos>"]
+            and saved["model_args"]["tgt_vocab_size"] == len(saved["tgt_vocab"]))
 
 
 def test_heads_that_do_not_divide_the_width_are_one_sentence(tmp_path):

@@ -48,7 +48,8 @@ def test_the_writer_writes_every_file_and_logs_them_with_the_served_model(store,
                           tmp_path / "plots/lm.png")
     summary = {**fitted.summary("val/ppl"), "sample": "the time – é"}
     with stage_run("train_lm@gru", {"seed": 1}) as run:
-        out.write(run, model, args, fitted, "val/ppl", summary, Curves("train_lm@gru", "perplexity.png", {"ppl": ["val/ppl"]}),
+        out.write(run, model, args, fitted, "val/ppl", summary,
+                  Curves("train_lm@gru", "perplexity.png", {"ppl": ["val/ppl"]}),
                   served={"family": "TextGenerator", "input_example": {"prefix": ["the "], "length": [5]}},
                   extra={"vocab": vocab.idx_to_token})
         run_id = run.run_id

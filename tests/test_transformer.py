@@ -55,7 +55,8 @@ def test_positional_encoding_is_the_sinusoid_table():
 def test_sdpa_equals_explicit_softmax_under_the_same_masks(masking):
     torch.manual_seed(1)
     q, k, v = torch.randn(3, HEADS, 6, 8), torch.randn(3, HEADS, 6, 8), torch.randn(3, HEADS, 6, 8)
-    mask = {"none": None, "padding": padding_mask(random_ids(3, 6, 9, [6, 2, 4]), PAD), "causal": causal_mask(6, q.device)}[masking]
+    mask = {"none": None, "padding": padding_mask(random_ids(3, 6, 9, [6, 2, 4]), PAD),
+            "causal": causal_mask(6, q.device)}[masking]
     ours, weights = explicit_attention(q, k, v, mask)
     assert torch.allclose(F.scaled_dot_product_attention(q, k, v, attn_mask=mask), ours, atol=1e-5)
     assert torch.allclose(weights.sum(-1), torch.ones(3, HEADS, 6))
@@ -120,8 +121,9 @@ def test_decoder_block_equals_torch_decoder_layer():
     theirs = nn.TransformerDecoderLayer(D, HEADS, FFN, dropout=0.0, batch_first=True, norm_first=False).eval()
     copy_attention(ours.self_attention, theirs.self_attn)
     copy_attention(ours.cross_attention, theirs.multihead_attn)
-    copy_linear_norm([(ours.ffn.dense1, theirs.linear1), (ours.ffn.dense2, theirs.linear2), (ours.addnorm1.norm, theirs.norm1),
-                      (ours.addnorm2.norm, theirs.norm2), (ours.addnorm3.norm, theirs.norm3)])
+    copy_linear_norm([(ours.ffn.dense1, theirs.linear1), (ours.ffn.dense2, theirs.linear2),
+                      (ours.addnorm1.norm, theirs.norm1), (ours.addnorm2.norm, theirs.norm2),
+                      (ours.addnorm3.norm, theirs.norm3)])
     src = random_ids(2, 6, 9, [6, 2])
     x, memory = torch.randn(2, 5, D), torch.randn(2, 6, D)
     future = nn.Transformer.generate_square_subsequent_mask(5)  # -inf above the diagonal

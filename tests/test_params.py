@@ -72,7 +72,7 @@ def test_policy_params_are_the_constructor_arguments():
     params = yaml.safe_load((REPO / "params.yaml").read_text())["augment"]["policy"]
     assert set(params) == set(policy_schema())
     primer, ours = AugmentPolicy(), AugmentPolicy(**params)  # the constructor's defaults: the primer's train_transform
-    milder = {"rotate_deg", "brightness", "contrast", "saturation", "hue"}  # params.yaml's (RESULTS.md, issue 13)
+    milder = {"rotate_deg", "brightness", "contrast", "saturation", "hue"}  # params.yaml's (RESULTS.md, CNN recipe)
     assert {f.name for f in fields(primer) if getattr(primer, f.name) != getattr(ours, f.name)} == milder
     assert all(getattr(ours, name) < getattr(primer, name) for name in milder)
     assert flatten({"a": {"b": 1}, "c": 2}) == {"a.b": 1, "c": 2}

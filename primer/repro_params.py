@@ -75,7 +75,8 @@ def refusal(params_file: Path, changed: list[str], when: str) -> PrimerError:
     shown = "; ".join(changed[:5]) + (f"; and {len(changed) - 5} more" if len(changed) > 5 else "")
     return PrimerError(
         f"{params_file} changed {when} ({shown}); a `dvc exp run -S` refused as busy still writes its values "
-        f"into it, so check `git diff {params_file.name}`, restore it with `git checkout {params_file.name}` "
+        f"into it (and may stage it), so check `git diff HEAD -- {params_file.name}`, restore it with "
+        f"`git checkout HEAD -- {params_file.name}` "
         f"(or keep the new values) and rerun, and start experiments beside a running repro with "
         f"`dvc exp run --queue` or `--temp`, which leave the workspace alone.")
 

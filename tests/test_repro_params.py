@@ -116,7 +116,8 @@ def test_a_stage_refuses_params_changed_after_the_repro_began(tiny_repo):
     assert "params.yaml changed after this repro began (a.x: 1 -> 2)" in out and "--queue" in out, out
     assert "second" not in locked(repo)
 
-    subprocess.run(["git", "checkout", "params.yaml"], cwd=repo, check=True, timeout=60)  # the fix the sentence gives
+    assert "`git checkout HEAD -- params.yaml`" in out  # the fix the sentence gives, which also undoes a staged change
+    subprocess.run(["git", "checkout", "HEAD", "--", "params.yaml"], cwd=repo, check=True, timeout=60)
     rerun = subprocess.run(["dvc", "repro"], cwd=repo, env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert ((repo / "second.out").read_text() == "1"

@@ -36,8 +36,8 @@ STAGE = textwrap.dedent('''
     sys.exit(cli(main))
 ''')
 
-WAIT = ("import time, pathlib\nwhile not pathlib.Path('go').exists(): time.sleep(0.05)\n"
-        "pathlib.Path('waited').write_text('')\n")
+WAIT = ("import time, pathlib\npathlib.Path('wait.started').touch()\n"
+        "while not pathlib.Path('go').exists(): time.sleep(0.05)\n")
 
 
 def git(repo: Path, env: dict, *args: str) -> None:
@@ -110,13 +110,16 @@ def locked(repo: Path) -> dict:
 def test_a_stage_refuses_params_changed_after_the_repro_began(tiny_repo):
     repo, env = tiny_repo
     repro = start_repro(repo, env, hold_first=False)
-    busy_experiment(repo, env, repro, waiting_for="first.out")  # `first` is done; `wait` runs
+    busy_experiment(repo, env, repro, waiting_for="wait.started")  # `first` is done; `wait` runs
     code, out = finish(repo, repro)
     assert code != 0 and not (repo / "second.out").exists() and not (repo / "second.started").exists(), out
     assert "params.yaml changed after this repro began (a.x: 1 -> 2)" in out and "--queue" in out, out
     assert "second" not in locked(repo)
 
-    assert "`git checkout HEAD -- params.yaml`" in out  # the fix the sentence gives, which also undoes a staged change
+    assert "`git checkout HEAD -- params.yaml`" in out  # the fix the sentence gives
+    # DVC stages the values it writes (`git add` in its experiment queue) and, depending on where the lock
+    # stops it, leaves them staged: the fix must undo that too (a plain `git checkout params.yaml` does not)
+    git(repo, env, "add", "params.yaml")
     subprocess.run(["git", "checkout", "HEAD", "--", "params.yaml"], cwd=repo, check=True, timeout=60)
     rerun = subprocess.run(["dvc", "repro"], cwd=repo, env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr

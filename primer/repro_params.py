@@ -19,7 +19,7 @@ from pathlib import Path
 from primer.atomic import remove, write_text
 from primer.errors import PrimerError
 from primer.params import flatten, read_yaml
-from primer.processes import process_alive, process_start
+from primer.processes import parent_pid, process_alive, process_start
 
 PREFIX = "primer-params-"
 
@@ -31,10 +31,12 @@ def dvc_process() -> int | None:
         return None
     pid = os.getpid()
     while pid > 1:
+        ppid = parent_pid(pid)
+        if ppid is None:
+            return None
         try:
-            ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
             environ = Path(f"/proc/{ppid}/environ").read_bytes().split(b"\0")
-        except (OSError, ValueError, IndexError):
+        except OSError:
             return None
         if not any(entry.startswith(b"DVC_STAGE=") for entry in environ):
             return ppid

@@ -19,7 +19,7 @@ import torch
 from primer.devices import configure_device, pick_device
 from primer.errors import PrimerError
 from primer.host_sync import HostSyncs
-from primer.training.loop import COMPILE_MODES
+from primer.training.fit_params import COMPILE_MODES
 
 COMPILE_WARMUP = 3  # untimed steps at least, with torch.compile: compiling, recompiling, CUDA-graph capture
 

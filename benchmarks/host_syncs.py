@@ -28,8 +28,8 @@ from primer.vision.augment_policy import AugmentPolicy
 from primer.vision.image_batches import train_batches
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the stages' own batch sources, from this checkout
-from stages.train_lm import batches_for  # noqa: E402
-from stages.train_transformer import shuffled_batches  # noqa: E402
+from primer.text.length_batches import bucketed_batches  # noqa: E402
+from primer.training.lm_training import epoch_batches  # noqa: E402
 
 CPU = torch.device("cpu")
 EVERY = dict(crop_size=48, hflip=0.5, vflip=0.3, rotate_deg=15, brightness=0.5, contrast=0.3, saturation=0.4, hue=0.1,
@@ -58,14 +58,14 @@ def cases():
             model = RNNLM(12, "lstm", 16, 1, impl)
             p = {"batch_size": 4, "num_steps": 6, "sampling": sampling}
             yield f"LM {impl} LSTM, {sampling}", run(model, torch.optim.SGD(model.parameters(), 1.0),
-                                                     batches_for(model, ids, p, 0, CPU), count=lambda x, y: x.numel())
+                                                     epoch_batches(model, ids, p, 0, CPU), count=lambda x, y: x.numel())
     torch.manual_seed(0)
     src = torch.randint(4, 20, (40, 7), generator=torch.Generator().manual_seed(3))
     tgt = torch.randint(4, 22, (40, 6), generator=torch.Generator().manual_seed(4))
     src[::3, 5:], tgt[::4, 4:] = 1, 1
     model = Seq2SeqTransformer(20, 22, 16, 2, 32, 2, 0.1, 0.1)
     yield "Transformer", run(model, torch.optim.Adam(model.parameters(), 1e-3, fused=True),
-                             shuffled_batches(src, tgt, 8, 0, CPU), count=lambda x, y: (y != 1).sum())
+                             bucketed_batches(src, tgt, 8, 0, CPU, 1), count=lambda x, y: (y != 1).sum())
 
 
 def main() -> None:

@@ -4,7 +4,7 @@ For each checkout given (this one, and with --baseline another, e.g. a `git work
 commit), a fresh process puts that checkout first on the path and trains as its `train_transformer`
 stage does: its params.yaml section (with --set overrides), all fra-eng pairs read, split and turned
 into ids by its own code, its Seq2SeqTransformer, its optimizer, its bf16 choice, its
-`shuffled_batches` (the first batches of epoch 0) and its training loop `fit`. Warm-up steps are not
+`bucketed_batches` (the first batches of epoch 0) and its training loop `fit`. Warm-up steps are not
 timed. Printed side by side, median over --repeats rounds (each round runs every row once):
   ms/step, target tokens/s (non-padding target tokens, counted on the host beforehand),
   GFLOP/step (what the step really runs, counted by torch.utils.flop_counter over the same batches:
@@ -69,9 +69,9 @@ def worker(args) -> None:
     import yaml
     from torch.utils.flop_counter import FlopCounterMode
 
-    import stages.train_transformer as stage
     from primer.devices import configure_device, pick_device, use_bf16
     from primer.models.transformer import Seq2SeqTransformer
+    from primer.text.length_batches import bucketed_batches
     from primer.text.sentence_pairs import BOS, EOS, PAD, load_translation_data
     from primer.training.loop import FitConfig, compile_model, fit, make_optimizer
 
@@ -89,7 +89,7 @@ def worker(args) -> None:
                   "pad_id": tgt_vocab[PAD], "bos_id": tgt_vocab[BOS], "eos_id": tgt_vocab[EOS]}
     pad = model_args["pad_id"]
     src, tgt = data.arrays["train"]
-    make = stage.shuffled_batches(src, tgt, p["batch_size"], seed, device)
+    make = bucketed_batches(src, tgt, p["batch_size"], seed, device, 1)
     batches = []
     for batch in make(0):
         batches.append(batch)

@@ -19,7 +19,7 @@ from pathlib import Path
 import yaml
 
 from primer.errors import PrimerError
-from primer.serving.limits import MAX_BEAM_SIZE, MAX_LENGTH
+from primer.limits import MAX_BEAM_SIZE, MAX_LENGTH
 from primer.stage import cli
 
 DVC_YAML, PARAMS = Path("dvc.yaml"), Path("params.yaml")
@@ -35,14 +35,14 @@ def dvc_paths(dvc_yaml: Path = DVC_YAML) -> dict:
     raise PrimerError(f"'{dvc_yaml}' has no vars.paths; restore it from git.")
 
 
-def params_of(schema: dict) -> dict:
-    """The sections of params.yaml that `schema` names (after its `profile`), checked as the stages
-    check them: a missing, malformed or wrong file is one sentence naming it."""
-    from primer.params import apply_profile, read_yaml, validate
+def params_of(sections) -> dict:
+    """The sections of params.yaml that `sections` (a `primer.params.Sections`) names, after its `profile`,
+    checked as the stages check them: a missing, malformed or wrong file is one sentence naming it."""
+    from primer.params import load_params
 
     if not PARAMS.is_file():
         raise PrimerError(f"'{PARAMS}' not found; run primer from the repository root, or give --model.")
-    return validate(apply_profile(read_yaml(PARAMS), str(PARAMS)), schema, "", str(PARAMS))
+    return load_params(PARAMS, sections)
 
 
 def local_model(family: str, model_file: Path, stage: str, config: dict):
@@ -90,12 +90,14 @@ def classify(args) -> int:
     if args.model:
         predict = mlflow_model(args.model)
     else:
-        from primer.params import integer, some_of
+        from primer.data.verify import Verify
+        from primer.params import part_of, sections_of
+        from primer.training.cnn_training import classifier_config
+        from primer.vision.augment_policy import Augment
 
-        p = params_of({"augment": some_of({"eval_size": integer(8, 4096), "draft_oversample": integer(0, 8)}),
-                       "verify": some_of({"max_image_pixels": integer(1)})})
-        predict = local_model("PhotoClassifier", Path(dvc_paths()["cnn_model"]), "train_cnn",
-                              {**p["augment"], "max_image_pixels": p["verify"]["max_image_pixels"]})
+        p = params_of(sections_of(augment=part_of(Augment, "eval_size", "draft_oversample"),
+                                  verify=part_of(Verify, "max_image_pixels")))
+        predict = local_model("PhotoClassifier", Path(dvc_paths()["cnn_model"]), "train_cnn", classifier_config(p))
     rows, failed = [], []
     for photo in tqdm(args.photos, desc="classify", unit="photo", disable=len(args.photos) < 10 or None,
                       file=sys.stderr):
@@ -139,10 +141,10 @@ def translate(args) -> int:
     if args.model:
         predict = mlflow_model(args.model)
     else:
-        from primer.params import integer, some_of
+        from primer.params import part_of, sections_of
+        from primer.training.translation_training import TrainTransformer
 
-        p = params_of({"train_transformer": some_of({"num_steps": integer(2, 1000),
-                                                     "beam_size": integer(1, MAX_BEAM_SIZE)})})
+        p = params_of(sections_of(train_transformer=part_of(TrainTransformer, "num_steps", "beam_size")))
         predict = local_model("Translator", Path(dvc_paths()["transformer_model"]), "train_transformer",
                               p["train_transformer"])
     for sentence, french in zip(sentences, predict(pd.DataFrame({"sentence": sentences}), params)["translation"]):

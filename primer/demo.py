@@ -22,7 +22,7 @@ import yaml
 
 from primer.atomic import write_text
 from primer.errors import PrimerError
-from primer.params import apply_profile, parse_yaml
+from primer.params_file import apply_profile, parse_yaml
 
 PARAMS = Path("params.yaml")
 # `profile: VALUE  # comment` at the top level; only VALUE is replaced.

@@ -3,9 +3,13 @@ whether bf16 autocast pays there."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 
 from primer.errors import PrimerError
+
+Device = Literal["auto", "cpu", "cuda"]  # a stage's `device` param: auto takes CUDA when there is one
 
 
 def configure_device(device: torch.device) -> torch.device:

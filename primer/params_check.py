@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 from primer.errors import PrimerError
-from primer.params import read_yaml
+from primer.params_file import read_yaml
 from primer.stage import cli
 
 RESTORE = "restore it with `git checkout params.yaml`, or copy the missing part from the repository's own params.yaml"

@@ -18,7 +18,8 @@ from pathlib import Path
 
 from primer.atomic import remove, write_text
 from primer.errors import PrimerError
-from primer.params import flatten, read_yaml
+from primer.params import flatten
+from primer.params_file import read_yaml
 from primer.processes import parent_pid, process_alive, process_start
 
 PREFIX = "primer-params-"

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from primer.errors import PrimerError
-from primer.params import Schema, load_params
+from primer.params import Sections, load_params
 from primer.repro_params import check_unchanged_since_repro_began, check_unchanged_since_stage_began
 from primer.tracking import StageRun, Terminated, stage_run
 
@@ -24,11 +24,11 @@ def stage_parser(doc: str) -> argparse.ArgumentParser:
     return parser
 
 
-def load_checked(params_file: Path, schema: Schema, check: Callable[[dict], None] | None = None) -> dict:
+def load_checked(params_file: Path, sections: type[Sections], check: Callable[[dict], None] | None = None) -> dict:
     """The stage's params, validated key by key and then by `check(params)`, the stage's checks across
     keys (or against its inputs); a `PrimerError` from `check` is prefixed with the params file read.
     Under DVC, a file that changed since the repro's first stage is refused (`primer.repro_params`)."""
-    params = load_params(params_file, schema)
+    params = load_params(params_file, sections)
     check_unchanged_since_repro_began(Path(params_file))
     if check is not None:
         try:
@@ -40,13 +40,13 @@ def load_checked(params_file: Path, schema: Schema, check: Callable[[dict], None
 
 @contextmanager
 def open_stage(
-    name: str, params_file: Path, schema: Schema, system_metrics: bool = False,
+    name: str, params_file: Path, sections: type[Sections], system_metrics: bool = False,
     check: Callable[[dict], None] | None = None,
 ) -> Iterator[tuple[dict, StageRun]]:
     """Validate the stage's params (before any work, and before a tracking run exists to hold a
     failure), then open its tracking run. Under DVC, a params file that changed while the stage ran fails
     it, so that DVC does not record values the stage did not use."""
-    params = load_checked(params_file, schema, check)
+    params = load_checked(params_file, sections, check)
     started = check_unchanged_since_repro_began(Path(params_file))
     with stage_run(name, params, system_metrics, near=Path(params_file)) as run:
         yield params, run

@@ -20,13 +20,16 @@ import numpy as np
 from primer.atomic import atomic_path, refuse_without_room
 from primer.data.split import SPLITS
 from primer.data.table import read_table
-from primer.params import integer
+from primer.params import Sections, Seed
 from primer.stage import cli, open_stage, stage_parser
-from primer.vision.augment_policy import AugmentPolicy, augment_schema, check_augment
+from primer.vision.augment_policy import Augment, AugmentPolicy, check_augment
 from primer.vision.image_arrays import write_image_array
 from primer.vision.preview import augmentation_preview
 
-SCHEMA = {"seed": integer(0), "augment": augment_schema()}
+
+class Params(Sections):
+    seed: Seed
+    augment: Augment
 
 
 def write_split(images: Path, rows: list[dict], classes: list[str], size: int, out: Path, split: str, p: dict) -> None:
@@ -44,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True, type=Path, help="folder of arrays to write")
     parser.add_argument("--preview", required=True, type=Path, help="augmentation preview PNG to write")
     args = parser.parse_args(argv)
-    with open_stage("augment", args.params, SCHEMA,
+    with open_stage("augment", args.params, Params,
                     check=lambda params: check_augment(params["augment"])) as (params, run):
         p = params["augment"]
         policy = AugmentPolicy(**p["policy"])

@@ -19,35 +19,45 @@ import json
 from pathlib import Path
 
 import torch
+from pydantic import Field
 
 from primer.atomic import outputs_together, write_text
 from primer.data.table import write_table
-from primer.devices import pick_device
+from primer.devices import Device, pick_device
 from primer.errors import PrimerError
 from primer.evaluation.model_files import load_model
 from primer.evaluation.translation_eval import attention_maps, d2l_examples, test_bleu
 from primer.models.rnn import generate, perplexity
-from primer.params import choice, integer, number, run_only, some_of, text
+from primer.params import Section, Sections, Seed, part_of, run_only
 from primer.report import image, paragraph, table, write_report
 from primer.stage import cli, open_stage, stage_parser
 from primer.text.attention_plot import plot_attention_maps
 from primer.text.corpus import Vocab, load_corpus, split_tail
 from primer.text.sentence_pairs import read_pairs, split_pairs
+from primer.training.lm_training import TrainLm
+from primer.training.translation_training import TrainTransformer
+from primer.vision.augment_policy import Augment
 from primer.vision.binary_metrics import binary_report
 from primer.vision.image_batches import eval_batches, load_arrays
 from primer.vision.misclassified import plot_misclassified
 
-SCHEMA = {
-    "seed": integer(0),
-    "augment": some_of({"train_size": integer(1), "eval_size": integer(1)}),  # the keys that shape what is evaluated
-    "train_lm": some_of({"val_fraction": number(0.01, 0.5), "num_steps": integer(1), "prefix": text(),
-                         "sample_chars": integer(1)}),
-    "train_transformer": some_of({"num_pairs": integer(0), "val_fraction": number(0, 0.5),
-                                  "test_fraction": number(0.001, 0.5), "num_steps": integer(2), "beam_size": integer(1),
-                                  "attention_sentence": text()}),
-    "evaluate": {"batch_size": run_only(integer(1, 65536)), "misclassified": integer(0, 400),
-                 "examples": integer(0, 10_000), "device": run_only(choice("auto", "cpu", "cuda"))},
-}
+
+class Evaluate(Section):
+    batch_size: int = run_only(ge=1, le=65536)
+    misclassified: int = Field(ge=0, le=400)  # test photos in the report's grid of mistakes
+    examples: int = Field(ge=0, le=10_000)  # example translations in the report
+    device: Device = run_only()
+
+
+class Params(Sections):
+    """The keys of the training sections that shape what is evaluated, and this stage's own."""
+
+    seed: Seed
+    augment: part_of(Augment, "train_size", "eval_size")
+    train_lm: part_of(TrainLm, "val_fraction", "num_steps", "prefix", "sample_chars")
+    train_transformer: part_of(TrainTransformer, "num_pairs", "val_fraction", "test_fraction", "num_steps",
+                               "beam_size", "attention_sentence")
+    evaluate: Evaluate
 
 
 @torch.no_grad()
@@ -113,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.add_argument(flag, required=True, type=Path, help=what)
     args = parser.parse_args(argv)
     check = lambda params: pick_device(params["evaluate"]["device"], "evaluate.device")  # noqa: E731
-    with open_stage("evaluate", args.params, SCHEMA, check=check) as (params, run):
+    with open_stage("evaluate", args.params, Params, check=check) as (params, run):
         evaluate(args, params, run)
 
 

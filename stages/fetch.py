@@ -14,17 +14,30 @@ from pathlib import Path
 
 from primer.data.fetch import fetch_source
 from primer.errors import PrimerError
-from primer.params import integer, number, run_only, text
+from primer.params import Section, Sections, run_only
 from primer.stage import cli, open_stage, stage_parser
 
-SOURCE = {"url": text(), "sha1": text(), "member": text()}
-SCHEMA = {
-    "fetch": {
-        "retries": run_only(integer(0, 20)),
-        "timeout": run_only(number(1, 3600)),
-        "sources": {"petimages": SOURCE, "timemachine": SOURCE, "fra_eng": SOURCE},
-    }
-}
+
+class Source(Section):
+    url: str  # http(s)://, file:// or a local path
+    sha1: str  # "" skips the check
+    member: str  # the folder inside an archive to keep; "" keeps all
+
+
+class Sources(Section):
+    petimages: Source
+    timemachine: Source
+    fra_eng: Source
+
+
+class Fetch(Section):
+    retries: int = run_only(ge=0, le=20)
+    timeout: float = run_only(ge=1, le=3600)
+    sources: Sources
+
+
+class Params(Sections):
+    fetch: Fetch
 
 
 def parse_targets(pairs: list[str], names: list[str]) -> dict:
@@ -39,8 +52,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--downloads", required=True, help="folder caching downloaded files (not a DVC output)")
     parser.add_argument("--target", action="append", default=[], metavar="NAME=PATH", help="where source NAME goes")
     args = parser.parse_args(argv)
-    targets = parse_targets(args.target, list(SCHEMA["fetch"]["sources"]))
-    with open_stage("fetch", args.params, SCHEMA) as (params, run):
+    targets = parse_targets(args.target, list(Sources.model_fields))
+    with open_stage("fetch", args.params, Params) as (params, run):
         p = params["fetch"]
         for name, source in p["sources"].items():
             start = time.perf_counter()

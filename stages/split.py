@@ -7,12 +7,24 @@ manifest order: the same manifest and seed give a byte-identical file.
 
 from __future__ import annotations
 
+from pydantic import Field
+
 from primer.data.split import check_fractions, split_counts, stratified_split
 from primer.data.table import read_table, write_table
-from primer.params import integer, number
+from primer.params import Section, Sections, Seed
 from primer.stage import cli, open_stage, stage_parser
 
-SCHEMA = {"seed": integer(0), "split": {"val_fraction": number(0, 0.9), "test_fraction": number(0, 0.9)}}
+
+class Split(Section):
+    val_fraction: float = Field(ge=0, le=0.9)
+    test_fraction: float = Field(ge=0, le=0.9)
+
+
+class Params(Sections):
+    seed: Seed
+    split: Split
+
+
 COLUMNS = ["path", "label", "width", "height", "split"]
 
 
@@ -21,7 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--manifest", required=True, help="manifest CSV written by the verify stage")
     parser.add_argument("--out", required=True, help="split CSV to write")
     args = parser.parse_args(argv)
-    with open_stage("split", args.params, SCHEMA,
+    with open_stage("split", args.params, Params,
                     check=lambda params: check_fractions(**params["split"])) as (params, run):
         rows = read_table(args.manifest, COLUMNS[:-1], "verify")
         rows = stratified_split(rows, seed=params["seed"], **params["split"])

@@ -17,77 +17,30 @@ Several processes (DDP): set train_cnn.nproc (the stage relaunches itself under 
 from __future__ import annotations
 
 import os
-import random
-import sys
-from functools import partial
 from pathlib import Path
 
 import torch
 
 from primer import distributed
 from primer.devices import configure_device, pick_device, use_bf16
-from primer.models.cnn import ARCHS, build_cnn
-from primer.params import choice, flag, integer, number, output_only, result_values, run_only, some_of
+from primer.models.cnn import build_cnn
+from primer.params import result_values
 from primer.stage import cli, load_checked, open_stage, stage_parser
-from primer.training.checkpoint import Checkpoint, fingerprint
-from primer.training.loop import (
-    COMPILE_MODES,
-    OPTIMIZERS,
-    FitConfig,
-    check_fit_params,
-    compile_model,
-    fit,
-    fit_schema,
-    make_optimizer,
+from primer.training.checkpoint import Checkpoint, fingerprint, seed_everything
+from primer.training.cnn_training import (
+    CnnParams,
+    check_cnn_params,
+    epoch_batches,
+    relaunch_under_torchrun,
+    served_classifier,
+    training_policy,
 )
+from primer.training.loop import FitConfig, compile_model, fit, make_optimizer
 from primer.training.outputs import Curves, TrainingOutputs, add_training_outputs
-from primer.vision.augment_policy import AugmentPolicy, augment_schema, check_augment
 from primer.vision.image_arrays import png_bytes
-from primer.vision.image_batches import (
-    data_identity,
-    eval_batches,
-    evaluate_binary,
-    load_arrays,
-    train_batches,
-    train_steps,
-)
+from primer.vision.image_batches import data_identity, eval_batches, evaluate_binary, load_arrays, train_steps
 
-AUGMENT = augment_schema()
-SCHEMA = {
-    "seed": integer(0),
-    "augment": some_of({"train_size": AUGMENT["train_size"], "eval_size": AUGMENT["eval_size"],
-                        "policy": AUGMENT["policy"],
-                        "draft_oversample": output_only(AUGMENT["draft_oversample"])}),  # for the served model
-    "verify": some_of({"max_image_pixels": integer(1)}),  # the served model refuses larger photos, as verify did
-    "train_cnn": {
-        "model": {"arch": choice(*ARCHS), "width": integer(1, 512)},
-        "optimizer": choice(*OPTIMIZERS),
-        "lr": number(1e-7, 10),
-        "weight_decay": number(0, 1),
-        "epochs": integer(1, 10_000),
-        "batch_size": integer(1, 65_536),
-        "grad_clip": number(0, 1e6),
-        "bf16": flag(),
-        "channels_last": run_only(flag()),
-        "log_every": run_only(integer(1)),
-        "nproc": integer(1, 256),
-        "device": run_only(choice("auto", "cpu", "cuda")),
-        "compile": run_only(choice(*COMPILE_MODES, false_means="off")),  # YAML reads a bare off as false
-        **fit_schema(),
-    },
-}
-
-
-def relaunch_under_torchrun(nproc: int) -> None:
-    """Replace this process with `torchrun --standalone --nproc_per_node nproc` running this script."""
-    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", __file__]
-    os.execv(sys.executable, argv + sys.argv[1:])
-
-
-def check_params(params: dict) -> None:
-    check_augment(params["augment"])
-    check_fit_params(params["train_cnn"], "train_cnn")
-    pick_device(params["train_cnn"]["device"], "train_cnn.device")
+Params = CnnParams  # what this stage reads
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -95,49 +48,40 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--arrays", required=True, type=Path, help="augment stage output folder")
     add_training_outputs(parser)
     args = parser.parse_args(argv)
-    p = load_checked(args.params, SCHEMA, check_params)["train_cnn"]  # fail on bad params before any launch or work
+    p = load_checked(args.params, CnnParams, check_cnn_params)["train_cnn"]  # fail on bad params before any launch
     if p["nproc"] > 1 and not distributed.launched():
-        relaunch_under_torchrun(p["nproc"])
+        relaunch_under_torchrun(__file__, p["nproc"])
     device = configure_device(distributed.setup(pick_device(p["device"], "train_cnn.device")))
     if not distributed.is_main():
         os.environ["PRIMER_TRACKING"] = "off"  # rank 0 alone logs
     try:
-        with open_stage("train_cnn", args.params, SCHEMA, system_metrics=True, check=check_params) as (params, run):
+        with open_stage("train_cnn", args.params, CnnParams, system_metrics=True, check=check_cnn_params) as (
+                params, run):
             train(args, params, run, device)
     finally:
         distributed.teardown()
 
 
 def train(args, params: dict, run, device: torch.device) -> None:
-    p, aug = params["train_cnn"], params["augment"]
-    seed = params["seed"]
-    torch.manual_seed(seed)
-    random.seed(seed)
+    p, aug, seed = params["train_cnn"], params["augment"], params["seed"]
+    seed_everything(seed)
     data = load_arrays(args.arrays, aug["train_size"], aug["eval_size"])
-    policy = AugmentPolicy(**aug["policy"])
-    if policy.crop_size and policy.crop_size != aug["eval_size"]:
-        print(f"train_cnn: note: training crops are {policy.crop_size} px, evaluation images {aug['eval_size']} px",
-              flush=True)
     (train_x, train_y), (val_x, val_y) = data["train"], data["val"]
     if device.type == "cuda":  # uint8 on the GPU: 25,000 images take ~1.7 GB
         train_x, train_y, val_x, val_y = (t.to(device) for t in (train_x, train_y, val_x, val_y))
-    model = build_cnn(**p["model"]).to(device)
-    if p["channels_last"]:
-        model = model.to(memory_format=torch.channels_last)
+    model = build_cnn(**p["model"]).to(device, memory_format=torch.channels_last if p["channels_last"] else None)
     net = distributed.wrap(compile_model(model, p["compile"]), device)
-    optimizer = make_optimizer(net, p["optimizer"], p["lr"], p["weight_decay"])
     bf16 = use_bf16(device, p["bf16"])
     run.set_tags({"bf16": bf16, "world_size": distributed.world()})
     fitted = fit(
-        net, optimizer, partial(_train_epoch, train_x, train_y, p, policy, seed, device),
+        net, make_optimizer(net, p["optimizer"], p["lr"], p["weight_decay"]),
+        epoch_batches(train_x, train_y, p, training_policy(aug), seed, device),
         lambda _model, _epoch: evaluate_binary(
             model, eval_batches(val_x, val_y, p["batch_size"], device, p["channels_last"]), bf16, device),
         FitConfig.from_params(p, bf16=bf16, best_metric="val/acc", higher_is_better=True, desc="train_cnn",
                               steps_per_epoch=train_steps(len(train_x), p["batch_size"])),
-        Checkpoint(args.checkpoint, fingerprint(train=result_values(p, SCHEMA["train_cnn"]),
-                                                augment=result_values(aug, SCHEMA["augment"].schema), seed=seed,
-                                                data=data_identity(args.arrays), world=distributed.world()),
-                   model_args=p["model"]),
+        Checkpoint(args.checkpoint, fingerprint(params=result_values(params, CnnParams), world=distributed.world(),
+                                                data=data_identity(args.arrays)), model_args=p["model"]),
         run,
     )
     if not distributed.is_main():
@@ -146,16 +90,9 @@ def train(args, params: dict, run, device: torch.device) -> None:
     TrainingOutputs.from_args(args).write(
         run, model, p["model"], fitted, "val/acc", summary,
         Curves(f"train_cnn ({p['model']['arch']})", "training_curves.png"),
-        served={"family": "PhotoClassifier", "input_example": {"image": [png_bytes(val_x[0].cpu().numpy())]},
-                "model_config": {"eval_size": aug["eval_size"], "draft_oversample": aug["draft_oversample"],
-                                 "max_image_pixels": params["verify"]["max_image_pixels"]}},
-        extra={"classes": data["meta"]["classes"]})
+        served=served_classifier(params, png_bytes(val_x[0].cpu().numpy())), extra={"classes": data["meta"]["classes"]})
     print(f"train_cnn: kept epoch {fitted.best_epoch} of {summary['epochs']} (val/acc {fitted.best:.4f}) "
           f"-> {args.model}", flush=True)
-
-
-def _train_epoch(images, labels, p, policy, seed, device, epoch):
-    return train_batches(images, labels, p["batch_size"], policy, seed, epoch, device, p["channels_last"])
 
 
 if __name__ == "__main__":

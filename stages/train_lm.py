@@ -16,7 +16,6 @@ MLflow compare view overlays their val/ppl curves.
 from __future__ import annotations
 
 import math
-import random
 from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
@@ -24,87 +23,16 @@ from types import SimpleNamespace
 import torch
 
 from primer.devices import configure_device, pick_device
-from primer.errors import PrimerError
 from primer.models.rnn import RNNLM, generate, perplexity
-from primer.params import choice, each_of, integer, number, output_only, result_values, run_only, text
 from primer.stage import cli, open_stage, stage_parser
-from primer.text.corpus import (
-    Vocab,
-    epoch_positions,
-    gather_batches,
-    load_corpus,
-    num_batches,
-    seq_data_iter_random,
-    seq_data_iter_sequential,
-    split_tail,
-)
-from primer.training.checkpoint import Checkpoint, fingerprint
-from primer.training.loop import (
-    COMPILE_MODES,
-    FitConfig,
-    check_fit_params,
-    compile_model,
-    fit,
-    fit_schema,
-    make_optimizer,
-)
+from primer.text.corpus import Vocab, load_corpus, num_batches, split_tail
+from primer.training.checkpoint import Checkpoint, seed_everything
+from primer.training.lm_training import LmParams, check_lm_params, epoch_batches, lm_fingerprint
+from primer.training.loop import FitConfig, compile_model, fit, make_optimizer
 from primer.training.outputs import Curves, TrainingOutputs, add_training_outputs
 
-VARIANT = {
-    "model": {"cell": choice("rnn", "lstm", "gru"), "num_hiddens": integer(1, 8192), "num_layers": integer(1, 16),
-              "impl": choice("scratch", "fused"), "dropout": number(0, 0.9)},
-    "lr": number(1e-6, 100),
-    "patience": integer(0, 100_000),  # per variant: the plain RNN still improves slowly where gated cells overfit
-}
-SCHEMA = {
-    "seed": integer(0),
-    "train_lm": {
-        "val_fraction": number(0.01, 0.5),
-        "batch_size": integer(1, 4096),
-        "num_steps": integer(1, 10_000),
-        "sampling": choice("random", "sequential"),
-        "epochs": integer(1, 100_000),
-        "grad_clip": number(0, 1e6),
-        "sample_every": run_only(integer(1)),
-        "sample_chars": output_only(integer(1, 10_000)),  # the sample in its metrics
-        "prefix": output_only(text()),
-        "log_every": run_only(integer(1)),
-        "device": run_only(choice("auto", "cpu", "cuda")),
-        "compile": run_only(choice(*COMPILE_MODES, false_means="off")),  # YAML reads a bare off as false
-        "val_every": integer(1, 100_000),
-        "checkpoint_every": run_only(integer(1, 100_000)),
-        **{k: v for k, v in fit_schema().items() if k != "patience"},
-        "variants": each_of(VARIANT),
-    },
-}
-
-
-def shared_results(p: dict) -> dict:
-    """The train_lm result fields that every variant shares (a checkpoint's fingerprint): another
-    variant's change leaves this one's checkpoint valid."""
-    return {k: v for k, v in result_values(p, SCHEMA["train_lm"]).items() if k != "variants"}
-
-
-def sampler(p: dict):
-    """d2l's minibatch iterator that train_lm.sampling names."""
-    return seq_data_iter_sequential if p["sampling"] == "sequential" else seq_data_iter_random
-
-
-def batches_for(model: RNNLM, ids: torch.Tensor, p: dict, seed: int, device: torch.device):
-    """epoch -> (X, Y) minibatches on the device; sequential sampling carries the state across them.
-
-    The corpus lives on the device; each epoch draws its positions on the host (d2l's samplers, seeded by
-    seed and epoch) and sends them over once, so every step gathers its batch on the device."""
-    sequential, on_device = p["sampling"] == "sequential", ids.to(device)
-
-    def batches(epoch: int):
-        model.reset_state()
-        model.carry_state = sequential
-        generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-        positions = epoch_positions(len(ids), p["batch_size"], p["num_steps"], sequential, generator)
-        return gather_batches(on_device, positions.to(device))
-
-    return batches
+Params = LmParams  # what this stage reads
+KEPT = ("train/ppl", "val/ppl", "train/tok_per_s", "epochs", "best/epoch", "best/val_ppl", "stopped_early")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -114,42 +42,16 @@ def main(argv: list[str] | None = None) -> None:
     add_training_outputs(parser)
     args = parser.parse_args(argv)
     corpus = load_corpus(args.corpus)
-    with open_stage(f"train_lm@{args.variant}", args.params, SCHEMA, system_metrics=True,
-                    check=partial(check_params, args.variant, args.corpus, len(corpus))) as (params, run):
+    with open_stage(f"train_lm@{args.variant}", args.params, LmParams, system_metrics=True,
+                    check=partial(check_lm_params, args.variant, args.corpus, len(corpus))) as (params, run):
         train(args, params, run, corpus)
-
-
-KEPT = ("train/ppl", "val/ppl", "train/tok_per_s", "epochs", "best/epoch", "best/val_ppl", "stopped_early")
-
-
-def check_params(variant: str, corpus_file: Path, corpus_chars: int, params: dict) -> None:
-    """The variant exists, the device too, and the corpus is long enough for these params."""
-    p = params["train_lm"]
-    check_fit_params(p, "train_lm")
-    if variant not in p["variants"]:
-        raise PrimerError(f"no variant '{variant}' under 'train_lm.variants' (have: {', '.join(p['variants'])}); "
-                          "add it or pick one of those.")
-    pick_device(p["device"], "train_lm.device")
-    if p["sample_every"] % p["val_every"]:  # samples are written when the model is evaluated
-        raise PrimerError(f"'train_lm.sample_every' ({p['sample_every']}) must be a multiple of 'train_lm.val_every' "
-                          f"({p['val_every']}), since samples are written at validation; change one of them.")
-    if p["compile"] == "reduce-overhead" and p["sampling"] == "sequential":
-        raise PrimerError("'train_lm.compile' is 'reduce-overhead', whose CUDA graphs reuse their output buffers, but "
-                          "'train_lm.sampling' is 'sequential', which carries the state across steps; use 'default' or "
-                          "sampling 'random'.")
-    train_ids, val_ids = split_tail(torch.zeros(corpus_chars, dtype=torch.long), p["val_fraction"])
-    sampler(p)(train_ids, p["batch_size"], p["num_steps"], torch.Generator())  # too short a corpus fails here
-    if len(val_ids) < 2:
-        raise PrimerError(f"{corpus_file} leaves only {len(val_ids)} character(s) for validation; "
-                          "raise 'train_lm.val_fraction'.")
 
 
 def train(args, params: dict, run, corpus: str) -> None:
     p, seed = params["train_lm"], params["seed"]
     variant = p["variants"][args.variant]
     device = configure_device(pick_device(p["device"], "train_lm.device"))
-    torch.manual_seed(seed)
-    random.seed(seed)
+    seed_everything(seed)
     vocab = Vocab(corpus)
     ids = torch.tensor(vocab.encode(corpus), dtype=torch.long)
     train_ids, val_ids = split_tail(ids, p["val_fraction"])
@@ -173,12 +75,10 @@ def train(args, params: dict, run, corpus: str) -> None:
 
     steps = num_batches(len(train_ids), p["batch_size"], p["num_steps"], p["sampling"] == "sequential")
     fitted = fit(
-        model, optimizer, batches_for(model, train_ids, p, seed, device), evaluate,
+        model, optimizer, epoch_batches(model, train_ids, p, seed, device), evaluate,
         FitConfig.from_params(p, patience=variant["patience"], best_metric="val/ppl", steps_per_epoch=steps,
                               unit="tok", desc=f"train_lm@{args.variant}"),
-        Checkpoint(args.checkpoint, fingerprint(model=model_args, variant=result_values(variant, VARIANT),
-                                                train=shared_results(p), seed=seed, vocab=vocab.idx_to_token,
-                                                chars=len(ids)),
+        Checkpoint(args.checkpoint, lm_fingerprint(params, args.variant, model_args, vocab.idx_to_token, len(ids)),
                    model_args=model_args, extra={"vocab": vocab.idx_to_token}),
         SimpleNamespace(log_metrics=log, flush=run.flush), count=lambda x, y: x.numel(),
     )

@@ -14,11 +14,15 @@ from dataclasses import asdict
 
 from primer.atomic import write_text
 from primer.data.table import write_table
-from primer.data.verify import summarize, verify_images
-from primer.params import integer, run_only
+from primer.data.verify import Verify, summarize, verify_images
+from primer.params import Sections
 from primer.stage import cli, open_stage, stage_parser
 
-SCHEMA = {"verify": {"num_workers": run_only(integer(0, 1024)), "max_image_pixels": integer(1)}}
+
+class Params(Sections):
+    verify: Verify
+
+
 MANIFEST_COLUMNS = ["path", "label", "width", "height"]
 REJECT_COLUMNS = ["path", "label", "reason", "detail"]
 
@@ -30,7 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rejects", required=True, help="CSV of rejected files to write")
     parser.add_argument("--summary", required=True, help="JSON of counts to write (DVC metrics)")
     args = parser.parse_args(argv)
-    with open_stage("verify", args.params, SCHEMA) as (params, run):
+    with open_stage("verify", args.params, Params) as (params, run):
         checked = verify_images(args.images, **params["verify"])
         write_table(args.manifest, [asdict(r) for r in checked if not r.reason], MANIFEST_COLUMNS)
         write_table(args.rejects, [asdict(r) for r in checked if r.reason], REJECT_COLUMNS)

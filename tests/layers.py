@@ -14,8 +14,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 
 LAYERS = {  # name: (rank, the modules or packages it holds)
-    "plumbing": (0, ["primer.errors", "primer.atomic", "primer.processes", "primer.params", "primer.devices",
-                     "primer.distributed", "primer.host_sync"]),
+    "plumbing": (0, ["primer.errors", "primer.atomic", "primer.processes", "primer.params", "primer.params_file",
+                     "primer.devices", "primer.distributed", "primer.host_sync", "primer.limits"]),
     "data": (1, ["primer.data"]),
     "vision": (2, ["primer.vision"]),
     "text": (2, ["primer.text"]),
@@ -31,8 +31,8 @@ LAYERS = {  # name: (rank, the modules or packages it holds)
 # What no stage lists in its dvc.yaml deps (and the deps walk does not follow): errors, atomic writes,
 # params reading, the host-sync probe and the MLflow plumbing cannot change what a stage writes, and
 # leaving them out keeps a change to logging from redoing the pipeline.
-NOT_DEPS = {"primer.errors", "primer.atomic", "primer.processes", "primer.params", "primer.host_sync",
-            "primer.tracking", "primer.stage", "primer.repro_params"}
+NOT_DEPS = {"primer.errors", "primer.atomic", "primer.processes", "primer.params", "primer.params_file",
+            "primer.host_sync", "primer.tracking", "primer.stage", "primer.repro_params"}
 
 
 def dvc_stages() -> dict:

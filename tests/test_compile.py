@@ -12,6 +12,7 @@ from primer.devices import configure_device
 from primer.errors import PrimerError
 from primer.models.rnn import RNNLM
 from primer.params import load_params
+from primer.training.lm_training import check_lm_params
 from primer.training.loop import FitConfig, compile_model, fit, make_optimizer
 from stages import train_cnn, train_lm, train_transformer
 
@@ -20,24 +21,24 @@ from conftest import REPO
 
 @pytest.mark.parametrize("stage", [train_cnn, train_lm, train_transformer])
 def test_a_bare_off_in_yaml_is_off_and_true_is_refused(tmp_path, stage):
-    section = next(k for k in stage.SCHEMA if k.startswith("train_"))
+    section = next(k for k in stage.Params.model_fields if k.startswith("train_"))
     path = tmp_path / "params.yaml"
     text = (REPO / "params.yaml").read_text()
     assert yaml.safe_load(text)[section]["compile"] is False  # the repo's own file writes it bare: YAML's false
     path.write_text(text)
-    assert load_params(path, stage.SCHEMA)[section]["compile"] == "off"
+    assert load_params(path, stage.Params)[section]["compile"] == "off"
     path.write_text(text.replace("compile: off", "compile: true"))  # every stage's; this one reports its own
     with pytest.raises(PrimerError, match=rf"'{section}.compile' is True, "
                                           r"but it must be one of 'off', 'default', 'reduce-overhead'"):
-        load_params(path, stage.SCHEMA)
+        load_params(path, stage.Params)
 
 
 def test_reduce_overhead_with_sequential_sampling_is_refused():
-    params = load_params(REPO / "params.yaml", train_lm.SCHEMA)
+    params = load_params(REPO / "params.yaml", train_lm.Params)
     params["train_lm"].update({"compile": "reduce-overhead", "sampling": "sequential"})
     with pytest.raises(PrimerError,
                        match="'train_lm.compile' is 'reduce-overhead'.*'train_lm.sampling' is 'sequential'"):
-        train_lm.check_params("lstm", "corpus.txt", 100_000, params)
+        check_lm_params("lstm", "corpus.txt", 100_000, params)
 
 
 def test_a_compiled_model_trains_as_the_eager_one_and_keeps_its_state_dict_keys():
@@ -81,10 +82,10 @@ def test_adam_is_fused_where_the_parameters_are_on_the_cpu_or_cuda():
 
 
 def test_lm_samples_need_a_validation_to_be_written_at():
-    params = load_params(REPO / "params.yaml", train_lm.SCHEMA)
+    params = load_params(REPO / "params.yaml", train_lm.Params)
     params["train_lm"].update({"val_every": 3, "sample_every": 50})
     with pytest.raises(PrimerError,
                        match=r"'train_lm.sample_every' \(50\) must be a multiple of 'train_lm.val_every' \(3\)"):
-        train_lm.check_params("lstm", "corpus.txt", 100_000, params)
+        check_lm_params("lstm", "corpus.txt", 100_000, params)
     params["train_lm"]["sample_every"] = 51
-    train_lm.check_params("lstm", "corpus.txt", 100_000, params)
+    check_lm_params("lstm", "corpus.txt", 100_000, params)

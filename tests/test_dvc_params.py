@@ -10,8 +10,20 @@ import re
 
 import pytest
 import yaml
+from pydantic import Field
 
-from primer.params import EachOf, SomeOf, flatten, integer, output_only, result_values, run_only, some_of
+from primer.params import (
+    Section,
+    Sections,
+    effect,
+    flatten,
+    named_sections_of,
+    output_only,
+    part_of,
+    result_values,
+    run_only,
+    section_of,
+)
 
 from conftest import REPO
 from layers import dvc_stages
@@ -19,19 +31,17 @@ from layers import dvc_stages
 PROFILE_ENTRIES = re.compile(r"^(profile|quick\..+)$")  # the quick profile's own rule: tests/test_profile.py
 
 
-def schema_keys(schema: dict, prefix: str = "") -> set[str]:
-    """The dotted keys of a schema's result and output fields; a section of named variants is one entry
+def schema_keys(section: type[Section], prefix: str = "") -> set[str]:
+    """The dotted keys of a section's result and output fields; a section of named variants is one entry
     per foreach item (`section.${key}`), as DVC writes it."""
     keys = set()
-    for key, spec in schema.items():
+    for key, field in section.model_fields.items():
         name = prefix + key
-        if isinstance(spec, dict):
-            keys |= schema_keys(spec, name + ".")
-        elif isinstance(spec, SomeOf):
-            keys |= schema_keys(spec.schema, name + ".")
-        elif isinstance(spec, EachOf):
+        if section_of(field.annotation) is not None:
+            keys |= schema_keys(field.annotation, name + ".")
+        elif named_sections_of(field.annotation) is not None:
             keys.add(name + ".${key}")
-        elif spec.effect != "run":
+        elif effect(field) != "run":
             keys.add(name)
     return keys
 
@@ -50,11 +60,11 @@ def listed_keys(entries: list[str], params: dict) -> set[str]:
 
 
 def stage_schemas() -> dict:
-    """{dvc.yaml stage: its script's SCHEMA}."""
+    """{dvc.yaml stage: its script's Params}."""
     schemas = {}
     for name, stage in dvc_stages().items():
         script = re.search(r"stages/(\w+)\.py", stage["cmd"]).group(1)
-        schemas[name] = importlib.import_module(f"stages.{script}").SCHEMA
+        schemas[name] = importlib.import_module(f"stages.{script}").Params
     return schemas
 
 
@@ -69,9 +79,21 @@ def test_dvc_params_are_the_stages_result_and_output_fields(stage):
 
 
 def test_the_comparison_fails_when_a_result_field_is_missing_or_a_run_field_is_listed():
-    schema = {"seed": integer(0),
-              "train": {"lr": integer(1), "device": run_only(integer(0)), "examples": output_only(integer(0))},
-              "other": some_of({"size": integer(1)})}
+    class Train(Section):
+        lr: int = Field(ge=1)
+        device: int = run_only(ge=0)
+        examples: int = output_only(ge=0)
+
+    class Other(Section):
+        size: int = Field(ge=1)
+        unread: int
+
+    class Params(Sections):
+        seed: int = Field(ge=0)
+        train: Train
+        other: part_of(Other, "size")
+
+    schema = Params
     params = {"seed": 0, "train": {"lr": 1, "device": 0, "examples": 2}, "other": {"size": 3, "unread": 4}}
     assert schema_keys(schema) == {"seed", "train.lr", "train.examples", "other.size"}
     assert listed_keys(["seed", "train", "other.size", "profile"], params) == {"seed", "train.lr", "train.device",
@@ -80,12 +102,22 @@ def test_the_comparison_fails_when_a_result_field_is_missing_or_a_run_field_is_l
 
 
 def test_the_fingerprint_covers_exactly_the_result_fields():
-    schema = {"lr": integer(1), "device": run_only(integer(0)), "examples": output_only(integer(0)),
-              "model": {"width": integer(1), "compile": run_only(integer(0))}}
+    class Model(Section):
+        width: int = Field(ge=1)
+        compile: int = run_only(ge=0)
+
+    class Train(Section):
+        lr: int = Field(ge=1)
+        device: int = run_only(ge=0)
+        examples: int = output_only(ge=0)
+        model: Model
+
+    schema = Train
     values = {"lr": 1, "device": 0, "examples": 2, "model": {"width": 8, "compile": 1}}
     assert result_values(values, schema) == {"lr": 1, "model": {"width": 8}}
-    train_lm = importlib.import_module("stages.train_lm")
+    from primer.training.lm_training import shared_results
+
     p = yaml.safe_load((REPO / "params.yaml").read_text())["train_lm"]
-    shared = train_lm.shared_results(p)
+    shared = shared_results(p)
     assert "variants" not in shared and "device" not in shared and "compile" not in shared
     assert {"epochs", "batch_size", "val_every", "prefix"} & set(shared) == {"epochs", "batch_size", "val_every"}

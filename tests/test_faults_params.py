@@ -8,14 +8,29 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import Field
 
 from primer.errors import PrimerError
-from primer.params import load_params, number
+from primer.params import Section, Sections, load_params
 from primer.stage import cli
 
 from conftest import REPO
 
-LR = {"train_cnn": {"lr": number(1e-7, 10)}}
+
+class Lr(Section):
+    lr: float = Field(ge=1e-7, le=10)
+
+
+class AnyNumber(Section):
+    lr: float
+
+
+class LR(Sections):
+    train_cnn: Lr
+
+
+class AnyLr(Sections):
+    train_cnn: AnyNumber
 
 
 @pytest.mark.parametrize("written, value", [("5e-05", 5e-05), ("1e-3", 1e-3), ("1E+2", 100.0), (".5", 0.5),
@@ -23,7 +38,7 @@ LR = {"train_cnn": {"lr": number(1e-7, 10)}}
 def test_numbers_in_scientific_notation_load_as_numbers(tmp_path, written, value):
     path = tmp_path / "params.yaml"
     path.write_text(f"train_cnn:\n  lr: {written}\n")
-    assert load_params(path, {"train_cnn": {"lr": number()}}) == {"train_cnn": {"lr": value}}
+    assert load_params(path, AnyLr) == {"train_cnn": {"lr": value}}
 
 
 def test_the_lr_dvc_exp_run_writes_passes_the_train_cnn_range(tmp_path):
@@ -35,7 +50,7 @@ def test_the_lr_dvc_exp_run_writes_passes_the_train_cnn_range(tmp_path):
 def test_quoted_and_non_numbers_stay_strings(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text("a: '1e-3'\nb: 1e\nc: e5\nd: 12\ne: 0x10\n")
-    from primer.params import read_yaml
+    from primer.params_file import read_yaml
 
     assert read_yaml(path) == {"a": "1e-3", "b": "1e", "c": "e5", "d": 12, "e": 16}
 

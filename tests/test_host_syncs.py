@@ -18,11 +18,11 @@ from primer.host_sync import HostSyncs
 from primer.models.cnn import build_cnn
 from primer.models.rnn import RNNLM
 from primer.models.transformer import Seq2SeqTransformer
+from primer.text.length_batches import bucketed_batches
+from primer.training.lm_training import epoch_batches
 from primer.training.loop import FitConfig, fit, make_optimizer
 from primer.vision.augment_policy import AugmentPolicy
 from primer.vision.image_batches import train_batches
-from stages.train_lm import batches_for
-from stages.train_transformer import shuffled_batches
 
 CPU = torch.device("cpu")
 EVERY = dict(crop_size=48, hflip=0.5, vflip=0.3, rotate_deg=15, brightness=0.5, contrast=0.3, saturation=0.4, hue=0.1,
@@ -80,7 +80,7 @@ def test_a_language_model_step_waits_on_nothing(cell, impl, sampling):
     torch.manual_seed(0)
     ids = torch.randint(0, 12, (150,), generator=torch.Generator().manual_seed(2))
     model = RNNLM(12, cell, 16, 2 if impl == "scratch" else 1, impl)
-    batches = batches_for(model, ids, {**LM, "sampling": sampling}, 0, CPU)
+    batches = epoch_batches(model, ids, {**LM, "sampling": sampling}, 0, CPU)
     syncs, counted, _ = run(model, make_optimizer(model, "sgd", 1.0), batches, count=lambda x, y: x.numel(), unit="tok")
     assert counted >= 3 and not syncs.found
 
@@ -92,8 +92,8 @@ def test_a_transformer_step_waits_on_nothing():
     src[::3, 5:], tgt[::4, 4:] = 1, 1  # padding
     model = Seq2SeqTransformer(20, 22, 16, 2, 32, 2, 0.1, 0.1)
     optimizer = make_optimizer(model, "adam", 1e-3, fused=True)
-    syncs, counted, _ = run(model, optimizer, shuffled_batches(src, tgt, 8, 0, CPU), count=lambda x, y: (y != 1).sum(),
-                            unit="tok")
+    syncs, counted, _ = run(model, optimizer, bucketed_batches(src, tgt, 8, 0, CPU, 1),
+                            count=lambda x, y: (y != 1).sum(), unit="tok")
     assert counted == 4 and not syncs.found
 
 
@@ -108,7 +108,7 @@ def test_device_gathered_lm_batches_are_the_samplers():
     ids = torch.randint(0, 12, (150,), generator=torch.Generator().manual_seed(2))
     for sampling, sampler in (("random", seq_data_iter_random), ("sequential", seq_data_iter_sequential)):
         model = RNNLM(12, "lstm", 8)
-        ours = list(batches_for(model, ids, {**LM, "sampling": sampling}, 5, CPU)(3))
+        ours = list(epoch_batches(model, ids, {**LM, "sampling": sampling}, 5, CPU)(3))
         theirs = list(sampler(ids, 4, 6, torch.Generator().manual_seed(5 * 100_003 + 3)))
         assert len(ours) == len(theirs) > 0
         assert all(torch.equal(a, c) and torch.equal(b, d) for (a, b), (c, d) in zip(ours, theirs))
@@ -141,7 +141,7 @@ def test_on_cuda_no_step_synchronises():
 
     config = FitConfig(1, grad_clip=1.0, log_every=10**9)
     fit(model, optimizer, strict(batches), lambda m, e: {"val/loss": 0.0}, config)
-    fit(lm, make_optimizer(lm, "sgd", 1.0), strict(batches_for(lm, ids, {**LM, "sampling": "random"}, 0, cuda)),
+    fit(lm, make_optimizer(lm, "sgd", 1.0), strict(epoch_batches(lm, ids, {**LM, "sampling": "random"}, 0, cuda)),
         lambda m, e: {"val/loss": 0.0}, config)
 
 

@@ -4,19 +4,27 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from dataclasses import fields
 from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import Field
 
 from primer.errors import PrimerError
-from primer.params import flatten, integer, load_params, number
-from primer.vision.augment_policy import AugmentPolicy, policy_schema
+from primer.params import Name, Section, Sections, flatten, load_params
+from primer.vision.augment_policy import AugmentPolicy
 
 from conftest import REPO
 
-SCHEMA = {"seed": integer(0), "split": {"val_fraction": number(0, 0.9), "test_fraction": number(0, 0.9)}}
+
+class Split(Section):
+    val_fraction: float = Field(ge=0, le=0.9)
+    test_fraction: float = Field(ge=0, le=0.9)
+
+
+class Params(Sections):
+    seed: int = Field(ge=0)
+    split: Split
 
 
 def write(tmp_path: Path, data) -> Path:
@@ -27,7 +35,7 @@ def write(tmp_path: Path, data) -> Path:
 
 def test_valid_section_loads_and_ints_widen_to_floats(tmp_path):
     params = load_params(write(tmp_path, {"seed": 1, "split": {"val_fraction": 0, "test_fraction": 0.1}, "other": {}}),
-                         SCHEMA)
+                         Params)
     assert params == {"seed": 1, "split": {"val_fraction": 0.0, "test_fraction": 0.1}}
 
 
@@ -49,31 +57,31 @@ def test_valid_section_loads_and_ints_widen_to_floats(tmp_path):
 )
 def test_bad_values_name_the_key(tmp_path, data, message):
     with pytest.raises(PrimerError) as err:
-        load_params(write(tmp_path, data), SCHEMA)
+        load_params(write(tmp_path, data), Params)
     assert message in str(err.value)
     assert "params.yaml" in str(err.value)
 
 
 def test_bad_files(tmp_path):
     with pytest.raises(PrimerError, match="not found"):
-        load_params(tmp_path / "missing.yaml", SCHEMA)
+        load_params(tmp_path / "missing.yaml", Params)
     with pytest.raises(PrimerError, match="not valid YAML at line 3"):
-        load_params(write(tmp_path, "seed: 1\nsplit: [\n"), SCHEMA)
+        load_params(write(tmp_path, "seed: 1\nsplit: [\n"), Params)
 
 
 def test_repo_params_pass_every_stage_schema():
     from stages import augment, evaluate, fetch, split, train_basics, train_cnn, train_lm, train_transformer, verify
 
     for module in (fetch, verify, split, augment, train_cnn, train_lm, train_transformer, train_basics, evaluate):
-        load_params(REPO / "params.yaml", module.SCHEMA)
+        load_params(REPO / "params.yaml", module.Params)
 
 
 def test_policy_params_are_the_constructor_arguments():
     params = yaml.safe_load((REPO / "params.yaml").read_text())["augment"]["policy"]
-    assert set(params) == set(policy_schema())
+    assert set(params) == set(AugmentPolicy.model_fields)
     primer, ours = AugmentPolicy(), AugmentPolicy(**params)  # the constructor's defaults: the primer's train_transform
     milder = {"rotate_deg", "brightness", "contrast", "saturation", "hue"}  # params.yaml's (RESULTS.md, CNN recipe)
-    assert {f.name for f in fields(primer) if getattr(primer, f.name) != getattr(ours, f.name)} == milder
+    assert {name for name in AugmentPolicy.model_fields if getattr(primer, name) != getattr(ours, name)} == milder
     assert all(getattr(ours, name) < getattr(primer, name) for name in milder)
     assert flatten({"a": {"b": 1}, "c": 2}) == {"a.b": 1, "c": 2}
 
@@ -103,9 +111,14 @@ def test_every_stage_explains_itself(script):
 
 
 def test_named_variants_share_one_schema(tmp_path):
-    from primer.params import each_of
+    class Variant(Section):
+        lr: float = Field(ge=0, le=10)
+        layers: int = Field(ge=1, le=4)
 
-    schema = {"v": each_of({"lr": number(0, 10), "layers": integer(1, 4)})}
+    class Variants(Sections):
+        v: dict[Name, Variant] = Field(min_length=1)
+
+    schema = Variants
     ok = load_params(write(tmp_path, {"v": {"lstm": {"lr": 1, "layers": 1}, "deep_lstm": {"lr": 2, "layers": 2}}}),
                      schema)
     assert ok == {"v": {"lstm": {"lr": 1.0, "layers": 1}, "deep_lstm": {"lr": 2.0, "layers": 2}}}
@@ -121,6 +134,7 @@ def test_docs_resnet_recipe_is_valid_train_cnn_params(tmp_path):
     """docs/training.md's `dvc exp run -S ...` line for arch resnet names real keys with valid values."""
     import re
 
+    from primer.training.cnn_training import check_cnn_params
     from stages import train_cnn
 
     guide = (REPO / "docs/training.md").read_text()
@@ -135,6 +149,24 @@ def test_docs_resnet_recipe_is_valid_train_cnn_params(tmp_path):
             section = section[name]
         assert last in section, key
         section[last] = yaml.safe_load(value)
-    loaded = load_params(write(tmp_path, params), train_cnn.SCHEMA)
-    train_cnn.check_params(loaded)
+    loaded = load_params(write(tmp_path, params), train_cnn.Params)
+    check_cnn_params(loaded)
     assert loaded["train_cnn"]["model"] == {"arch": "resnet", "width": 32}
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda policy: policy.pop("hue"), "key 'augment.policy.hue' is missing; add it (a number from 0 to 0.5)."),
+    (lambda policy: policy.update(blur_kernel=4),
+     "'augment.policy.blur_kernel' is 4, but it must be 0 or an odd integer from 0 to 99."),
+    (lambda policy: policy.update(blur_sigma_min=5, blur_sigma_max=3),
+     "'augment.policy.blur_sigma_min' (5) is above 'blur_sigma_max' (3); swap them."),
+])
+def test_every_policy_key_is_written_even_though_the_class_has_the_primers_defaults(tmp_path, change, message):
+    from stages import augment
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    change(params["augment"]["policy"])
+    path = write(tmp_path, params)
+    with pytest.raises(PrimerError) as err:
+        load_params(path, augment.Params)
+    assert str(err.value) == f"{path}: {message}"

@@ -9,14 +9,26 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import Field
 
 from primer import demo
 from primer.errors import PrimerError
-from primer.params import QUICK_SECTIONS, apply_profile, integer, load_params, parse_yaml
+from primer.params import Section, Sections, load_params
+from primer.params_file import QUICK_SECTIONS, apply_profile, parse_yaml
 
 from conftest import REPO
 
-SCHEMA = {"seed": integer(), "train_cnn": {"epochs": integer(1), "lr": integer(1)}}
+
+class TrainCnn(Section):
+    epochs: int = Field(ge=1)
+    lr: int = Field(ge=1)
+
+
+class Params(Sections):
+    seed: int
+    train_cnn: TrainCnn
+
+
 BASE = {"seed": 1, "train_cnn": {"epochs": 30, "lr": 1}, "quick": {"train_cnn": {"epochs": 2}}}
 
 
@@ -27,13 +39,13 @@ def write(tmp_path: Path, data: dict) -> Path:
 
 
 def test_quick_profile_lays_the_quick_section_over_the_params(tmp_path):
-    params = load_params(write(tmp_path, {**BASE, "profile": "quick"}), SCHEMA)
+    params = load_params(write(tmp_path, {**BASE, "profile": "quick"}), Params)
     assert params == {"seed": 1, "train_cnn": {"epochs": 2, "lr": 1}, "profile": "quick"}
 
 
 def test_full_profile_reads_the_params_as_written(tmp_path):
-    assert load_params(write(tmp_path, {**BASE, "profile": "full"}), SCHEMA)["train_cnn"]["epochs"] == 30
-    assert "profile" not in load_params(write(tmp_path, BASE), SCHEMA)  # a file without the key: as before
+    assert load_params(write(tmp_path, {**BASE, "profile": "full"}), Params)["train_cnn"]["epochs"] == 30
+    assert "profile" not in load_params(write(tmp_path, BASE), Params)  # a file without the key: as before
 
 
 def test_overlay_is_deep_and_keeps_the_sibling_keys():
@@ -51,7 +63,7 @@ def test_overlay_is_deep_and_keeps_the_sibling_keys():
 ])
 def test_a_bad_profile_or_quick_section_is_one_sentence_naming_the_key(tmp_path, change, message):
     with pytest.raises(PrimerError, match=message.replace("(", r"\(").replace(".", r"\.")):
-        load_params(write(tmp_path, {**BASE, **change}), SCHEMA)
+        load_params(write(tmp_path, {**BASE, **change}), Params)
 
 
 def test_the_repository_params_load_under_both_profiles():

@@ -19,15 +19,21 @@ STAGE = textwrap.dedent('''
     """A stage that writes params a.x; with `hold`, it waits for the file `go` before writing."""
     import sys, time
     from pathlib import Path
-    from primer.params import integer
+    from primer.params import Section, Sections
     from primer.stage import cli, open_stage, stage_parser
+
+    class A(Section):
+        x: int
+
+    class Params(Sections):
+        a: A
 
     def main(argv=None):
         parser = stage_parser(__doc__)
         parser.add_argument("out", type=Path)
         parser.add_argument("--hold", action="store_true")
         args = parser.parse_args(argv)
-        with open_stage(args.out.stem, args.params, {"a": {"x": integer()}}) as (params, run):
+        with open_stage(args.out.stem, args.params, Params) as (params, run):
             Path(args.out.stem + ".started").touch()
             while args.hold and not Path("go").exists():
                 time.sleep(0.05)

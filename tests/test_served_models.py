@@ -18,9 +18,9 @@ from PIL import Image
 
 from primer.errors import PrimerError
 from primer.evaluation.translation_eval import translate_sentences
+from primer.limits import MAX_REQUEST_BYTES
 from primer.models.cnn import build_cnn
 from primer.models.rnn import RNNLM, generate
-from primer.serving.limits import MAX_REQUEST_BYTES
 from primer.serving.served_models import PhotoClassifier, ServedInputError, TextGenerator, Translator, log_served_model
 from primer.text.corpus import Vocab
 from primer.vision.batch_augment import eval_batch

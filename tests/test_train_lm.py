@@ -65,8 +65,8 @@ def lm_fit(tmp_path, epochs: int, checkpoint=None, hook=None, sampling: str = "s
     from primer.models.rnn import perplexity
     from primer.text.corpus import Vocab, split_tail
     from primer.training.checkpoint import Checkpoint, fingerprint
+    from primer.training.lm_training import epoch_batches
     from primer.training.loop import FitConfig, fit, make_optimizer
-    from stages.train_lm import batches_for
 
     torch.manual_seed(0)
     text = TINY_TEXT.lower()
@@ -74,7 +74,7 @@ def lm_fit(tmp_path, epochs: int, checkpoint=None, hook=None, sampling: str = "s
     train_ids, val_ids = split_tail(torch.tensor(vocab.encode(text)), 0.1)
     p = {"sampling": sampling, "batch_size": 4, "num_steps": 8}
     model = RNNLM(len(vocab), "lstm", 16, 2, "scratch")
-    batches = batches_for(model, train_ids, p, seed=0, device=torch.device("cpu"))
+    batches = epoch_batches(model, train_ids, p, seed=0, device=torch.device("cpu"))
 
     def interrupted(epoch):
         for i, batch in enumerate(batches(epoch)):

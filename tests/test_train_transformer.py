@@ -45,8 +45,8 @@ I fell.\tJe suis tombé.
 
 def fit_pairs(tmp_path, epochs, checkpoint=None, hook=None, dropout=0.0):
     """Train a small Transformer on the 20 pairs with the stage's batches; returns model, history, vocabs, arrays."""
+    from primer.text.length_batches import bucketed_batches
     from primer.text.sentence_pairs import preprocess_nmt
-    from stages.train_transformer import shuffled_batches
 
     pairs = [tuple(side.split() for side in preprocess_nmt(line).split("\t")) for line in PAIRS.strip().split("\n")]
     src_vocab, tgt_vocab = build_vocab([s for s, _ in pairs], 1), build_vocab([t for _, t in pairs], 1)
@@ -54,7 +54,7 @@ def fit_pairs(tmp_path, epochs, checkpoint=None, hook=None, dropout=0.0):
     torch.manual_seed(0)
     model = Seq2SeqTransformer(len(src_vocab), len(tgt_vocab), 32, 4, 64, 2, dropout,
                                pad_id=tgt_vocab[PAD], bos_id=tgt_vocab[BOS], eos_id=tgt_vocab[EOS])
-    batches = shuffled_batches(src, tgt, 10, seed=0, device=torch.device("cpu"))
+    batches = bucketed_batches(src, tgt, 10, seed=0, device=torch.device("cpu"), pad=1)
 
     def interrupted(epoch):
         for i, batch in enumerate(batches(epoch)):

@@ -12,10 +12,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
+from pydantic import Field
 
 from primer.data.images import open_rgb
 from primer.data.parallel import parallel_map
 from primer.errors import PrimerError
+from primer.params import Section, run_only
+
+
+class Verify(Section):
+    """The `verify` section (the served CNN repeats its `max_image_pixels`)."""
+
+    num_workers: int = run_only(ge=0, le=1024)
+    max_image_pixels: int = Field(ge=1)  # larger photos are refused as decompression bombs
+
 
 REASONS = ("empty", "truncated", "not_an_image", "undecodable", "decompression_bomb", "unreadable")
 

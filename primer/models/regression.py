@@ -115,3 +115,28 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, lr: float, iterations: int) -> tu
 def accuracy(x: np.ndarray, y: np.ndarray, w: float, b: float) -> float:
     """Share of samples where p >= 0.5 (w·x + b >= 0) matches the label."""
     return float(np.mean((w * x + b >= 0) == (y == 1)))
+
+
+def fit_primer_tables(plane: dict, logistic: dict) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Every fit on the primer's tables; returns the summary and the two per-iteration loss curves."""
+    temperature, sales = ICE_CREAM_FEATURES[:, 0], ICE_CREAM_SALES
+    w0 = fit_line_through_origin(temperature, sales)
+    w, b = fit_line(temperature, sales)
+    design = with_intercept(ICE_CREAM_FEATURES)
+    exact = least_squares(ICE_CREAM_FEATURES, sales)
+    descended, plane_losses = gradient_descent(ICE_CREAM_FEATURES, sales, **plane)
+    lw, lb, logistic_losses = fit_logistic(OUTING_TEMPERATURE, OUTING_GOES_OUT, **logistic)
+    summary = {
+        "line/w_through_origin": w0, "line/mse_through_origin": float(np.mean((w0 * temperature - sales) ** 2)),
+        "line/w": w, "line/b": b, "line/mse": float(np.mean((w * temperature + b - sales) ** 2)),
+        **{f"plane/gd_w{i}": float(v) for i, v in enumerate(descended)},
+        **{f"plane/lstsq_w{i}": float(v) for i, v in enumerate(exact)},
+        "plane/gd_loss": mse(design, sales, descended), "plane/lstsq_loss": mse(design, sales, exact),
+        "plane/gd_distance": float(np.linalg.norm(descended - exact)),
+        # the slowest direction's shrink factor per step: how far the primer's lr is from converging
+        "plane/slowest_rate": float(contraction_rates(ICE_CREAM_FEATURES, plane["lr"]).max()),
+        "logistic/w": lw, "logistic/b": lb,
+        "logistic/loss": log_loss(OUTING_TEMPERATURE, OUTING_GOES_OUT, lw, lb),
+        "logistic/accuracy": accuracy(OUTING_TEMPERATURE, OUTING_GOES_OUT, lw, lb),
+    }
+    return summary, plane_losses, logistic_losses

@@ -34,7 +34,7 @@ from PIL import Image
 
 from primer.data.images import PILLOW_MAX_PIXELS
 from primer.errors import PrimerError
-from primer.serving.limits import MAX_BEAM_SIZE, MAX_LENGTH, MAX_REQUEST_BYTES
+from primer.limits import MAX_BEAM_SIZE, MAX_LENGTH, MAX_REQUEST_BYTES
 
 PACKAGE = Path(__file__).resolve().parents[1]  # the whole primer package
 

@@ -21,6 +21,12 @@ def fingerprint(**parts) -> str:
     return hashlib.sha1(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def seed_everything(seed: int) -> None:
+    """Seed torch's and Python's generators, as every trainer does before it builds anything."""
+    torch.manual_seed(seed)
+    random.seed(seed)
+
+
 def rng_state() -> dict:
     state = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]), "python_pos": random.getstate()[2]}
     if torch.cuda.is_available():

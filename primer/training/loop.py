@@ -22,24 +22,12 @@ from tqdm import tqdm
 
 from primer import distributed
 from primer.errors import PrimerError
-from primer.params import choice, integer, number
 from primer.training.checkpoint import Checkpoint, rng_state, set_rng_state
 from primer.training.early_stopping import EarlyStopping
-from primer.training.schedule import SCHEDULES, ScheduledLr, check_schedule
+from primer.training.fit_params import COMPILE_MODES
+from primer.training.schedule import ScheduledLr
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
-COMPILE_MODES = ("off", "default", "reduce-overhead")  # torch.compile modes; reduce-overhead adds CUDA graphs
-
-
-def fit_schema() -> dict:
-    """The params of a training stage that `fit` takes as they are: early stopping and the lr schedule."""
-    return {"patience": integer(0, 100_000), "min_delta": number(0, 1e9), "schedule": choice(*SCHEDULES),
-            "warmup_epochs": number(0, 100_000)}
-
-
-def check_fit_params(p: dict, key: str) -> None:
-    """The checks across those keys (`key`: the params section), before any work."""
-    check_schedule(p["schedule"], p["warmup_epochs"], p["epochs"], key)
 
 
 def make_optimizer(model: torch.nn.Module, name: str, lr: float, weight_decay: float = 0.0, momentum: float = 0.0,

@@ -15,20 +15,7 @@ from __future__ import annotations
 
 import math
 
-from primer.errors import PrimerError
-
-SCHEDULES = ("constant", "cosine", "onecycle")
 ONECYCLE_DIV, ONECYCLE_FINAL_DIV = 25.0, 1e4  # torch.optim.lr_scheduler.OneCycleLR's defaults
-
-
-def check_schedule(kind: str, warmup_epochs: float, epochs: int, key: str) -> None:
-    """Params mistakes, before any work: `key` is the params section (e.g. 'train_cnn')."""
-    if warmup_epochs >= epochs:
-        raise PrimerError(f"'{key}.warmup_epochs' ({warmup_epochs:g}) must be below '{key}.epochs' ({epochs}); "
-                          "lower the warmup or train longer.")
-    if kind == "onecycle" and warmup_epochs <= 0:
-        raise PrimerError(f"'{key}.schedule' onecycle rises over the warmup, but '{key}.warmup_epochs' is 0; "
-                          "set it (e.g. 0.3 of the epochs) or pick cosine.")
 
 
 def _cos(start: float, end: float, pct: float) -> float:

@@ -1,50 +1,57 @@
 """The augmentation policy: flat numbers where 0 turns a step off (timm style).
 
-Defaults are the primer's `train_transform` after its Resize((150, 150)): RandomCrop(128),
-RandomHorizontalFlip(0.5), ColorJitter(0.5, 0.3, 0.4, 0.1), RandomRotation(15). The other steps the
-primer demonstrates (vertical flip, perspective, Gaussian blur, cutout) are off by default.
+`AugmentPolicy` is the `augment.policy` params section. Its defaults are the primer's `train_transform`
+after its Resize((150, 150)): RandomCrop(128), RandomHorizontalFlip(0.5), ColorJitter(0.5, 0.3, 0.4, 0.1),
+RandomRotation(15). The other steps the primer demonstrates (vertical flip, perspective, Gaussian blur,
+cutout) are off by default. params.yaml writes every key all the same (`primer.params`).
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field, fields
+from typing import Annotated
 
 import torch
+from pydantic import AfterValidator, Field, model_validator
 from torchvision.transforms import v2
 
 from primer.errors import PrimerError
-from primer.params import Field, integer, number, odd_kernel, run_only
+from primer.params import Section, param, run_only
 
 
-def _param(default, spec: Field):
-    return field(default=default, metadata={"param": spec})
+def _odd_or_zero(kernel: int) -> int:
+    if kernel % 2 == 0 and kernel != 0:
+        raise ValueError("an odd kernel size")
+    return kernel
 
 
-@dataclass(frozen=True)
-class AugmentPolicy:
-    crop_size: int = _param(128, integer(0, 4096))  # square random crop; 0 = off
-    hflip: float = _param(0.5, number(0, 1))  # probability
-    vflip: float = _param(0.0, number(0, 1))  # probability
-    rotate_deg: float = _param(15.0, number(0, 180))  # uniform in [-deg, deg]
-    brightness: float = _param(0.5, number(0, 1))  # factor in [1 - x, 1 + x]
-    contrast: float = _param(0.3, number(0, 1))
-    saturation: float = _param(0.4, number(0, 1))
-    hue: float = _param(0.1, number(0, 0.5))  # shift in [-x, x]
-    perspective: float = _param(0.0, number(0, 1))  # distortion scale
-    perspective_p: float = _param(0.0, number(0, 1))  # probability
-    blur_kernel: int = _param(0, odd_kernel())  # odd kernel size
-    blur_sigma_min: float = _param(0.1, number(0.01, 100))
-    blur_sigma_max: float = _param(3.0, number(0.01, 100))
-    cutout_size: int = _param(0, integer(0, 4096))  # side of each square mask
-    cutout_count: int = _param(0, integer(0, 100))  # masks per image
+class AugmentPolicy(Section):
+    """`augment.policy`: each field is one step's strength, probability or size (0 = off)."""
 
-    def __post_init__(self):
+    crop_size: int = Field(128, ge=0, le=4096)  # square random crop; 0 = off
+    hflip: float = Field(0.5, ge=0, le=1)  # probability
+    vflip: float = Field(0.0, ge=0, le=1)  # probability
+    rotate_deg: float = Field(15.0, ge=0, le=180)  # uniform in [-deg, deg]
+    brightness: float = Field(0.5, ge=0, le=1)  # factor in [1 - x, 1 + x]
+    contrast: float = Field(0.3, ge=0, le=1)
+    saturation: float = Field(0.4, ge=0, le=1)
+    hue: float = Field(0.1, ge=0, le=0.5)  # shift in [-x, x]
+    perspective: float = Field(0.0, ge=0, le=1)  # distortion scale
+    perspective_p: float = Field(0.0, ge=0, le=1)  # probability
+    blur_kernel: Annotated[int, AfterValidator(_odd_or_zero)] = param(0, ge=0, le=99, noun="0 or an odd integer")
+    blur_sigma_min: float = Field(0.1, ge=0.01, le=100)
+    blur_sigma_max: float = Field(3.0, ge=0.01, le=100)
+    cutout_size: int = Field(0, ge=0, le=4096)  # side of each square mask
+    cutout_count: int = Field(0, ge=0, le=100)  # masks per image
+
+    @model_validator(mode="after")
+    def _sigmas_in_order(self):
         if self.blur_sigma_min > self.blur_sigma_max:
             raise PrimerError(
                 f"'augment.policy.blur_sigma_min' ({self.blur_sigma_min:g}) is above "
                 f"'blur_sigma_max' ({self.blur_sigma_max:g}); swap them."
             )
+        return self
 
     def steps(self, always: bool = False) -> list[tuple[str, object]]:
         """(name, torchvision transform on a uint8 CHW tensor) for each enabled step, in order.
@@ -79,21 +86,15 @@ class AugmentPolicy:
         return v2.Compose([t for _, t in self.steps()])
 
 
-def policy_schema() -> dict:
-    """The params schema of `augment.policy`, read off the dataclass fields."""
-    return {f.name: f.metadata["param"] for f in fields(AugmentPolicy)}
+class Augment(Section):
+    """The `augment` section: read by the augment stage, and in part by training and evaluation."""
 
-
-def augment_schema() -> dict:
-    """The params schema of the whole `augment` section (read by augment and by training)."""
-    return {
-        "train_size": integer(8, 4096),
-        "eval_size": integer(8, 4096),
-        "draft_oversample": integer(0, 8),
-        "num_workers": run_only(integer(0, 1024)),
-        "preview_images": integer(1, 32),
-        "policy": policy_schema(),
-    }
+    train_size: int = Field(ge=8, le=4096)  # stored training images (before the random crop)
+    eval_size: int = Field(ge=8, le=4096)  # stored val and test images
+    draft_oversample: int = Field(ge=0, le=8)  # JPEG draft decode at >= this x the stored size; 0 = full
+    num_workers: int = run_only(ge=0, le=1024)
+    preview_images: int = Field(ge=1, le=32)
+    policy: AugmentPolicy
 
 
 def check_augment(aug: dict) -> AugmentPolicy:

@@ -1,0 +1,128 @@
+"""Read a params file as YAML 1.2 numbers, refuse a key written twice, and lay the quick profile over it.
+
+PyYAML resolves YAML 1.1, where `5e-05` (what `dvc exp run -S` writes) and `1e-3` are strings; here they
+are numbers. A key written twice in one mapping, which YAML would settle silently by keeping the last, is
+one sentence naming the key and both lines.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import yaml
+
+from primer.errors import PrimerError
+
+# YAML 1.2 numbers: PyYAML resolves YAML 1.1, where `5e-05` (what `dvc exp run -S` writes) and `1e-3`
+# are strings because 1.1 wants a dot and a signed exponent. A float is digits with a dot, an exponent,
+# or both; plain integers stay ints.
+_FLOAT = re.compile(
+    r"""^(?:[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |\.[0-9][0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[0-9][0-9_]*[eE][-+]?[0-9]+)
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""",
+    re.X,
+)
+_FLOAT_TAG = "tag:yaml.org,2002:float"
+
+
+class ParamsLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2 floats (tried before ints and everything else)."""
+
+    yaml_implicit_resolvers = {
+        char: [(tag, regexp) for tag, regexp in resolvers if tag != _FLOAT_TAG]
+        for char, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+
+
+for _char in "-+0123456789.":
+    ParamsLoader.yaml_implicit_resolvers.setdefault(_char, []).insert(0, (_FLOAT_TAG, _FLOAT))
+
+
+def _refuse_duplicate_keys(node: yaml.Node, where: str, file: str) -> None:
+    """A key written twice in one mapping is an error (YAML would silently keep the last one)."""
+    if isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _refuse_duplicate_keys(item, f"{where}[{i}]", file)
+    if not isinstance(node, yaml.MappingNode):
+        return
+    lines: dict = {}
+    for key_node, value_node in node.value:
+        key = key_node.value if isinstance(key_node, yaml.ScalarNode) else str(key_node.start_mark)
+        name = f"{where}.{key}" if where else key
+        line = key_node.start_mark.line + 1
+        if key in lines:
+            raise PrimerError(
+                f"{file}: key '{name}' is written twice (lines {lines[key]} and {line}); keep one of them.")
+        lines[key] = line
+        _refuse_duplicate_keys(value_node, name, file)
+
+
+def parse_yaml(text: str, file: str):
+    """YAML text -> Python data, with YAML 1.2 numbers and duplicate keys refused (`file` names it in errors)."""
+    loader = ParamsLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _refuse_duplicate_keys(node, "", file)
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def read_yaml(path: Path) -> dict:
+    """Read a params file; a missing or malformed file is a `PrimerError` naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise PrimerError(f"params file '{path}' not found; run from the repository root or pass --params PATH.")
+    try:
+        data = parse_yaml(path.read_text(encoding="utf-8"), str(path))
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        raise PrimerError(f"params file '{path}' is not valid YAML{line}: {getattr(exc, 'problem', exc)}.") from None
+    if not isinstance(data, dict):
+        raise PrimerError(f"params file '{path}' must hold a mapping of sections, not {type(data).__name__}.")
+    return data
+
+
+# `profile: quick` (what `make demo` sets for one run) lays the `quick` section over these sections.
+# Only stages whose dvc.yaml params list `profile` and `quick.<section>` may read them (tested).
+PROFILES = ("full", "quick")
+QUICK_SECTIONS = ("train_cnn", "train_lm", "train_transformer")
+
+
+def _overlay(base: dict, over: dict, where: str, file: str) -> dict:
+    """`base` with the keys of `over` replaced, section by section; a key `base` lacks is an error."""
+    out = dict(base)
+    for key, value in over.items():
+        name = f"{where}.{key}" if where else key
+        if key not in base:
+            raise PrimerError(f"{file}: 'quick.{name}' overrides '{name}', which the file does not have; "
+                              f"fix the name or remove it from 'quick'.")
+        if isinstance(value, dict) and isinstance(base[key], dict):
+            out[key] = _overlay(base[key], value, name, file)
+        else:
+            out[key] = value
+    return out
+
+
+def apply_profile(raw: dict, file: str) -> dict:
+    """The params as the run uses them: as written for `profile: full` (or no profile key), with the
+    `quick` section laid over them for `profile: quick`."""
+    profile = raw.get("profile", "full")
+    if profile not in PROFILES:
+        raise PrimerError(f"{file}: 'profile' is {profile!r}, but it must be one of {', '.join(PROFILES)}.")
+    quick = raw.get("quick", {})
+    if not isinstance(quick, dict):
+        raise PrimerError(f"{file}: 'quick' must be a mapping of sections, not {quick!r}.")
+    for section in quick:
+        if section not in QUICK_SECTIONS:
+            raise PrimerError(f"{file}: 'quick.{section}' is not allowed; the quick profile may change "
+                              f"{', '.join(QUICK_SECTIONS)} (the stages whose dvc.yaml params list it).")
+    if profile == "full":
+        return raw
+    return _overlay(raw, quick, "", file)

@@ -9,7 +9,7 @@ part that fails or hangs:
       and transformer_throughput --size default (the train_transformer stage's own training path at
       params.yaml's size): ms/step, target tok/s and the step's share of the fp32 GEMM rate;
   (c) a tiny `dvc repro` of every stage in a temporary copy of the repo, on tiny synthetic data
-      (as tests/test_pipeline.py builds it) with every `device` param set to --device: one
+      (as tests/e2e/test_pipeline.py builds it) with every `device` param set to --device: one
       `dvc repro -s STAGE` at a time, with its wall seconds (MLflow tracking on, as in the tests; off
       with --tiny, where it would take half the time).
 Prints ONE markdown table at the end (a failed part reads FAIL, its output's tail goes to stderr);

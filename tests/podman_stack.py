@@ -1,4 +1,4 @@
-"""Podman as a stand-in Docker engine for tests/test_container_run.py, on a machine with no registry.
+"""Podman as a stand-in Docker engine for tests/e2e/test_container_run.py, on a machine with no registry.
 
 Everything podman keeps (configuration, images, containers, volumes) lives under one temp folder:
 `Podman(root)` writes a containers.conf (runc: crun fails on this kind of VM's cgroup layout; ulimits

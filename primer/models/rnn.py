@@ -184,7 +184,7 @@ def perplexity(model: RNNLM, ids: torch.Tensor, num_steps: int, device: torch.de
     (thousands of sequential steps, a read-back per window), they are cut into up to `streams` chunks read
     side by side; each chunk but the first starts `w` characters early (a warm-up whose predictions are not
     scored) so that its first scored character has context, as it would in one long stream. The result
-    matches the single stream to ~1e-4 relative (tests/test_rnn.py); `streams=1` is that stream itself.
+    matches the single stream to ~1e-4 relative (tests/models/test_rnn.py); `streams=1` is that stream itself.
     """
     saved = model.state, model.carry_state
     ids = ids.to(device)

@@ -6,7 +6,7 @@ target length (then source length) inside that pool, and cut into batches; the b
 are then shuffled again. A batch therefore holds pairs of nearly the same length, and its source and
 target arrays are trimmed to its longest sentence: attention, the feed-forward layers and the output
 layer stop computing padding that the loss ignores. Rows are padded on the right, so trimming removes
-only padding: every real token keeps its position and its outputs (tests/test_length_batches.py).
+only padding: every real token keeps its position and its outputs (tests/text/test_length_batches.py).
 
 All lengths and batch boundaries are worked out on the host when an epoch starts; the id arrays go to
 the device once, and a step gathers its rows there, so no step waits on the device.

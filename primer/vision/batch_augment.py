@@ -13,7 +13,7 @@ CPU and GPU see the same random stream. The host also works out which samples ta
 which take a perspective (numpy, no device involved) and solves the perspective coefficients; then all
 of it goes to the images' device as one pinned buffer in one non-blocking copy. So a training step on a
 GPU never waits on the host: no `.item()`, no data-dependent shapes on the device, no per-tensor copies
-(tests/test_host_syncs.py checks it; constants are made once per device). One difference from
+(tests/training/test_host_syncs.py checks it; constants are made once per device). One difference from
 the per-image pipeline: torchvision runs it on uint8 and rounds (or truncates) after each colour, blur
 and perspective step; here everything after the crop stays float32.
 """

@@ -21,7 +21,7 @@ from primer.text.corpus import (
     split_tail,
 )
 
-TIME_MACHINE = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "d2l" / "timemachine.txt"
+TIME_MACHINE = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "d2l" / "timemachine.txt"
 
 
 def gen(seed: int) -> torch.Generator:

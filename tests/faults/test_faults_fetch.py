@@ -23,7 +23,7 @@ import yaml
 from primer.data.fetch import fetch_source
 from primer.errors import PrimerError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 HTML = b"<!DOCTYPE html><html><head><title>Sign in</title></head><body>Please sign in.</body></html>\n"
 ARCHIVE_PATH = "/download/kagglecatsanddogs_5340.zip"
 

@@ -122,17 +122,22 @@ def stop(proc: subprocess.Popen) -> None:
         proc.wait(timeout=20)
 
 
+# weed's own options (log to stderr, not to files in /tmp), then weed mini's, less the folder, address and ports
+STORE_COMMAND = ["-logtostderr", "mini", "-master.telemetry=false", "-webdav=false", "-admin.ui=false",
+                 "-s3.port.iceberg=0", "-s3.port.lance=0"]
+
+
 @contextmanager
-def running_store(folder: Path, bucket: str = BUCKET) -> Iterator[S3Store]:
-    """`weed mini` with its data in `folder`, S3 on a free loopback port, keys ACCESS_KEY/SECRET_KEY, `bucket` made."""
+def running_store(folder: Path, bucket: str = BUCKET, command: list[str] | None = None,
+                  create: bool = True) -> Iterator[S3Store]:
+    """`weed` with `command` (default STORE_COMMAND), its data in `folder`, on 127.0.0.1 with free ports, S3 keys
+    ACCESS_KEY/SECRET_KEY; with `create`, `bucket` is made once S3 answers."""
     weed = weed_binary()
     folder.mkdir(parents=True, exist_ok=True)
     ports = dict(zip(PORT_FLAGS, free_ports(len(PORT_FLAGS))))
     sockets = Path(tempfile.mkdtemp(prefix="weed-"))  # short: a unix socket's path has at most 107 bytes
-    # -logtostderr: into `log` below, not into files in /tmp
-    argv = [weed, "-logtostderr", "mini", f"-dir={folder}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-            "-master.telemetry=false", *(f"-{flag}={port}" for flag, port in ports.items()),
-            "-s3.port.iceberg=0", "-s3.port.lance=0", "-webdav=false", "-admin.ui=false",
+    argv = [weed, *(command or STORE_COMMAND), f"-dir={folder}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+            *(f"-{flag}={port}" for flag, port in ports.items()),
             f"-s3.localSocket={sockets / 's3.sock'}", f"-filer.localSocket={sockets / 'filer.sock'}"]
     # weed mini makes the S3 admin identity from these two variables
     env = {**os.environ, "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
@@ -144,9 +149,9 @@ def running_store(folder: Path, bucket: str = BUCKET) -> Iterator[S3Store]:
                                 start_new_session=True)
     try:
         wait_healthy(f"{store.endpoint}/healthz", proc, log)
-        create_bucket(store)
+        if create:
+            create_bucket(store)
         yield store
     finally:
         stop(proc)
         shutil.rmtree(sockets, ignore_errors=True)
-

@@ -139,8 +139,8 @@ def running_store(folder: Path, bucket: str = BUCKET, command: list[str] | None 
     argv = [weed, *(command or STORE_COMMAND), f"-dir={folder}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
             *(f"-{flag}={port}" for flag, port in ports.items()),
             f"-s3.localSocket={sockets / 's3.sock'}", f"-filer.localSocket={sockets / 'filer.sock'}"]
-    # weed mini makes the S3 admin identity from these two variables
-    env = {**os.environ, "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}
+    # weed mini makes the S3 admin identity from these two variables; TMPDIR: its gRPC sockets, not in /tmp
+    env = {**os.environ, "AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY, "TMPDIR": str(sockets)}
     log = folder.parent / f"{folder.name}.log"
     store = S3Store(f"http://127.0.0.1:{ports['s3.port']}", bucket, ACCESS_KEY, SECRET_KEY,
                     f"127.0.0.1:{ports['master.port']}.{ports['master.port.grpc']}", log)

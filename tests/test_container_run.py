@@ -125,9 +125,10 @@ def write_env(checkout: Path) -> dict:
 
 @pytest.fixture(scope="module")
 def services(podman):
-    """db, store, store-bucket (its first exit code and log kept) and mlflow up (health polled), mlflow and
-    the store's S3 published on free loopback ports. podman 4.3 ignores depends_on's service_healthy, so
-    each service waits here for the one before it."""
+    """db, store, store-bucket (run twice, exit codes and logs kept) and mlflow up (health polled), mlflow
+    and the store's S3 published on free loopback ports. podman 4.3 ignores depends_on's service_healthy,
+    so each service waits here for the one before it, in depends_on's order (test_containers.py checks the
+    conditions themselves)."""
     engine, work, checkout = podman
     port, s3_port = free_port(), free_port()
     (work / "override.yml").write_text(  # no GPU here: drop the reservation; free ports instead of 5000, 8333
@@ -141,15 +142,18 @@ def services(podman):
     engine.wait_healthy("primer_db_1", timeout=120)
     engine.run(compose_cmd(work, "up", "-d", "--no-build", "store"), cwd=checkout, timeout=300)
     engine.wait_healthy("primer_store_1", timeout=120)
-    engine.run(compose_cmd(work, "up", "-d", "--no-build", "store-bucket"), cwd=checkout, timeout=300)
-    bucket_job = (engine("wait", "primer_store-bucket_1", timeout=180).stdout.split() or ["?"])[-1]
-    bucket_log = engine("logs", "primer_store-bucket_1", check=False).stdout
-    # mlflow's depends_on starts store-bucket again (it finds the bucket) and waits for it to stop
-    engine.run(compose_cmd(work, "up", "-d", "--no-build", "mlflow"), cwd=checkout, timeout=300)
+    bucket_runs = []  # the job twice: it makes the bucket, then finds it
+    for _ in range(2):
+        engine.run(compose_cmd(work, "up", "-d", "--no-build", "store-bucket"), cwd=checkout, timeout=300)
+        rc = (engine("wait", "primer_store-bucket_1", timeout=180).stdout.split() or ["?"])[-1]
+        bucket_runs.append((rc, engine("logs", "primer_store-bucket_1", check=False).stdout))  # logs accumulate
+    # --no-deps: podman 4.3 cannot start a container whose --requires chain is two deep (mlflow -> store-bucket ->
+    # store: "depends on container ... not found in input list"), so the order above stands in for depends_on
+    engine.run(compose_cmd(work, "up", "-d", "--no-build", "--no-deps", "mlflow"), cwd=checkout, timeout=300)
     engine.wait_healthy("primer_mlflow_1", timeout=240)
     store = S3Store(f"http://127.0.0.1:{s3_port}", BUCKET, env["S3_ACCESS_KEY"], env["S3_SECRET_KEY"],
                     master="store:9333", log=work / "podman.log")
-    return engine, work, checkout, f"http://127.0.0.1:{port}", (store, bucket_job, bucket_log)
+    return engine, work, checkout, f"http://127.0.0.1:{port}", (store, bucket_runs)
 
 
 @pytest.fixture(scope="module")
@@ -224,12 +228,14 @@ def test_mlflow_on_postgresql_holds_a_finished_run_per_stage(pipeline_run):
     assert artifact(url, runs["augment"], "augment_preview.png")[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_the_store_bucket_job_exits_0_and_the_bucket_is_there(services):
-    engine, _, _, _, (store, bucket_job, bucket_log) = services
-    assert bucket_job == "0", f"store-bucket exited {bucket_job}:\n{bucket_log}"
+def test_the_store_bucket_job_exits_0_makes_the_bucket_and_then_leaves_it_alone(services):
+    engine, _, _, _, (store, bucket_runs) = services
+    assert [rc for rc, _ in bucket_runs] == ["0", "0"], bucket_runs
+    (_, first), (_, both) = bucket_runs
+    assert f"bucket {BUCKET} exists" not in first
+    assert both.count(f"bucket {BUCKET} exists") == 1, both
     state = engine("inspect", "--format", "{{.State.Status}} {{.State.ExitCode}}", "primer_store-bucket_1").stdout
-    assert state.split()[-2:] == ["exited", "0"]  # its second run, started by mlflow's depends_on, too
-    assert f"bucket {BUCKET} exists" in engine("logs", "primer_store-bucket_1").stdout  # which left it alone
+    assert state.split()[-2:] == ["exited", "0"]
     assert BUCKET in [b["Name"] for b in store.client().list_buckets()["Buckets"]]
 
 

@@ -235,7 +235,7 @@ def test_the_store_bucket_job_exits_0_makes_the_bucket_and_then_leaves_it_alone(
     assert f"bucket {BUCKET} exists" not in first
     assert both.count(f"bucket {BUCKET} exists") == 1, both
     state = engine("inspect", "--format", "{{.State.Status}} {{.State.ExitCode}}", "primer_store-bucket_1").stdout
-    assert state.split()[-2:] == ["exited", "0"]
+    assert state.split()[-2:] in (["exited", "0"], ["stopped", "0"])  # podman 4.3 says stopped after a restart
     assert BUCKET in [b["Name"] for b in store.client().list_buckets()["Buckets"]]
 
 

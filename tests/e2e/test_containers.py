@@ -24,7 +24,8 @@ def venv_tool(name: str, install: str) -> str:
 
 def compose_config(env_file: Path) -> subprocess.CompletedProcess:
     compose = venv_tool("docker-compose", "pip install -r requirements-dev.lock")
-    env = {k: v for k, v in os.environ.items() if k != "POSTGRES_PASSWORD"}  # the env file alone decides
+    env = {k: v for k, v in os.environ.items()  # the env file alone decides
+           if k not in ("POSTGRES_PASSWORD", "S3_ACCESS_KEY", "S3_SECRET_KEY")}
     return subprocess.run(
         [compose, "-f", "docker-compose.yml", "--env-file", str(env_file), "config", "--format", "json"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
@@ -37,16 +38,22 @@ def test_compose_accepts_the_file_and_the_pipeline_reserves_every_gpu(tmp_path):
     result = compose_config(env_file)
     assert result.returncode == 0, result.stderr
     services = json.loads(result.stdout)["services"]
-    assert set(services) == {"db", "mlflow", "pipeline"}
+    assert set(services) == {"db", "store", "store-bucket", "mlflow", "pipeline"}
     devices = services["pipeline"]["deploy"]["resources"]["reservations"]["devices"]
     assert any(d["driver"] == "nvidia" and "gpu" in d["capabilities"] and d["count"] == -1 for d in devices)
     assert services["pipeline"]["environment"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"
     assert services["pipeline"]["depends_on"]["mlflow"]["condition"] == "service_healthy"
     assert services["mlflow"]["depends_on"]["db"]["condition"] == "service_healthy"
+    assert services["mlflow"]["depends_on"]["store-bucket"]["condition"] == "service_completed_successfully"
+    assert services["store-bucket"]["depends_on"]["store"]["condition"] == "service_healthy"
     assert services["mlflow"]["build"]["context"] == services["pipeline"]["build"]["context"] == str(REPO)
     example = dict(re.findall(r"^(\w+)=(.*)$", (REPO / ".env.example").read_text(), flags=re.M))
     assert services["db"]["environment"]["POSTGRES_PASSWORD"] == example["POSTGRES_PASSWORD"]
     assert services["mlflow"]["environment"]["PGPASSWORD"] == example["POSTGRES_PASSWORD"]
+    for name in ("store", "mlflow"):  # the same S3 keys for the store and its one client in the stack
+        assert services[name]["environment"]["AWS_ACCESS_KEY_ID"] == example["S3_ACCESS_KEY"]
+        assert services[name]["environment"]["AWS_SECRET_ACCESS_KEY"] == example["S3_SECRET_KEY"]
+    assert "AWS_SECRET_ACCESS_KEY" not in services["pipeline"].get("environment", {})  # it logs through mlflow
 
 
 def test_compose_without_the_password_names_the_env_file(tmp_path):
@@ -57,14 +64,23 @@ def test_compose_without_the_password_names_the_env_file(tmp_path):
     assert "set POSTGRES_PASSWORD in .env" in result.stderr
 
 
-def test_mlflow_is_published_on_loopback_only(tmp_path):
+def test_compose_without_the_object_store_keys_names_them(tmp_path):
+    env_file = tmp_path / ".env"
+    env_file.write_text("POSTGRES_PASSWORD=x\n")
+    result = compose_config(env_file)
+    assert result.returncode != 0
+    assert "set S3_ACCESS_KEY in .env" in result.stderr or "set S3_SECRET_KEY in .env" in result.stderr
+
+
+def test_mlflow_and_the_store_are_published_on_loopback_only(tmp_path):
     env_file = tmp_path / ".env"
     shutil.copy(REPO / ".env.example", env_file)
     services = json.loads(compose_config(env_file).stdout)["services"]
-    ports = services["mlflow"]["ports"]
-    assert ports and all(p["host_ip"] == "127.0.0.1" for p in ports)
-    assert [(p["published"], p["target"]) for p in ports] == [("5000", 5000)]
-    assert "ports" not in services["db"] and "ports" not in services["pipeline"]
+    for name, published in [("mlflow", [("5000", 5000)]), ("store", [("8333", 8333)])]:
+        ports = services[name]["ports"]
+        assert ports and all(p["host_ip"] == "127.0.0.1" for p in ports), name
+        assert [(p["published"], p["target"]) for p in ports] == published
+    assert not {"db", "store-bucket", "pipeline"} & {name for name, s in services.items() if "ports" in s}
 
 
 def test_env_file_with_the_secrets_is_not_committed():

@@ -1,5 +1,6 @@
-"""docker-compose.yml's server topology for real, without Docker: PostgreSQL and the mlflow command
-taken from the compose file, the image stages logging to it, and a server restart in between."""
+"""docker-compose.yml's server topology for real, without Docker: PostgreSQL, the object store's and mlflow's
+commands taken from the compose file, the bucket job run twice, the image stages logging to the server (their
+artifacts landing in the store's bucket), and a server restart in between."""
 
 from __future__ import annotations
 
@@ -23,12 +24,14 @@ import pytest
 import yaml
 
 from conftest import REPO, require_tool, venv_env, write_class_folders
+from s3_store import ACCESS_KEY, SECRET_KEY, S3Store, running_store
 
 pytestmark = pytest.mark.slow
 BEFORE_RESTART = ["fetch", "verify", "split"]
 AFTER_RESTART = ["augment", "train_cnn"]
 EPOCHS = 2
 PASSWORD = "local-test-password"
+VARIABLES = {"POSTGRES_PASSWORD": PASSWORD, "S3_ACCESS_KEY": ACCESS_KEY, "S3_SECRET_KEY": SECRET_KEY}  # .env's
 
 
 def free_port() -> int:
@@ -37,9 +40,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def interpolate(value: str, variables: dict) -> str:
-    """Compose's `${NAME}`, `${NAME:?message}`, `${NAME:-default}` with `variables`."""
-    return re.sub(r"\$\{(\w+)[^}]*\}", lambda m: variables[m.group(1)], value)
+def interpolate(value: str, variables: dict = VARIABLES) -> str:
+    """Compose's `${NAME}`, `${NAME:?message}`, `${NAME:-default}` with `variables`, and `$$` as `$`."""
+    return re.sub(r"\$\$|\$\{(\w+)[^}]*\}", lambda m: variables[m.group(1)] if m.group(1) else "$", value)
 
 
 def compose_service(name: str) -> dict:
@@ -71,7 +74,7 @@ def postgres_owned_dir(tmp_path: Path) -> tuple[Path, list[str]]:
 def postgres(tmp_path):
     """A PostgreSQL server on 127.0.0.1 with the db service's user, password and database; its port."""
     bin_dir = postgres_bin()
-    db_env = json.loads(interpolate(json.dumps(compose_service("db")["environment"]), {"POSTGRES_PASSWORD": PASSWORD}))
+    db_env = json.loads(interpolate(json.dumps(compose_service("db")["environment"])))
     user, database = db_env["POSTGRES_USER"], db_env["POSTGRES_DB"]
     base, prefix = postgres_owned_dir(tmp_path)
     data, sockets, log, port = base / "data", base / "sockets", base / "postgres.log", free_port()
@@ -98,14 +101,55 @@ def postgres(tmp_path):
             shutil.rmtree(base, ignore_errors=True)
 
 
-# --- the mlflow service's command, pointed at the local PostgreSQL ---------------------------------
+# --- the store service, and the store-bucket job --------------------------------------------------
 
-def mlflow_server_argv(pg_port: int, artifacts: Path, port: int) -> tuple[list[str], dict]:
-    """The mlflow service's command and environment with the local password, database and folders."""
+def compose_bucket() -> str:
+    return compose_service("store-bucket")["environment"]["BUCKET"]
+
+
+@pytest.fixture
+def store(tmp_path):
+    """The store service's weed command on 127.0.0.1 (its folder, address and ports replaced), no bucket yet."""
+    service = compose_service("store")
+    assert service["entrypoint"] == ["weed"], "docker-compose.yml: the store runs weed itself"
+    env = {k: interpolate(str(v)) for k, v in service["environment"].items()}
+    assert env == {"AWS_ACCESS_KEY_ID": ACCESS_KEY, "AWS_SECRET_ACCESS_KEY": SECRET_KEY}  # its S3 admin's keys
+    command = [arg for arg in service["command"] if not arg.startswith(("-dir=", "-ip=", "-ip.bind="))]
+    with running_store(tmp_path / "seaweedfs", compose_bucket(), command=command, create=False) as found:
+        yield found
+
+
+def run_bucket_job(store: S3Store, tmp_path: Path) -> str:
+    """The store-bucket service's command against `store`; its output."""
+    service = compose_service("store-bucket")
+    assert service["entrypoint"][:2] == ["/bin/sh", "-c"], service["entrypoint"]
+    env = {**venv_env(tmp_path), **{k: interpolate(str(v)) for k, v in service["environment"].items()}}
+    assert env["WEED_MASTER"] == "store:9333"
+    env["WEED_MASTER"] = store.master
+    done = subprocess.run(["/bin/sh", "-c", *[interpolate(arg) for arg in service["command"]]], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, f"store-bucket failed:\n{done.stdout}{done.stderr}"
+    return done.stdout
+
+
+def test_the_store_starts_and_the_bucket_job_creates_the_bucket_once_and_then_succeeds(store, tmp_path):
+    client = store.client()
+    assert store.bucket not in [b["Name"] for b in client.list_buckets()["Buckets"]]
+    assert f"created bucket {store.bucket}" in run_bucket_job(store, tmp_path)
+    client.put_object(Bucket=store.bucket, Key="kept.txt", Body=b"kept")
+    assert run_bucket_job(store, tmp_path).strip() == f"bucket {store.bucket} exists"  # a restart of the stack
+    assert client.get_object(Bucket=store.bucket, Key="kept.txt")["Body"].read() == b"kept"
+    with pytest.raises(Exception, match="SignatureDoesNotMatch"):
+        store.client(secret_key="wrong").list_objects_v2(Bucket=store.bucket)  # the keys are required
+
+
+# --- the mlflow service's command, pointed at the local PostgreSQL and store ------------------------
+
+def mlflow_server_argv(pg_port: int, store: S3Store, port: int) -> tuple[list[str], dict]:
+    """The mlflow service's command and environment with the local password, database and store."""
     service = compose_service("mlflow")
-    variables = {"POSTGRES_PASSWORD": PASSWORD}
-    argv = [interpolate(str(arg), variables) for arg in service["command"]]
-    env = {k: interpolate(str(v), variables) for k, v in service.get("environment", {}).items()}
+    argv = [interpolate(str(arg)) for arg in service["command"]]
+    env = {k: interpolate(str(v)) for k, v in service.get("environment", {}).items()}
 
     def replace(flag: str, value: str) -> None:
         assert flag in argv, f"docker-compose.yml: the mlflow command has no {flag}"
@@ -115,7 +159,10 @@ def mlflow_server_argv(pg_port: int, artifacts: Path, port: int) -> tuple[list[s
     assert uri.scheme.startswith("postgresql") and uri.hostname == "db", uri
     password = f":{uri.password}" if uri.password else ""
     replace("--backend-store-uri", uri._replace(netloc=f"{uri.username}{password}@127.0.0.1:{pg_port}").geturl())
-    replace("--artifacts-destination", str(artifacts))
+    assert argv[argv.index("--artifacts-destination") + 1].startswith(f"s3://{store.bucket}/")
+    assert env["MLFLOW_S3_ENDPOINT_URL"] == "http://store:8333"
+    env["MLFLOW_S3_ENDPOINT_URL"] = store.endpoint
+    assert (env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]) == (store.access_key, store.secret_key)
     replace("--host", "127.0.0.1")
     replace("--port", str(port))
     return argv, env
@@ -164,8 +211,9 @@ class MlflowServer:
 
 
 @pytest.fixture
-def mlflow_server(postgres, tmp_path):
-    argv, env = mlflow_server_argv(postgres, tmp_path / "mlartifacts", free_port())
+def mlflow_server(postgres, store, tmp_path):
+    run_bucket_job(store, tmp_path)
+    argv, env = mlflow_server_argv(postgres, store, free_port())
     server = MlflowServer(argv, {**venv_env(tmp_path), **env}, tmp_path / "mlflow-server.log")
     try:
         server.start()
@@ -226,11 +274,12 @@ def artifact_files(server: MlflowServer, run_id: str, path: str = "") -> dict:
     return {f["path"]: int(f.get("file_size", 0)) for f in listed.get("files", [])}
 
 
-def test_stages_log_to_the_compose_mlflow_server_across_a_restart(mlflow_server, tmp_path):
+def test_stages_log_to_the_compose_mlflow_server_across_a_restart(mlflow_server, store, tmp_path):
     params = tiny_params(tmp_path)
     work = tmp_path / "work"
     work.mkdir()
-    env = {**venv_env(tmp_path), "MLFLOW_TRACKING_URI": mlflow_server.url, "OMP_NUM_THREADS": "1"}
+    env = {k: v for k, v in venv_env(tmp_path).items() if not k.startswith("AWS_") and k != "MLFLOW_S3_ENDPOINT_URL"}
+    env.update(MLFLOW_TRACKING_URI=mlflow_server.url, OMP_NUM_THREADS="1")  # the stages hold no S3 keys
     env.pop("MLFLOW_EXPERIMENT_NAME", None)
     for stage in BEFORE_RESTART:
         run_stage(stage, params, work, env)
@@ -269,4 +318,6 @@ def test_stages_log_to_the_compose_mlflow_server_across_a_restart(mlflow_server,
     model_id = cnn[0]["info"]["model_id"]
     model_files = mlflow_server.api(f"logged-models/{model_id}/artifacts/directories").get("files", [])
     assert "MLmodel" in {f["path"] for f in model_files}
-    assert (tmp_path / "mlartifacts").is_dir()  # the server stored them where the command said
+    stored = store.keys("mlartifacts/")  # the server stored them where the command said: in the store's bucket
+    assert any(key.endswith(f"/{train_id}/artifacts/training_curves.png") for key in stored), stored
+    assert any(key.endswith("/MLmodel") for key in stored), stored

@@ -3,7 +3,8 @@
 remote and MLflow's artifacts, and one `mlflow server` whose S3 keys only it holds. Hosts A and B, two clones, each
 run a tiny `dvc exp run` of train_lm@lstm and `dvc exp push` it; host C, a third clone, pulls both, finds their
 metrics in `dvc exp show`, applies B's and gets B's model byte for byte. The server holds both runs, tagged with their
-experiment names, their artifacts in the bucket, and the registry's champion rule picks the better of the two."""
+experiment names, their artifacts in the bucket, and the registry's champion rule picks the better of the two.
+A's first push, with a wrong key for the bucket, fails and leaves the experiment half pushed; C's pull says so."""
 
 from __future__ import annotations
 
@@ -134,6 +135,8 @@ def test_two_hosts_share_experiments_through_git_the_bucket_and_the_server(tmp_p
         run(repo, env, "dvc", "pull", "fetch")
         run(repo, env, "dvc", "exp", "run", "-n", name, "-S", f"train_lm.variants.lstm.lr={LR[name]}", TARGET)
         produced[name] = {"metrics": json.loads((repo / METRICS).read_text()), "model": (repo / MODEL).read_bytes()}
+        if name == "exp-a":
+            half_pushed(repo, env, store, origin, tmp_path / "host-c", produced[name]["model"])
         pushed = run(repo, env, "dvc", "exp", "push", "origin", name)
         assert name in pushed.stdout + pushed.stderr
     assert produced["exp-a"]["metrics"]["val/ppl"] != produced["exp-b"]["metrics"]["val/ppl"]
@@ -141,7 +144,7 @@ def test_two_hosts_share_experiments_through_git_the_bucket_and_the_server(tmp_p
         digest = hashlib.md5(made["model"]).hexdigest()
         assert f"dvc/files/md5/{digest[:2]}/{digest[2:]}" in store.keys("dvc/"), name
 
-    host_c = clone(origin, tmp_path / "host-c", env, store)
+    host_c = tmp_path / "host-c"  # cloned while A's first push failed
     for name in produced:
         run(host_c, env, "dvc", "exp", "pull", "origin", name)
     listed = shown(host_c, env)
@@ -177,6 +180,22 @@ def test_two_hosts_share_experiments_through_git_the_bucket_and_the_server(tmp_p
         model_id = source.removeprefix("models:/").strip("/")
         stored = store.keys(f"mlartifacts/{experiment}/models/{model_id}/")
         assert f"mlartifacts/{experiment}/models/{model_id}/artifacts/MLmodel" in stored, (name, source, stored)
+
+
+def half_pushed(host_a: Path, env: dict, store: S3Store, origin: Path, host_c: Path, model: bytes) -> None:
+    """A pushes exp-a with a wrong secret key in its .dvc/config.local. DVC pushes the git ref first, then fails on
+    the outputs and says so; the model is not in the bucket, and C, cloned now, pulls the experiment with a warning
+    that names the missing file. A's keys are then put right for its second push."""
+    remote_keys(host_a, env, store, secret_key="not-the-secret")
+    failed = run(host_a, env, "dvc", "exp", "push", "origin", "exp-a", check=False)
+    said = failed.stdout + failed.stderr
+    assert failed.returncode != 0 and "ERROR: failed to push cache: Forbidden" in said and "(403)" in said, said
+    digest = hashlib.md5(model).hexdigest()
+    assert not [key for key in store.keys("dvc/") if key.endswith(digest[2:])]
+    remote_keys(host_a, env, store)
+    clone(origin, host_c, env, store)
+    pulled = run(host_c, env, "dvc", "exp", "pull", "origin", "exp-a")
+    assert "Missing cache files" in pulled.stderr and digest in pulled.stderr, pulled.stdout + pulled.stderr
 
 
 def register_both(url: str, produced: dict, run_ids: dict) -> list:

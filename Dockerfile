@@ -27,10 +27,10 @@ RUN apt-get update \
  && git config --system --add safe.directory /app
 
 # The user every command runs as (docker/entrypoint.sh gives it the bind-mounted checkout's uid, or
-# CAP_DAC_OVERRIDE when root owns the checkout). /mlartifacts is where docker-compose.yml mounts the
-# MLflow artifact volume: a new named volume takes this folder's owner.
+# CAP_DAC_OVERRIDE when root owns the checkout). /var/lib/mlflow-auth is where docker-compose.yml mounts
+# the MLflow server's account volume: a new named volume takes this folder's owner.
 RUN useradd --create-home --uid 1000 primer \
- && install -d -o primer -g primer /app /mlartifacts
+ && install -d -o primer -g primer /app /var/lib/mlflow-auth
 WORKDIR /app
 
 # Dependencies first, from the same lock as `make` and .ci/run, so that editing the code reuses

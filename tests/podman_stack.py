@@ -11,14 +11,12 @@ file is edited.
 from __future__ import annotations
 
 import importlib.metadata
-import json
 import os
 import resource
 import shutil
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 STANDINS = Path(__file__).resolve().parent / "standin_bases"
@@ -145,7 +143,3 @@ def make_standin_bases(podman: Podman, work: Path) -> None:
     shutil.copy(seaweedfs_weed(), seaweedfs / "weed")
     podman("build", "--network", "host", "-t", SEAWEEDFS_BASE, str(seaweedfs), timeout=600)
 
-
-def get_json(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=30) as response:
-        return json.load(response)

@@ -3,12 +3,13 @@ podman (tests/podman_stack.py) from stand-in base images made of Debian's packag
 
 It builds the image; checks the image runs as non-root (`primer.doctor`, `dvc --version`) and writes a
 user-owned checkout as its owner; brings up `db`, the object store `store`, its one-shot `store-bucket`
-job (which must exit 0) and `mlflow`, with S3 keys of its own in .env; runs the `pipeline` service on a
-root-owned copy of this checkout: a tiny offline `dvc exp run -S ...` (local sources) of the data
-stages and train_basics, logging to MLflow on PostgreSQL; reads the runs back through MLflow's REST API;
-finds their artifacts in the store's bucket through its published S3 port (boto3, the keys of .env);
-restarts `mlflow` and reads them again; and removes every container, volume and image. About 10 minutes,
-~10 GB of disk.
+job (which must exit 0) and `mlflow`, with S3 keys and passwords of its own in .env and the login turned
+on there as .env.example says; runs the `pipeline` service on a root-owned copy of this checkout: a tiny
+offline `dvc exp run -S ...` (local sources) of the data stages and train_basics, logging to MLflow on
+PostgreSQL with .env's login; reads the runs back through MLflow's REST API as admin (and is refused
+without the login); finds their artifacts in the store's bucket through its published S3 port (boto3,
+the keys of .env); makes an account, recreates the `mlflow` container and finds runs, artifacts and the
+account again; and removes every container, volume and image. About 10 minutes, ~10 GB of disk.
 
 Marker `container`: the default suite leaves it out; `make test-container` (run by .ci/run) runs it.
 Without podman it skips, except under CI, where it fails.
@@ -16,19 +17,21 @@ Without podman it skips, except under CI, where it fails.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
 import secrets
 import shutil
 import socket
+import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
 
 from conftest import copy_repo, require_tool
-from podman_stack import STANDIN_IMAGES, Podman, get_json, make_standin_bases
+from podman_stack import STANDIN_IMAGES, Podman, make_standin_bases
 from s3_store import S3Store
 from test_pipeline import tiny_sources
 
@@ -112,15 +115,42 @@ def test_a_user_owned_checkout_is_written_as_its_owner(podman):
     assert (made.stat().st_uid, made.stat().st_gid) == (4321, 4322)
 
 
+ADMIN_PASSWORD = f"container-admin-{secrets.token_hex(8)}"
+LOGIN = ("MLFLOW_APP", "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY", "MLFLOW_TRACKING_USERNAME",
+         "MLFLOW_TRACKING_PASSWORD")
+
+
 def write_env(checkout: Path) -> dict:
-    """.env from .env.example, with S3 keys of this run's own (so the stack must take them from .env)."""
-    keys = {"S3_ACCESS_KEY": f"container-test-{secrets.token_hex(4)}", "S3_SECRET_KEY": secrets.token_hex(20)}
+    """.env from .env.example with the login turned on as it says (its lines uncommented), and keys and passwords
+    of this run's own, so that the stack must take them from .env."""
+    own = {"S3_ACCESS_KEY": f"container-test-{secrets.token_hex(4)}", "S3_SECRET_KEY": secrets.token_hex(20),
+           "MLFLOW_AUTH_ADMIN_PASSWORD": ADMIN_PASSWORD, "MLFLOW_TRACKING_PASSWORD": ADMIN_PASSWORD,
+           "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_hex(16)}
     text = (checkout / ".env.example").read_text()
-    for key, value in keys.items():
+    for key in LOGIN:
+        text, found = re.subn(rf"^# ({key}=.*)$", r"\1", text, flags=re.MULTILINE)
+        assert found == 1, f".env.example has {found} commented lines {key}=..."
+    for key, value in own.items():
         text, found = re.subn(rf"^{key}=.*$", f"{key}={value}", text, flags=re.MULTILINE)
         assert found == 1, f".env.example sets {key} {found} times"
     (checkout / ".env").write_text(text)
-    return dict(line.split("=", 1) for line in text.splitlines() if line and not line.startswith("#"))
+    env = dict(line.split("=", 1) for line in text.splitlines() if line and not line.startswith("#"))
+    assert env["MLFLOW_APP"] == "basic-auth" and env["MLFLOW_TRACKING_USERNAME"] == "admin"
+    return env
+
+
+def request(url: str, body: dict | None = None, login: tuple[str, str] | None = ("admin", ADMIN_PASSWORD)):
+    """An HTTP request to the server, as `login` (basic auth) or as nobody."""
+    headers = {"Content-Type": "application/json"}
+    if login:
+        headers["Authorization"] = "Basic " + base64.b64encode(":".join(login).encode()).decode()
+    data = json.dumps(body).encode() if body is not None else None
+    return urllib.request.urlopen(urllib.request.Request(url, data=data, headers=headers), timeout=30)
+
+
+def api(url: str, path: str, body: dict | None = None, login: tuple[str, str] | None = ("admin", ADMIN_PASSWORD)):
+    with request(f"{url}/api/2.0/mlflow/{path}", body, login) as reply:
+        return json.loads(reply.read() or b"{}")
 
 
 @pytest.fixture(scope="module")
@@ -182,14 +212,9 @@ def test_the_pipeline_service_has_shared_memory_for_workers_and_a_c_compiler(ser
 
 
 def search_runs(url: str) -> dict:
-    experiment = get_json(f"{url}/api/2.0/mlflow/experiments/get-by-name?experiment_name=primer")["experiment"]
-    request = urllib.request.Request(
-        f"{url}/api/2.0/mlflow/runs/search", method="POST", headers={"Content-Type": "application/json"},
-        data=json.dumps({"experiment_ids": [experiment["experiment_id"]], "max_results": 100}).encode(),
-    )
-    with urllib.request.urlopen(request, timeout=30) as response:
-        runs = json.load(response).get("runs", [])
-    return {r["info"]["run_name"]: r for r in runs}
+    experiment = api(url, "experiments/get-by-name?experiment_name=primer")["experiment"]
+    body = {"experiment_ids": [experiment["experiment_id"]], "max_results": 100}
+    return {r["info"]["run_name"]: r for r in api(url, "runs/search", body).get("runs", [])}
 
 
 def metric(run: dict, key: str) -> float:
@@ -201,8 +226,8 @@ def tag(run: dict, key: str) -> str:
 
 
 def artifact(url: str, run: dict, path: str) -> bytes:
-    with urllib.request.urlopen(f"{url}/get-artifact?path={path}&run_uuid={run['info']['run_id']}", timeout=30) as r:
-        return r.read()
+    with request(f"{url}/get-artifact?path={path}&run_uuid={run['info']['run_id']}") as reply:
+        return reply.read()
 
 
 def test_the_pipeline_service_runs_the_data_stages_on_a_root_owned_checkout(pipeline_run):
@@ -253,14 +278,32 @@ def test_mlflow_keeps_the_pipelines_artifacts_in_the_stores_bucket(pipeline_run,
         assert body == artifact(url, runs[stage], name)  # what the server serves is what the store holds
 
 
-def test_restarting_mlflow_loses_nothing(pipeline_run):
-    engine, _, _, url, _, _ = pipeline_run
+def test_the_login_is_on_and_the_pipeline_logged_with_it(pipeline_run):
+    _, _, _, url, _, _ = pipeline_run
+    for login in (None, ("admin", "wrong-password")):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            api(url, "experiments/search", {"max_results": 1}, login=login)
+        assert refused.value.code == 401, login
+    # a server that refuses nobody holds the runs: the pipeline service logged them with .env's login
+    assert sorted(search_runs(url)) == sorted(DATA_STAGES)
+
+
+def test_recreating_mlflow_loses_no_run_and_no_account(pipeline_run):
+    """A new mlflow container (as `docker compose up` makes after an image update) finds the runs in PostgreSQL,
+    the artifacts in the bucket and the accounts on the volume `mlflow-auth`."""
+    engine, work, checkout, url, _, _ = pipeline_run
+    api(url, "users/create", {"username": "alice", "password": "alice-container-password"})
     before = search_runs(url)
-    engine("restart", "primer_mlflow_1", timeout=120)
+    old_id = engine("inspect", "--format", "{{.Id}}", "primer_mlflow_1").stdout.strip()
+    engine.run(compose_cmd(work, "up", "-d", "--no-build", "--no-deps", "--force-recreate", "mlflow"), cwd=checkout,
+               timeout=300)
+    assert engine("inspect", "--format", "{{.Id}}", "primer_mlflow_1").stdout.strip() != old_id
     engine.wait_healthy("primer_mlflow_1", timeout=240)
     after = search_runs(url)
-    assert {k: (r["info"]["run_id"], r["info"]["status"], sorted(map(str, r["data"].get("metrics", []))))
-            for k, r in after.items()} == {k: (r["info"]["run_id"], r["info"]["status"],
-                                               sorted(map(str, r["data"].get("metrics", []))))
-                                           for k, r in before.items()}
+
+    def summary(runs: dict) -> dict:
+        return {k: (r["info"]["run_id"], r["info"]["status"], sorted(map(str, r["data"].get("metrics", []))))
+                for k, r in runs.items()}
+    assert summary(after) == summary(before)
     assert artifact(url, after["augment"], "augment_preview.png")[:8] == b"\x89PNG\r\n\x1a\n"
+    assert api(url, "experiments/search", {"max_results": 1}, login=("alice", "alice-container-password"))

@@ -3,6 +3,8 @@ build context; and `python -m primer.doctor`, the image's GPU check."""
 
 from __future__ import annotations
 
+import configparser
+import importlib
 import json
 import os
 import re
@@ -22,10 +24,14 @@ def venv_tool(name: str, install: str) -> str:
     return require_tool(shutil.which(name, path=str(VENV_BIN)), name, install)
 
 
+LOGIN_LINES = ("MLFLOW_APP", "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY", "MLFLOW_TRACKING_USERNAME",
+               "MLFLOW_TRACKING_PASSWORD")
+
+
 def compose_config(env_file: Path) -> subprocess.CompletedProcess:
     compose = venv_tool("docker-compose", "pip install -r requirements-dev.lock")
     env = {k: v for k, v in os.environ.items()  # the env file alone decides
-           if k not in ("POSTGRES_PASSWORD", "S3_ACCESS_KEY", "S3_SECRET_KEY")}
+           if k not in ("POSTGRES_PASSWORD", "S3_ACCESS_KEY", "S3_SECRET_KEY", *LOGIN_LINES)}
     return subprocess.run(
         [compose, "-f", "docker-compose.yml", "--env-file", str(env_file), "config", "--format", "json"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=60,
@@ -54,6 +60,46 @@ def test_compose_accepts_the_file_and_the_pipeline_reserves_every_gpu(tmp_path):
         assert services[name]["environment"]["AWS_ACCESS_KEY_ID"] == example["S3_ACCESS_KEY"]
         assert services[name]["environment"]["AWS_SECRET_ACCESS_KEY"] == example["S3_SECRET_KEY"]
     assert "AWS_SECRET_ACCESS_KEY" not in services["pipeline"].get("environment", {})  # it logs through mlflow
+
+
+def app_name(mlflow_service: dict) -> str:
+    command = mlflow_service["command"]
+    assert command.count("--app-name") == 1, command
+    return command[command.index("--app-name") + 1]
+
+
+def test_the_login_is_off_by_default_and_on_with_the_lines_env_example_gives(tmp_path):
+    env_file = tmp_path / ".env"
+    example = (REPO / ".env.example").read_text()
+    env_file.write_text(example)
+    services = json.loads(compose_config(env_file).stdout)["services"]
+    assert app_name(services["mlflow"]) == "no-login"
+    assert services["pipeline"]["environment"]["MLFLOW_TRACKING_USERNAME"] == ""  # the client sends no login
+    commented = [line for line in example.splitlines() if line.startswith(tuple(f"# {k}=" for k in LOGIN_LINES))]
+    assert len(commented) == len(LOGIN_LINES), commented
+    env_file.write_text(example + "\n".join(line[2:] for line in commented) + "\n")  # uncommented, as it says
+    services = json.loads(compose_config(env_file).stdout)["services"]
+    assert app_name(services["mlflow"]) == "basic-auth"
+    mlflow_env, pipeline_env = services["mlflow"]["environment"], services["pipeline"]["environment"]
+    assert mlflow_env["MLFLOW_AUTH_ADMIN_PASSWORD"] == "change-me-admin"
+    assert mlflow_env["MLFLOW_FLASK_SERVER_SECRET_KEY"] == "change-me-form-key"
+    assert (pipeline_env["MLFLOW_TRACKING_USERNAME"], pipeline_env["MLFLOW_TRACKING_PASSWORD"]) == ("admin",
+                                                                                                   "change-me-admin")
+    # the accounts outlive the container: the ini file the server reads keeps them on the mounted volume
+    ini = configparser.ConfigParser()
+    ini.read(REPO / mlflow_env["MLFLOW_AUTH_CONFIG_PATH"].removeprefix("/app/"))
+    database = ini["mlflow"]["database_uri"].removeprefix("sqlite:///")
+    mounts = [v["target"] for v in services["mlflow"]["volumes"] if v["type"] == "volume"]
+    assert any(database.startswith(target + "/") for target in mounts), (database, mounts)
+    assert ini["mlflow"]["admin_username"] == "admin" and "admin_password" not in ini["mlflow"]
+
+
+def test_no_login_is_mlflows_own_server_app():
+    """`--app-name no-login` (primer's entry point) serves the very app mlflow serves without --app-name."""
+    from mlflow.server import _find_app
+    from mlflow.server.fastapi_app import app as mlflow_app
+    module, name = _find_app("no-login").split(":")
+    assert getattr(importlib.import_module(module), name) is mlflow_app
 
 
 def test_compose_without_the_password_names_the_env_file(tmp_path):

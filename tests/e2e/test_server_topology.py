@@ -42,7 +42,16 @@ def free_port() -> int:
 
 def interpolate(value: str, variables: dict = VARIABLES) -> str:
     """Compose's `${NAME}`, `${NAME:?message}`, `${NAME:-default}` with `variables`, and `$$` as `$`."""
-    return re.sub(r"\$\$|\$\{(\w+)[^}]*\}", lambda m: variables[m.group(1)] if m.group(1) else "$", value)
+    def one(m: re.Match) -> str:
+        name, default = m.group(1), m.group(2)
+        if not name:
+            return "$"
+        if variables.get(name):
+            return variables[name]
+        if default is None:
+            raise KeyError(f"docker-compose.yml needs {name}, which .env does not set here")
+        return default
+    return re.sub(r"\$\$|\$\{(\w+)(?::-([^}]*)|[^}]*)\}", one, value)
 
 
 def compose_service(name: str) -> dict:
@@ -163,6 +172,8 @@ def mlflow_server_argv(pg_port: int, store: S3Store, port: int) -> tuple[list[st
     assert env["MLFLOW_S3_ENDPOINT_URL"] == "http://store:8333"
     env["MLFLOW_S3_ENDPOINT_URL"] = store.endpoint
     assert (env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]) == (store.access_key, store.secret_key)
+    assert env["MLFLOW_AUTH_CONFIG_PATH"].startswith("/app/")  # the image's copy of the repository
+    env["MLFLOW_AUTH_CONFIG_PATH"] = str(REPO / env["MLFLOW_AUTH_CONFIG_PATH"].removeprefix("/app/"))
     replace("--host", "127.0.0.1")
     replace("--port", str(port))
     return argv, env

@@ -6,6 +6,7 @@ with one sentence when the login is wrong or missing."""
 from __future__ import annotations
 
 import base64
+import configparser
 import json
 import subprocess
 import sys
@@ -17,7 +18,7 @@ import pytest
 
 from conftest import REPO, venv_env
 from s3_store import S3Store, running_store
-from test_server_topology import MlflowServer, free_port
+from test_server_topology import MlflowServer, compose_service, free_port, interpolate
 
 pytestmark = pytest.mark.slow
 ADMIN, ADMIN_PASSWORD = "admin", "local-admin-password"
@@ -33,18 +34,22 @@ def store(tmp_path):
 
 def start_team_server(tmp_path: Path, store: S3Store, login: bool = False) -> MlflowServer:
     """`mlflow server` proxying artifacts to s3://BUCKET/mlartifacts, the store's keys in its environment only;
-    with `login`, MLflow's basic-auth app, its admin from an ini file as MLFLOW_AUTH_CONFIG_PATH names it."""
+    with `login`, MLflow's basic-auth app, as the compose file's mlflow service runs it with the login on."""
     argv = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
             "--serve-artifacts", "--artifacts-destination", f"s3://{store.bucket}/mlartifacts",
             "--host", "127.0.0.1", "--port", str(free_port()), "--workers", "1"]
     env = {**venv_env(tmp_path), **store.env(), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    if login:
-        ini = tmp_path / "basic_auth.ini"
-        ini.write_text(f"[mlflow]\ndefault_permission = READ\ndatabase_uri = sqlite:///{tmp_path / 'auth.db'}\n"
-                       f"admin_username = {ADMIN}\nadmin_password = {ADMIN_PASSWORD}\n"
-                       "auth_cache_ttl_seconds = 60\n")  # else each request hashes the password again (PBKDF2)
-        argv += ["--app-name", "basic-auth"]
-        env["MLFLOW_AUTH_CONFIG_PATH"] = str(ini)
+    if login:  # as docker-compose.yml's mlflow service runs it with MLFLOW_APP=basic-auth: its app and ini file
+        service = compose_service("mlflow")
+        command = [interpolate(str(arg), {"MLFLOW_APP": "basic-auth"}) for arg in service["command"]]
+        argv += command[command.index("--app-name"):][:2]
+        ini = configparser.ConfigParser()
+        assert ini.read(REPO / service["environment"]["MLFLOW_AUTH_CONFIG_PATH"].removeprefix("/app/"))
+        ini["mlflow"]["database_uri"] = f"sqlite:///{tmp_path / 'auth.db'}"  # not the container's volume
+        with open(tmp_path / "basic_auth.ini", "w") as f:
+            ini.write(f)
+        env["MLFLOW_AUTH_CONFIG_PATH"] = str(tmp_path / "basic_auth.ini")
+        env["MLFLOW_AUTH_ADMIN_PASSWORD"] = ADMIN_PASSWORD  # .env's, in compose
         env["MLFLOW_FLASK_SERVER_SECRET_KEY"] = "local-csrf-key"  # the login form's CSRF tokens; required
     server = MlflowServer(argv, env, tmp_path / "mlflow-server.log")
     server.start()

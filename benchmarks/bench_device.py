@@ -80,3 +80,11 @@ def syncs_per_step(step: Callable[[], None]) -> int:
     with HostSyncs() as syncs:
         step()
     return sum(syncs.found.values())
+
+
+def pythonpath_first(folder, env: dict | None = None) -> dict:
+    """`env` (by default this process's) with `folder` first on PYTHONPATH and what PYTHONPATH held after it,
+    so that a host whose packages were installed with `pip install --target DIR` still finds them."""
+    env = dict(os.environ if env is None else env)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(folder), env.get("PYTHONPATH", "")) if p)
+    return env

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import torch
 
-from bench_device import COMPILE_WARMUP, choose_device, describe
+from bench_device import COMPILE_WARMUP, choose_device, describe, pythonpath_first
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -220,7 +220,10 @@ def transformer_default(pairs: Path, steps: int, device: str, budget: Budget, li
 @functools.cache
 def tests_module(name: str):
     """tests/NAME.py, loaded by path (tests/ is not a package; test_pipeline imports `conftest` by name)."""
-    spec = importlib.util.spec_from_file_location(name, REPO / "tests" / f"{name}.py")
+    found = sorted((REPO / "tests").rglob(f"{name}.py"))  # tests/ mirrors the package: e2e/test_pipeline.py
+    if len(found) != 1:
+        raise FileNotFoundError(f"tests/ holds {len(found)} files named {name}.py, not one")
+    spec = importlib.util.spec_from_file_location(name, found[0])
     module = sys.modules[name] = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -232,6 +235,13 @@ def set_devices(section, device: str) -> None:
             section[key] = device
         elif isinstance(value, dict):
             set_devices(value, device)
+
+
+def pipeline_env(env: dict, repo: Path, tracking: bool) -> dict:
+    """The stages' environment: the copy's own primer package first on PYTHONPATH, then what PYTHONPATH held
+    (a host that installed its packages with `pip install --target DIR` finds them there); MLflow tracking on
+    or off (on: in a sqlite file of the copy)."""
+    return {**pythonpath_first(repo, env), "PRIMER_TRACKING": "on" if tracking else "off"}
 
 
 def pipeline(tmp: Path, device: str, tracking: bool, budget: Budget, stage_limit: float) -> list[Row]:
@@ -254,8 +264,7 @@ def pipeline(tmp: Path, device: str, tracking: bool, budget: Budget, stage_limit
         set_devices(p, device)
 
     e2e.set_params(repo, tiny)
-    env = {**conftest.venv_env(tmp), "PYTHONPATH": str(repo)}  # the copy's own primer package
-    env["PRIMER_TRACKING"] = "on" if tracking else "off"  # on: MLflow in a sqlite file of the copy
+    env = pipeline_env(conftest.venv_env(tmp), repo, tracking)
     rows = []
     for stage in e2e.STAGES:
         cmd = [sys.executable, "-m", "dvc", "repro", "-s", stage]

@@ -32,6 +32,8 @@ from pathlib import Path
 
 import torch
 
+from bench_device import pythonpath_first
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
@@ -135,8 +137,7 @@ def run_row(tree: Path, pairs: Path, args, extra: list[str]) -> dict:
                "--steps", str(args.steps), "--warmup", str(args.warmup), "--repeats", "1", "--device", args.device]
     for item in extra:
         command += ["--set", item]
-    env = {**os.environ, "PYTHONPATH": str(tree)}
-    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tree)
+    done = subprocess.run(command, capture_output=True, text=True, env=pythonpath_first(tree), cwd=tree)
     if done.returncode:
         raise SystemExit(f"the benchmark row for {tree} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -90,3 +92,61 @@ def test_gpu_check_tiny_on_cpu_fills_a_row_per_part(tmp_path):
         assert float(cell(row, "ms/step")) > 0 and float(cell(row, "rate").split()[0].replace(",", "")) > 0
         if "--size default" not in cell(row, "part"):  # that one times the stage's path and counts no syncs
             assert int(cell(row, "syncs/step")) >= 0
+
+
+def load_gpu_check():
+    sys.path.insert(0, str(BENCHMARKS))  # it imports bench_device from beside it
+    try:
+        spec = importlib.util.spec_from_file_location("gpu_check", BENCHMARKS / "gpu_check.py")
+        module = sys.modules["gpu_check"] = importlib.util.module_from_spec(spec)  # its dataclasses look it up
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+
+
+def test_the_pipeline_rows_keep_the_packages_pythonpath_already_had(tmp_path):
+    """A host with its packages in `pip install --target DIR` and DIR on PYTHONPATH: the stages still find them,
+    and import primer from the copy of the repo."""
+    target, repo = tmp_path / "target", tmp_path / "repo"
+    (target / "host_only_package").mkdir(parents=True)
+    (target / "host_only_package" / "__init__.py").write_text("WHERE = 'target'\n")
+    (repo / "primer").mkdir(parents=True)
+    (repo / "primer" / "__init__.py").write_text("COPY = True\n")
+    env = load_gpu_check().pipeline_env({**os.environ, "PYTHONPATH": str(target)}, repo, tracking=False)
+    probe = "import host_only_package, primer; print(host_only_package.WHERE, primer.COPY)"
+    done = subprocess.run([sys.executable, "-c", probe], env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["target", "True"]
+    assert env["PRIMER_TRACKING"] == "off"
+
+
+def test_a_checkout_without_git_copies_the_code_alone(tmp_path):
+    """gpu_check's tiny repo from a checkout with no .git (a tarball, an rsync to a GPU host): the files git
+    tracks, and none of the data, environments or caches beside them."""
+    from conftest import code_files, copy_repo
+
+    tracked = code_files(REPO)
+    bare = tmp_path / "no-git"
+    for name in tracked:
+        (bare / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(REPO / name, bare / name)
+    for junk in ("data/raw/petimages/Cat/1.jpg", ".venv/lib/torch.so", "primer/__pycache__/x.pyc", "mlflow.db",
+                 "models/cnn.pt", ".dvc/cache/files/md5/00/ab", "metrics/cnn.json"):
+        (bare / junk).parent.mkdir(parents=True, exist_ok=True)
+        (bare / junk).write_bytes(b"junk")
+    assert not (bare / ".git").exists()
+    assert code_files(bare) == sorted(tracked)
+    copied = copy_repo(tmp_path / "copy", root=bare)
+    assert (copied / "dvc.yaml").read_bytes() == (REPO / "dvc.yaml").read_bytes()
+    assert not (copied / "mlflow.db").exists() and not (copied / "data/raw/petimages").exists()
+
+
+def test_the_pipeline_rows_find_the_tiny_repo_helpers_where_the_tests_keep_them():
+    """gpu_check builds its tiny repo with tests/conftest.py and tests/e2e/test_pipeline.py (run without d2l)."""
+    gpu_check = load_gpu_check()
+    e2e = gpu_check.tests_module("test_pipeline")
+    assert Path(e2e.__file__) == REPO / "tests" / "e2e" / "test_pipeline.py"
+    assert callable(e2e.tiny_sources) and callable(e2e.set_params) and "train_transformer" in e2e.STAGES
+    assert callable(gpu_check.tests_module("conftest").copy_repo)

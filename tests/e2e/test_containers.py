@@ -5,17 +5,19 @@ from __future__ import annotations
 
 import configparser
 import importlib
+import importlib.metadata
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import torch
 
-from conftest import REPO, require_tool
+from conftest import REPO, dockerignore_rules, excluded, require_tool
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -181,33 +183,6 @@ def test_image_installs_the_lock_that_ci_and_make_install():
     assert re.search(r"apt-get install -y --no-install-recommends[^\n]*\bgcc\b[^\n]*\blibc6-dev\b", dockerfile)
 
 
-def dockerignore_rules(text: str) -> list[tuple[bool, re.Pattern]]:
-    """(is_exception, regex) per line, translated as Docker does: `**` spans folders, `*` does not."""
-    rules = []
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        negate = line.startswith("!")
-        pattern = line.lstrip("!").strip("/")
-        regex = ""
-        for token in re.split(r"(\*\*/|\*\*|\*|\?)", pattern):
-            regex += {"**/": "(?:.*/)?", "**": ".*", "*": "[^/]*", "?": "[^/]"}.get(token, re.escape(token))
-        rules.append((negate, re.compile(regex)))
-    return rules
-
-
-def excluded(path: str, rules) -> bool:
-    """Docker's rule: the last pattern matching the path or one of its parent folders decides."""
-    parts = path.split("/")
-    prefixes = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
-    verdict = False
-    for negate, regex in rules:
-        if any(regex.fullmatch(p) for p in prefixes):
-            verdict = not negate
-    return verdict
-
-
 def test_dockerignore_keeps_data_stores_and_environments_out():
     rules = dockerignore_rules((REPO / ".dockerignore").read_text())
     for path in ("mlflow.db", "data/raw/petimages/Cat/0.jpg", "data/arrays/train_images.npy", ".venv/bin/python",
@@ -232,3 +207,22 @@ def test_doctor_reports_torch_cuda_and_cpus():
     help_text = subprocess.run([sys.executable, "-m", "primer.doctor", "--help"],
                                capture_output=True, text=True, timeout=120)
     assert help_text.returncode == 0 and "usage: python -m primer.doctor" in help_text.stdout
+
+
+def test_doctor_checks_torch_against_primers_floor():
+    """--check-torch holds the installed torch and torchvision to pyproject.toml's floor (make host-install runs it)."""
+    from primer import doctor
+
+    floor = [r for r in tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
+             if r.split(">")[0] in ("torch", "torchvision")]
+    assert [r.split(">=")[0] for r in floor] == ["torch", "torchvision"] and all(">=" in r for r in floor), floor
+    assert doctor.torch_floor_problems(doctor.primer_requirements()) == []  # this environment meets it
+    too_new = doctor.torch_floor_problems(["torch>=99", "torchvision>=0.1", "mlflow"])
+    installed = importlib.metadata.version("torch")
+    assert too_new == [f"torch {installed} is older than primer needs (torch>=99); load a newer build on this host, "
+                       "or install one with pip install 'torch>=99'."]
+    result = subprocess.run([sys.executable, "-m", "primer.doctor", "--check-torch"], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines()[-1].startswith(
+        f"torch floor: met (torch {importlib.metadata.version('torch')}, ")

@@ -3,15 +3,23 @@
 Run it first on a new host or in the image (`python -m primer.doctor`, or `docker compose run
 --rm pipeline python -m primer.doctor`) to check that the container reaches the GPU before
 `dvc repro` trains on it. It only reports; it exits 0 whether or not a GPU is found.
+With --check-torch it also checks the installed torch and torchvision against primer's floor
+(pyproject.toml's dependencies), for a host that brings its own torch: exit 1 and one sentence when
+either is older or missing.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import os
 import platform
+import tomllib
+from pathlib import Path
 
 import torch
+from packaging.requirements import Requirement
+from packaging.version import Version
 
 
 def cpu_count() -> int:
@@ -54,11 +62,49 @@ def report() -> list[str]:
     return lines
 
 
+def primer_requirements() -> list[str]:
+    """primer's dependencies as installed, or from pyproject.toml when the checkout is only on PYTHONPATH."""
+    try:
+        return importlib.metadata.requires("primer") or []
+    except importlib.metadata.PackageNotFoundError:
+        pyproject = Path(__file__).resolve().parents[1] / "pyproject.toml"
+        return tomllib.loads(pyproject.read_text())["project"]["dependencies"]
+
+
+def torch_floor_problems(requirements: list[str]) -> list[str]:
+    """One sentence per torch or torchvision older than `requirements` ask (or missing); none when both meet them."""
+    problems = []
+    for line in requirements:
+        need = Requirement(line)
+        if need.name not in ("torch", "torchvision") or need.marker:
+            continue
+        try:
+            have = importlib.metadata.version(need.name)
+        except importlib.metadata.PackageNotFoundError:
+            problems.append(f"{need.name} is not installed; primer needs {need}: install it (pip install '{need}'), "
+                            "or use the host's own build of it.")
+            continue
+        if not need.specifier.contains(Version(have).base_version, prereleases=True):
+            problems.append(f"{need.name} {have} is older than primer needs ({need}); load a newer build on this "
+                            f"host, or install one with pip install '{need}'.")
+    return problems
+
+
 def main(argv: list[str] | None = None) -> int:
     summary, _, details = __doc__.partition("\n")
     parser = argparse.ArgumentParser(prog="python -m primer.doctor", description=summary, epilog=details.strip())
-    parser.parse_args(argv)
+    parser.add_argument("--check-torch", action="store_true",
+                        help="exit 1 when torch or torchvision is older than primer's floor (pyproject.toml)")
+    args = parser.parse_args(argv)
     print("\n".join(report()), flush=True)
+    if args.check_torch:
+        problems = torch_floor_problems(primer_requirements())
+        for problem in problems:
+            print(f"primer.doctor: {problem}", flush=True)
+        if problems:
+            return 1
+        found = ", ".join(f"{name} {importlib.metadata.version(name)}" for name in ("torch", "torchvision"))
+        print(f"torch floor: met ({found})", flush=True)
     return 0
 
 

@@ -20,6 +20,7 @@ from primer.errors import PrimerError
 from primer.params import Section, run_only
 
 RDZV_PORT = 29400  # torchrun's default rendezvous port
+_AGENT_LOG_LEVEL = "PRIMER_AGENT_CPP_LOG_LEVEL"  # the user's TORCH_CPP_LOG_LEVEL, while the agent runs quiet
 
 
 class Launch(Section):
@@ -60,6 +61,8 @@ def launch(script: str, p: dict, key: str) -> None:
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     nproc, nnodes, timeout = p["nproc"], p["nnodes"], p["rdzv_timeout"]
+    if nnodes > 1:
+        _quiet_agent(script)
     endpoint = p["rdzv_endpoint"] if nnodes > 1 else "localhost:0"
     # torchrun's rule on a host it shares out: the cores split between the processes
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
@@ -70,16 +73,31 @@ def launch(script: str, p: dict, key: str) -> None:
     try:
         elastic_launch(config, sys.executable)(script, *sys.argv[1:])
     except RendezvousTimeoutError:
-        raise PrimerError(f"the other hosts did not join at {endpoint} ('{key}.rdzv_endpoint') within {timeout} s "
-                          f"('{key}.rdzv_timeout') for '{key}.nnodes' {nnodes}; start the stage on every host with "
-                          f"the same params, and check that {endpoint} is this host's or the first host's address "
-                          "and that its port is open.") from None
+        raise PrimerError(f"not every host joined at {endpoint} ('{key}.rdzv_endpoint') within {timeout} s "
+                          f"('{key}.rdzv_timeout') for '{key}.nnodes' {nnodes}; start the stage on every host with the "
+                          "same params, the endpoint being the first host's address with its port open.") from None
     except RendezvousError:
-        raise PrimerError(f"nobody answers at {endpoint} ('{key}.rdzv_endpoint') within {timeout} s; start the stage "
-                          "on the first host (the endpoint's), or fix the address or open its port.") from None
+        raise PrimerError(f"nobody answers at {endpoint} ('{key}.rdzv_endpoint'); start the stage on the host it names "
+                          "first, or correct the address or open its port.") from None
     except ChildFailedError as failed:
         code = next(iter(failed.failures.values())).exitcode
         raise SystemExit(code if isinstance(code, int) and code > 0 else 1) from None
+
+
+def _quiet_agent(script: str) -> None:
+    """Run this process again with torch's C++ log level at FATAL, as the agent only: c10d prints every failed
+    attempt to reach the endpoint (a page per try), where a failed rendezvous is one sentence here. Torch
+    reads the level once, when it loads; the processes the agent starts get the user's level back."""
+    if _AGENT_LOG_LEVEL not in os.environ:
+        users = os.environ.get("TORCH_CPP_LOG_LEVEL", "")
+        env = {**os.environ, _AGENT_LOG_LEVEL: users, "TORCH_CPP_LOG_LEVEL": "FATAL"}
+        sys.stdout.flush()
+        os.execve(sys.executable, [sys.executable, script, *sys.argv[1:]], env)
+    level = os.environ.pop(_AGENT_LOG_LEVEL)
+    if level:
+        os.environ["TORCH_CPP_LOG_LEVEL"] = level
+    else:
+        os.environ.pop("TORCH_CPP_LOG_LEVEL", None)
 
 
 def launched() -> bool:

@@ -175,3 +175,19 @@ def test_a_rendezvous_that_fails_takes_seconds_and_one_sentence(tmp_path, endpoi
     assert took < 40, took  # seconds of waiting; the rest is starting Python and torch (twice: the agent runs quiet)
     assert not [r for r in runs(env) if r.info.status == "RUNNING"]  # no run was opened before the group formed
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("changes, words", [
+    ({"nproc": 4, "batch_size": 2}, ["'train_lm.batch_size' (2)", "4 processes", "at least 4"]),
+    ({"nnodes": 2, "rdzv_endpoint": ""}, ["'train_lm.rdzv_endpoint' is ''", "'train_lm.nnodes' is 2", ":29400"]),
+    ({"nnodes": 2, "rdzv_endpoint": "node0"}, ["'train_lm.rdzv_endpoint' is 'node0'", "HOST:PORT"]),
+], ids=["batch-smaller-than-world", "no-endpoint", "no-port"])
+def test_launch_keys_that_disagree_are_one_sentence(changes, words):
+    from primer.distributed import check_launch
+    from primer.errors import PrimerError
+
+    p = {**yaml.safe_load((REPO / "params.yaml").read_text())["train_lm"], **changes}
+    with pytest.raises(PrimerError) as error:
+        check_launch(p, "train_lm")
+    message = str(error.value)
+    assert all(w in message for w in words) and "\n" not in message and message.endswith("."), message

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 import uuid
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -56,6 +57,7 @@ def launch(script: str, p: dict, key: str) -> None:
     free local port; several hosts meet at `rdzv_endpoint`, waiting at most `rdzv_timeout` seconds for
     the others. A rendezvous that fails is one sentence; a process that fails has printed its error,
     and this one exits with its code."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.elastic.rendezvous.api import RendezvousError, RendezvousTimeoutError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
@@ -79,6 +81,9 @@ def launch(script: str, p: dict, key: str) -> None:
     except RendezvousError:
         raise PrimerError(f"nobody answers at {endpoint} ('{key}.rdzv_endpoint'); start the stage on the host it names "
                           "first, or correct the address or open its port.") from None
+    except SignalException as signal:  # the processes were stopped, and ended their runs KILLED
+        print(f"{Path(script).stem}: stopped by {signal.sigval.name}", file=sys.stderr)
+        raise SystemExit(128 + signal.sigval) from None
     except ChildFailedError as failed:
         code = next(iter(failed.failures.values())).exitcode
         raise SystemExit(code if isinstance(code, int) and code > 0 else 1) from None

@@ -154,6 +154,19 @@ def test_two_torchrun_agents_train_one_model_as_two_hosts(tmp_path):
     assert run.data.tags["world_size"] == "2" and run.info.status == "FINISHED"
 
 
+@pytest.mark.slow
+def test_the_stage_launches_its_share_of_a_two_host_job_from_its_params(tmp_path):
+    env, endpoint = ddp_env(tmp_path, tracking=False), f"127.0.0.1:{free_port()}"
+    params = lm_params(tmp_path, "params.yaml", epochs=2, nnodes=2, rdzv_endpoint=endpoint, rdzv_timeout=60)
+    hosts = [subprocess.Popen([sys.executable, *lm_args(tmp_path, params, f"host{h}")], cwd=tmp_path, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for h in (0, 1)]
+    ends = [host.communicate(timeout=300) for host in hosts]
+    for host, (_, err) in zip(hosts, ends):
+        assert host.returncode == 0, err[-3000:]
+    assert [(tmp_path / f"host{h}" / "lm.json").exists() for h in (0, 1)].count(True) == 1
+    assert sum(out.count("kept epoch 2 of 2") for out, _ in ends) == 1
+
+
 @pytest.mark.parametrize("endpoint_state", ["nobody joins", "nobody answers"])
 def test_a_rendezvous_that_fails_takes_seconds_and_one_sentence(tmp_path, endpoint_state):
     """A free port on this host: the stage hosts the rendezvous and waits rdzv_timeout for the second host.

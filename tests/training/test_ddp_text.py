@@ -72,8 +72,9 @@ def test_train_lm_on_two_ranks_ends_where_one_rank_does(tmp_path):
         metrics[n] = json.loads((tmp_path / f"n{n}" / "lm.json").read_text())
         curves[n] = (tmp_path / f"n{n}" / "lm.csv").read_text().splitlines()
     # Each rank takes batch_size / 2 rows of every batch and DDP averages the two gradients: the same step as
-    # one rank's mean over all rows, up to the order of float sums. 1e-3 relative leaves room for that, far
-    # below what one epoch changes (val/ppl drops by more than 10% an epoch here).
+    # one rank's mean over all rows, up to the order of float sums (measured: val/ppl 13.149 on both, train/ppl
+    # 14.984 on both). 1e-3 relative leaves room for that, far below what an epoch changes here (val/ppl
+    # 15.50, 14.94, 13.15).
     for key in ("val/ppl", "train/ppl"):
         assert metrics[2][key] == pytest.approx(metrics[1][key], rel=1e-3), key
     assert len(curves[2]) == len(curves[1]) == 4  # a header and one row per epoch: rank 0 alone wrote them
@@ -112,12 +113,13 @@ def test_train_transformer_on_two_ranks_ends_where_one_rank_does(tmp_path):
         lines = (out / "c.csv").read_text().splitlines()
         history[n] = [dict(zip(lines[0].split(","), map(float, row.split(",")))) for row in lines[1:]]
     # Here the two ranks are not one rank's step exactly: each draws its own dropout masks and averages its
-    # own tokens (DDP then averages the two means). Measured: 0.1% apart in train loss and 1% in val loss
-    # after 3 epochs; 5% allows for that, while training moves both by more than 10%.
+    # own tokens (DDP then averages the two means). Measured after 3 epochs: train loss 2.9569 (1 rank) and
+    # 2.9567 (2 ranks), val loss 2.8255 and 2.8556 (1.1% apart). The tolerances, 1% and 2.5%, are about
+    # twice that, and below what the 3 epochs move each (train loss 3.33 -> 2.96, 11%; val 2.98 -> 2.83, 5%).
     first, last = history[1][0], history[1][-1]
-    assert last["val/loss"] < 0.95 * first["val/loss"] and last["train/epoch_loss"] < 0.95 * first["train/epoch_loss"]
-    for key in ("train/epoch_loss", "val/loss"):
-        assert history[2][-1][key] == pytest.approx(last[key], rel=0.05), key
+    assert last["train/epoch_loss"] < 0.95 * first["train/epoch_loss"] and last["val/loss"] < 0.97 * first["val/loss"]
+    for key, tolerance in (("train/epoch_loss", 0.01), ("val/loss", 0.025)):
+        assert history[2][-1][key] == pytest.approx(last[key], rel=tolerance), key
 
 
 @pytest.mark.slow

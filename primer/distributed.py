@@ -59,14 +59,14 @@ def launch(script: str, p: dict, key: str) -> None:
     and this one exits with its code."""
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
-    from torch.distributed.elastic.rendezvous.api import RendezvousError, RendezvousTimeoutError
+    from torch.distributed.elastic.rendezvous.api import RendezvousConnectionError, RendezvousTimeoutError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     nproc, nnodes, timeout = p["nproc"], p["nnodes"], p["rdzv_timeout"]
     if nnodes > 1:
         _quiet_agent(script)
     endpoint = p["rdzv_endpoint"] if nnodes > 1 else "localhost:0"
-    # torchrun's rule on a host it shares out: the cores split between the processes
+    # each process a share of the cores, unless set (torchrun gives each one thread)
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     config = LaunchConfig(
         min_nodes=nnodes, max_nodes=nnodes, nproc_per_node=nproc, rdzv_backend="c10d", rdzv_endpoint=endpoint,
@@ -78,7 +78,7 @@ def launch(script: str, p: dict, key: str) -> None:
         raise PrimerError(f"not every host joined at {endpoint} ('{key}.rdzv_endpoint') within {timeout} s "
                           f"('{key}.rdzv_timeout') for '{key}.nnodes' {nnodes}; start the stage on every host with the "
                           "same params, the endpoint being the first host's address with its port open.") from None
-    except RendezvousError:
+    except RendezvousConnectionError:
         raise PrimerError(f"nobody answers at {endpoint} ('{key}.rdzv_endpoint'); start the stage on the host it names "
                           "first, or correct the address or open its port.") from None
     except SignalException as signal:  # the processes were stopped, and ended their runs KILLED

@@ -17,10 +17,8 @@ import yaml
 from mlflow.tracking import MlflowClient
 
 from conftest import REPO, venv_env
-
-sys.path.insert(0, str(REPO / "tests" / "training"))
-from test_train_lm import TINY_TEXT  # noqa: E402
-from test_train_transformer import PAIRS  # noqa: E402
+from test_train_lm import TINY_TEXT
+from test_train_transformer import PAIRS
 
 
 def ddp_env(tmp_path, tracking: bool = True) -> dict:

@@ -1,14 +1,108 @@
-"""Data-parallel training with torch.distributed (DDP), launched by `torchrun`.
+"""Data-parallel training with torch.distributed (DDP), launched by `torchrun` or by the stage itself.
 
+A training section's `nproc`, `nnodes`, `rdzv_endpoint` and `rdzv_timeout` (`Launch`) ask for a job of
+nnodes x nproc processes: the stage then acts as this node's torchrun agent (`launch`), joins the
+others at the rendezvous endpoint, and starts its processes, which run the stage again as ranks.
 Without a launcher every helper here is the identity: rank 0 of a world of 1.
 """
 
 from __future__ import annotations
 
 import os
+import sys
+import uuid
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from pydantic import Field
+
+from primer.errors import PrimerError
+from primer.params import Section, run_only
+
+RDZV_PORT = 29400  # torchrun's default rendezvous port
+_AGENT_LOG_LEVEL = "PRIMER_AGENT_CPP_LOG_LEVEL"  # the user's TORCH_CPP_LOG_LEVEL, while the agent runs quiet
+
+
+class Launch(Section):
+    """How many processes train, on how many hosts, and where they meet (the section's DDP keys)."""
+
+    nproc: int = Field(ge=1, le=256)  # processes on this host; over 1 (or nnodes over 1) launches a DDP job
+    nnodes: int = Field(ge=1, le=4096)  # hosts, each running the stage with the same params
+    rdzv_endpoint: str = run_only()  # HOST:PORT where the hosts meet (the first host's); unused on one host
+    rdzv_timeout: int = run_only(ge=1, le=86_400)  # seconds to wait for every host to join
+
+
+def wanted(p: dict) -> bool:
+    """Whether the section asks for more than one process."""
+    return p["nproc"] * p["nnodes"] > 1
+
+
+def check_launch(p: dict, key: str) -> None:
+    """The launch keys against each other and against the batch they split, before any work."""
+    world = p["nproc"] * p["nnodes"]
+    if world > 1 and p["batch_size"] < world:
+        raise PrimerError(f"'{key}.batch_size' ({p['batch_size']}) is split across {world} processes "
+                          f"('{key}.nproc' x '{key}.nnodes'); raise it to at least {world} or use fewer processes.")
+    if p["nnodes"] > 1:
+        host, _, port = p["rdzv_endpoint"].rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65_536:
+            raise PrimerError(f"'{key}.rdzv_endpoint' is {p['rdzv_endpoint']!r}, but '{key}.nnodes' is "
+                              f"{p['nnodes']}; set it to the first host's HOST:PORT, e.g. node0:{RDZV_PORT}.")
+
+
+def launch(script: str, p: dict, key: str) -> None:
+    """Run `script` with this process's arguments as this node's share of the section's DDP job (what
+    `torchrun` does), and return once every process here has ended well. A job on one host meets on a
+    free local port; several hosts meet at `rdzv_endpoint`, waiting at most `rdzv_timeout` seconds for
+    the others. A rendezvous that fails is one sentence; a process that fails has printed its error,
+    and this one exits with its code."""
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.elastic.rendezvous.api import RendezvousConnectionError, RendezvousTimeoutError
+    from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+
+    nproc, nnodes, timeout = p["nproc"], p["nnodes"], p["rdzv_timeout"]
+    if nnodes > 1:
+        _quiet_agent(script)
+    endpoint = p["rdzv_endpoint"] if nnodes > 1 else "localhost:0"
+    # each process a share of the cores, unless set (torchrun gives each one thread)
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    config = LaunchConfig(
+        min_nodes=nnodes, max_nodes=nnodes, nproc_per_node=nproc, rdzv_backend="c10d", rdzv_endpoint=endpoint,
+        run_id=key if nnodes > 1 else uuid.uuid4().hex, max_restarts=0,
+        rdzv_configs={"join_timeout": timeout, "read_timeout": timeout, "timeout": timeout})
+    try:
+        elastic_launch(config, sys.executable)(script, *sys.argv[1:])
+    except RendezvousTimeoutError:
+        raise PrimerError(f"not every host joined at {endpoint} ('{key}.rdzv_endpoint') within {timeout} s "
+                          f"('{key}.rdzv_timeout') for '{key}.nnodes' {nnodes}; start the stage on every host with the "
+                          "same params, the endpoint being the first host's address with its port open.") from None
+    except RendezvousConnectionError:
+        raise PrimerError(f"nobody answers at {endpoint} ('{key}.rdzv_endpoint'); start the stage on the host it names "
+                          "first, or correct the address or open its port.") from None
+    except SignalException as signal:  # the processes were stopped, and ended their runs KILLED
+        print(f"{Path(script).stem}: stopped by {signal.sigval.name}", file=sys.stderr)
+        raise SystemExit(128 + signal.sigval) from None
+    except ChildFailedError as failed:
+        code = next(iter(failed.failures.values())).exitcode
+        raise SystemExit(code if isinstance(code, int) and code > 0 else 1) from None
+
+
+def _quiet_agent(script: str) -> None:
+    """Run this process again with torch's C++ log level at FATAL, as the agent only: c10d prints every failed
+    attempt to reach the endpoint (a page per try), where a failed rendezvous is one sentence here. Torch
+    reads the level once, when it loads; the processes the agent starts get the user's level back."""
+    if _AGENT_LOG_LEVEL not in os.environ:
+        users = os.environ.get("TORCH_CPP_LOG_LEVEL", "")
+        env = {**os.environ, _AGENT_LOG_LEVEL: users, "TORCH_CPP_LOG_LEVEL": "FATAL"}
+        sys.stdout.flush()
+        os.execve(sys.executable, [sys.executable, script, *sys.argv[1:]], env)
+    level = os.environ.pop(_AGENT_LOG_LEVEL)
+    if level:
+        os.environ["TORCH_CPP_LOG_LEVEL"] = level
+    else:
+        os.environ.pop("TORCH_CPP_LOG_LEVEL", None)
 
 
 def launched() -> bool:
@@ -62,3 +156,9 @@ def wrap(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
+def only_main_tracks() -> None:
+    """Tracking off on every rank but 0, so that one job is one MLflow run."""
+    if not is_main():
+        os.environ["PRIMER_TRACKING"] = "off"

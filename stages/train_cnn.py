@@ -10,13 +10,13 @@ best/epoch), per-epoch curves (CSV for DVC plots, and a PNG marking the kept epo
 the model and system metrics to MLflow. A checkpoint goes to --checkpoint every epoch, outside DVC's
 outputs so that `dvc repro` never deletes it: a killed run resumes from it; one made for other
 params or data is ignored.
-Several processes (DDP): set train_cnn.nproc (the stage relaunches itself under torchrun), or run
-`torchrun --nproc_per_node N stages/train_cnn.py ...` yourself. Only rank 0 logs and writes.
+Several processes (DDP): set train_cnn.nproc (and nnodes, rdzv_endpoint for several hosts; the stage
+launches its processes as torchrun does), or run `torchrun ... stages/train_cnn.py ...` yourself
+(docs/training.md). Only rank 0 logs and writes.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
@@ -31,7 +31,6 @@ from primer.training.cnn_training import (
     CnnParams,
     check_cnn_params,
     epoch_batches,
-    relaunch_under_torchrun,
     served_classifier,
     training_policy,
 )
@@ -49,11 +48,10 @@ def main(argv: list[str] | None = None) -> None:
     add_training_outputs(parser)
     args = parser.parse_args(argv)
     p = load_checked(args.params, CnnParams, check_cnn_params)["train_cnn"]  # fail on bad params before any launch
-    if p["nproc"] > 1 and not distributed.launched():
-        relaunch_under_torchrun(__file__, p["nproc"])
+    if distributed.wanted(p) and not distributed.launched():
+        return distributed.launch(__file__, p, "train_cnn")  # this process is the node's agent; its ranks train
     device = configure_device(distributed.setup(pick_device(p["device"], "train_cnn.device")))
-    if not distributed.is_main():
-        os.environ["PRIMER_TRACKING"] = "off"  # rank 0 alone logs
+    distributed.only_main_tracks()
     try:
         with open_stage("train_cnn", args.params, CnnParams, system_metrics=True, check=check_cnn_params) as (
                 params, run):

@@ -11,6 +11,9 @@ the one written. Every
 The vocabulary (derived from the corpus) is saved with the model and every checkpoint; a killed run
 resumes from --checkpoint. Each variant is one MLflow run, with the same metric names for all, so the
 MLflow compare view overlays their val/ppl curves.
+One variant per process (one per GPU) is the default; `nproc` over 1 trains this variant on several
+(DDP; with nnodes and rdzv_endpoint on several hosts, docs/training.md), each rank on its rows of every
+batch of batch_size. Only rank 0 samples, logs and writes.
 """
 
 from __future__ import annotations
@@ -22,9 +25,10 @@ from types import SimpleNamespace
 
 import torch
 
+from primer import distributed
 from primer.devices import configure_device, pick_device
 from primer.models.rnn import RNNLM, generate, perplexity
-from primer.stage import cli, open_stage, stage_parser
+from primer.stage import cli, load_checked, open_stage, stage_parser
 from primer.text.corpus import Vocab, load_corpus, num_batches, split_tail
 from primer.training.checkpoint import Checkpoint, seed_everything
 from primer.training.lm_training import LmParams, check_lm_params, epoch_batches, lm_fingerprint
@@ -42,27 +46,36 @@ def main(argv: list[str] | None = None) -> None:
     add_training_outputs(parser)
     args = parser.parse_args(argv)
     corpus = load_corpus(args.corpus)
-    with open_stage(f"train_lm@{args.variant}", args.params, LmParams, system_metrics=True,
-                    check=partial(check_lm_params, args.variant, args.corpus, len(corpus))) as (params, run):
-        train(args, params, run, corpus)
+    check = partial(check_lm_params, args.variant, args.corpus, len(corpus))
+    p = load_checked(args.params, LmParams, check)["train_lm"]  # fail on bad params before any launch
+    if distributed.wanted(p) and not distributed.launched():
+        return distributed.launch(__file__, p, "train_lm")  # this process is the node's agent; its ranks train
+    device = configure_device(distributed.setup(pick_device(p["device"], "train_lm.device")))
+    distributed.only_main_tracks()
+    try:
+        with open_stage(f"train_lm@{args.variant}", args.params, LmParams, system_metrics=True, check=check) as (
+                params, run):
+            train(args, params, run, corpus, device)
+    finally:
+        distributed.teardown()
 
 
-def train(args, params: dict, run, corpus: str) -> None:
+def train(args, params: dict, run, corpus: str, device: torch.device) -> None:
     p, seed = params["train_lm"], params["seed"]
     variant = p["variants"][args.variant]
-    device = configure_device(pick_device(p["device"], "train_lm.device"))
     seed_everything(seed)
     vocab = Vocab(corpus)
     ids = torch.tensor(vocab.encode(corpus), dtype=torch.long)
     train_ids, val_ids = split_tail(ids, p["val_fraction"])
     model_args = {"vocab_size": len(vocab), **variant["model"]}
     model = compile_model(RNNLM(**model_args).to(device), p["compile"])
-    optimizer = make_optimizer(model, "sgd", variant["lr"])
+    net = distributed.wrap(model, device)
+    optimizer = make_optimizer(net, "sgd", variant["lr"])
     run.set_tags({"variant": args.variant, "vocab_size": len(vocab), "train_chars": len(train_ids),
-                  "val_chars": len(val_ids)})
+                  "val_chars": len(val_ids), "world_size": distributed.world()})
 
-    def evaluate(_model, epoch: int) -> dict:
-        if epoch % p["sample_every"] == 0 or epoch == p["epochs"]:
+    def evaluate(_model, epoch: int) -> dict:  # every rank: the same weights and text give the same val/ppl
+        if distributed.is_main() and (epoch % p["sample_every"] == 0 or epoch == p["epochs"]):
             sample = generate(model, vocab, p["prefix"], p["sample_chars"])
             run.log_text(sample + "\n", f"samples/epoch_{epoch:05d}.txt")
             print(f"train_lm@{args.variant} epoch {epoch}: {sample!r}", flush=True)
@@ -75,13 +88,15 @@ def train(args, params: dict, run, corpus: str) -> None:
 
     steps = num_batches(len(train_ids), p["batch_size"], p["num_steps"], p["sampling"] == "sequential")
     fitted = fit(
-        model, optimizer, epoch_batches(model, train_ids, p, seed, device), evaluate,
+        net, optimizer, epoch_batches(model, train_ids, p, seed, device), evaluate,
         FitConfig.from_params(p, patience=variant["patience"], best_metric="val/ppl", steps_per_epoch=steps,
                               unit="tok", desc=f"train_lm@{args.variant}"),
         Checkpoint(args.checkpoint, lm_fingerprint(params, args.variant, model_args, vocab.idx_to_token, len(ids)),
                    model_args=model_args, extra={"vocab": vocab.idx_to_token}),
         SimpleNamespace(log_metrics=log, flush=run.flush), count=lambda x, y: x.numel(),
     )
+    if not distributed.is_main():
+        return
     for row in fitted.history:
         row["train/ppl"] = math.exp(row["train/epoch_loss"])
     sample = generate(model, vocab, p["prefix"], p["sample_chars"])

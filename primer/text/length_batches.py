@@ -8,6 +8,9 @@ target arrays are trimmed to its longest sentence: attention, the feed-forward l
 layer stop computing padding that the loss ignores. Rows are padded on the right, so trimming removes
 only padding: every real token keeps its position and its outputs (tests/text/test_length_batches.py).
 
+Under DDP every rank draws the same batches and keeps its share of each one's rows (`_shard`): the
+global batch stays batch_size, and each share is trimmed to its own longest sentence.
+
 All lengths and batch boundaries are worked out on the host when an epoch starts; the id arrays go to
 the device once, and a step gathers its rows there, so no step waits on the device.
 """
@@ -18,7 +21,15 @@ from typing import Callable, Iterator
 
 import torch
 
+from primer import distributed
+
 POOL = 50  # batches sorted together: wide enough to find equal lengths, narrow enough to stay a shuffle
+
+
+def _shard(rows: torch.Tensor) -> torch.Tensor:
+    """This rank's rows of one batch, as many on every rank (a batch's last world - 1 rows may be left out)."""
+    world = distributed.world()
+    return rows[: len(rows) - len(rows) % world][distributed.rank() :: world]
 
 
 def bucketed_batches(src: torch.Tensor, tgt: torch.Tensor, batch_size: int, seed: int, device: torch.device,
@@ -36,6 +47,7 @@ def bucketed_batches(src: torch.Tensor, tgt: torch.Tensor, batch_size: int, seed
         for chunk in order.split(batch_size * pool):
             groups += chunk[key[chunk].argsort(stable=True)].split(batch_size)
         groups = [groups[i] for i in torch.randperm(len(groups), generator=generator).tolist()]
+        groups = [rows for rows in map(_shard, groups) if len(rows)]
         if not groups:
             return iter(())
         sizes = [len(rows) for rows in groups]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import sys
 from typing import Literal
 
 import torch
@@ -11,6 +9,7 @@ from pydantic import Field
 
 from primer.data.verify import Verify
 from primer.devices import Device, pick_device
+from primer.distributed import Launch, check_launch
 from primer.models.cnn import ARCHS
 from primer.params import Section, Sections, Seed, part_of, run_only
 from primer.training.fit_params import CompileMode, FitParams, Patience, check_fit_params
@@ -27,7 +26,7 @@ class CnnModel(Section):
     width: int = Field(ge=1, le=512)
 
 
-class TrainCnn(FitParams):
+class TrainCnn(FitParams, Launch):
     model: CnnModel
     optimizer: Literal[OPTIMIZERS]
     lr: float = Field(ge=1e-7, le=10)
@@ -37,7 +36,6 @@ class TrainCnn(FitParams):
     grad_clip: float = Field(ge=0, le=1e6)
     bf16: bool
     patience: Patience
-    nproc: int = Field(ge=1, le=256)  # processes (DDP); over 1 relaunches the stage under torchrun
     channels_last: bool = run_only()
     log_every: int = run_only(ge=1)
     device: Device = run_only()
@@ -58,13 +56,8 @@ def check_cnn_params(params: dict) -> None:
     """The checks across keys, before any work."""
     check_augment(params["augment"])
     check_fit_params(params["train_cnn"], "train_cnn")
+    check_launch(params["train_cnn"], "train_cnn")
     pick_device(params["train_cnn"]["device"], "train_cnn.device")
-
-
-def relaunch_under_torchrun(script: str, nproc: int) -> None:
-    """Replace this process with `torchrun --standalone --nproc_per_node nproc` running `script`."""
-    argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", script]
-    os.execv(sys.executable, argv + sys.argv[1:])
 
 
 def training_policy(aug: dict) -> AugmentPolicy:

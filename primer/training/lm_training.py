@@ -9,7 +9,9 @@ from typing import Literal
 import torch
 from pydantic import Field
 
+from primer import distributed
 from primer.devices import Device, pick_device
+from primer.distributed import Launch, check_launch
 from primer.errors import PrimerError
 from primer.models.rnn import RNNLM
 from primer.params import Name, Section, Sections, Seed, output_only, result_values, run_only
@@ -40,7 +42,7 @@ class LmVariant(Section):
     patience: Patience  # per variant: the plain RNN still improves slowly where gated cells overfit
 
 
-class TrainLm(FitParams):
+class TrainLm(FitParams, Launch):
     val_fraction: float = Field(ge=0.01, le=0.5)
     batch_size: int = Field(ge=1, le=4096)
     num_steps: int = Field(ge=1, le=10_000)
@@ -67,6 +69,7 @@ def check_lm_params(variant: str, corpus_file: Path, corpus_chars: int, params: 
     """The variant exists, the device too, and the corpus is long enough for these params."""
     p = params["train_lm"]
     check_fit_params(p, "train_lm")
+    check_launch(p, "train_lm")
     if variant not in p["variants"]:
         raise PrimerError(f"no variant '{variant}' under 'train_lm.variants' (have: {', '.join(p['variants'])}); "
                           "add it or pick one of those.")
@@ -94,17 +97,27 @@ def epoch_batches(model: RNNLM, ids: torch.Tensor, p: dict, seed: int, device: t
     """epoch -> (X, Y) minibatches on the device; sequential sampling carries the state across them.
 
     The corpus lives on the device; each epoch draws its positions on the host (d2l's samplers, seeded by
-    seed and epoch) and sends them over once, so every step gathers its batch on the device."""
+    seed and epoch) and sends them over once, so every step gathers its batch on the device. Under DDP
+    every rank draws the same positions and keeps its own rows of each batch (`shard_rows`): the global
+    batch stays batch_size, and sequential sampling still continues each row from the batch before."""
     sequential, on_device = p["sampling"] == "sequential", ids.to(device)
 
     def batches(epoch: int):
         model.reset_state()
         model.carry_state = sequential
         generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-        positions = epoch_positions(len(ids), p["batch_size"], p["num_steps"], sequential, generator)
+        positions = shard_rows(epoch_positions(len(ids), p["batch_size"], p["num_steps"], sequential, generator))
         return gather_batches(on_device, positions.to(device))
 
     return batches
+
+
+def shard_rows(positions: torch.Tensor) -> torch.Tensor:
+    """This rank's rows of every batch of (batches, batch_size, num_steps) positions: batch_size // world
+    consecutive rows, the same rows in every batch (the remainder of batch_size is left out)."""
+    per_rank = positions.shape[1] // distributed.world()
+    start = distributed.rank() * per_rank
+    return positions[:, start : start + per_rank]
 
 
 def shared_results(p: dict) -> dict:
@@ -118,4 +131,5 @@ def lm_fingerprint(params: dict, variant: str, model_args: dict, vocab: list[str
     fields, the seed and the corpus."""
     p = params["train_lm"]
     return fingerprint(model=model_args, variant=result_values(p["variants"][variant], LmVariant),
-                       train=shared_results(p), seed=params["seed"], vocab=vocab, chars=chars)
+                       train=shared_results(p), seed=params["seed"], vocab=vocab, chars=chars,
+                       world=distributed.world())

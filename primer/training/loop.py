@@ -189,6 +189,7 @@ def fit(
             break
         model.train()
         began, seen, loss_sum, window_sum, window_n, norms = time.perf_counter(), 0, 0.0, 0.0, 0, []
+        first_step = step
         # the epoch's summary line is printed below
         bar = tqdm(batches(epoch), desc=f"{c.desc} epoch {epoch + 1}/{c.epochs}", unit="batch", leave=False,
                    total=c.steps_per_epoch or None, disable=not distributed.is_main())
@@ -213,7 +214,7 @@ def fit(
                 window_sum, window_n = 0.0, 0
         seconds = time.perf_counter() - began
         metrics = {
-            "train/epoch_loss": _mean_over_ranks(torch.as_tensor(loss_sum, device=device), bar.n),
+            "train/epoch_loss": _mean_over_ranks(torch.as_tensor(loss_sum, device=device), step - first_step),
             f"train/{c.unit}_per_s": float(seen) * distributed.world() / seconds,
             "lr": optimizer.param_groups[0]["lr"],
         }

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pydantic import Field
 
 from primer.devices import Device, pick_device
+from primer.distributed import Launch, check_launch
 from primer.errors import PrimerError
 from primer.limits import MAX_BEAM_SIZE
 from primer.params import Section, Sections, Seed, output_only, run_only
@@ -23,7 +24,7 @@ class TransformerModel(Section):
     label_smoothing: float = Field(ge=0, le=0.9)
 
 
-class TrainTransformer(FitParams):
+class TrainTransformer(FitParams, Launch):
     num_pairs: int = Field(ge=0)  # the first N lines of fra-eng; 0 = all
     val_fraction: float = Field(ge=0, le=0.5)
     test_fraction: float = Field(ge=0.001, le=0.5)
@@ -53,6 +54,7 @@ def check_transformer_params(params: dict) -> None:
     """The checks across keys, before any work."""
     p = params["train_transformer"]
     check_fit_params(p, "train_transformer")
+    check_launch(p, "train_transformer")
     m = p["model"]
     if m["num_hiddens"] % m["num_heads"]:
         raise PrimerError(f"'train_transformer.model.num_hiddens' ({m['num_hiddens']}) must be divisible by "

@@ -24,6 +24,7 @@ docs/cluster.md sets up the cluster.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import logging
 import os
@@ -209,6 +210,11 @@ def trial_nodes(ray, cpus: float, gpus: float) -> list[dict]:
     return fit
 
 
+def node_name(node: dict) -> str:
+    """A node of `ray.nodes()` as the sweep names it: its address and host name."""
+    return f"{node['NodeManagerAddress']} ({node.get('NodeManagerHostname', '?')})"
+
+
 def resources(node: dict) -> str:
     have = node["Resources"]
     return f"{have.get('CPU', 0):g} CPUs {have.get('GPU', 0):g} GPUs"
@@ -223,7 +229,7 @@ def check_nodes(ray, nodes: list[dict], checkout: str | None, git_remote: str, d
 
     check = ray.remote(num_cpus=0, max_retries=0)(sweep_node.check_node)
     refs = {check.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
-            .remote(checkout, git_remote, dvc_remote, commit): n for n in nodes}
+            .remote(node_name(n), checkout, git_remote, dvc_remote, commit): n for n in nodes}
     ready, waiting = ray.wait(list(refs), num_returns=len(refs), timeout=NODE_CHECK_TIMEOUT_S)
     if waiting:
         late = ", ".join(refs[r]["NodeManagerAddress"] for r in waiting)
@@ -273,13 +279,14 @@ def progress(total: int, outcomes: dict) -> str:
 
 
 def table(trials: dict, outcomes: dict) -> str:
-    rows = [("trial", "status", "node", "seconds", "overrides")]
+    rows = [("trial", "status", "node", "checkout", "seconds", "overrides")]
     for name, overrides in trials.items():
         o = outcomes.get(name, {})
         status = "done" if o.get("ok") else "failed" if o else "not run"
-        rows.append((name, status, o.get("node", ""), f"{o.get('seconds', 0):.1f}", " ".join(overrides)))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r[:4], widths)) + "  " + r[4] for r in rows)
+        rows.append((name, status, o.get("node") or "-", o.get("checkout") or "-", f"{o.get('seconds', 0):.1f}",
+                     " ".join(overrides)))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r[:5], widths)) + "  " + r[5] for r in rows)
 
 
 def lost(name: str, exc: Exception, retries: int) -> dict:
@@ -295,6 +302,7 @@ def run_sweep(ray, trials: dict, spec: dict, cpus: float, gpus: float, retries: 
     refs = {trial.options(num_cpus=cpus, num_gpus=gpus, max_retries=retries, name=f"trial {name}")
             .remote({**spec, "name": name, "overrides": overrides}): name for name, overrides in trials.items()}
     outcomes: dict = {}
+    names = {n["NodeID"]: node_name(n) for n in ray.nodes()}
     print(progress(len(trials), outcomes), file=sys.stderr)
     pending = list(refs)
     try:
@@ -306,6 +314,7 @@ def run_sweep(ray, trials: dict, spec: dict, cpus: float, gpus: float, retries: 
                     outcome = ray.get(ref)
                 except ray.exceptions.RayError as exc:  # the node died on every attempt, or the task was lost
                     outcome = lost(name, exc, retries)
+                outcome["node"] = names.get(outcome["node"], outcome["node"])
                 outcomes[name] = outcome
                 if not outcome["ok"]:
                     said = f"; the last lines of its log ({outcome['log']} there):\n{outcome['tail']}" \
@@ -317,6 +326,29 @@ def run_sweep(ray, trials: dict, spec: dict, cpus: float, gpus: float, retries: 
         for ref in pending:
             ray.cancel(ref, force=True)
         raise
+    return outcomes
+
+
+def sweep_on_ray(ray, args, trials: dict, repo: Path, commit: str, uri: str, experiment: str) -> dict:
+    """Connect, check the nodes, run the trials and close their orphaned runs; the outcomes by name."""
+    connect(ray, args.address)
+    try:
+        nodes = trial_nodes(ray, args.cpus, args.gpus)
+        checkout = args.checkout or str(repo)
+        check_nodes(ray, nodes, checkout, args.git_remote, args.dvc_remote, commit)
+        env = {"MLFLOW_TRACKING_URI": uri, "MLFLOW_EXPERIMENT_NAME": experiment}
+        spec = {"commit": commit, "git_remote": args.git_remote, "dvc_remote": args.dvc_remote,
+                "targets": args.targets, "checkout": checkout, "env": env}
+        print(f"sweep: {len(trials)} trials of commit {commit[:12]} on {len(nodes)} nodes, each with "
+              f"{args.cpus:g} CPUs and {args.gpus:g} GPUs", file=sys.stderr)
+        outcomes = {}
+        try:
+            outcomes = run_sweep(ray, trials, spec, args.cpus, args.gpus, args.retries)
+        finally:
+            for run_id in close_orphans(uri, experiment, set(trials)):
+                print(f"sweep: closed MLflow run {run_id} as KILLED (its trial's node died)", file=sys.stderr)
+    finally:
+        ray.shutdown()
     return outcomes
 
 
@@ -355,24 +387,8 @@ def run(argv: list[str] | None = None) -> None:
                           "http://HOST:5000) so that every node's trials log where you can see them.")
     prefix = args.name or f"sweep-{commit[:7]}-{time.strftime('%H%M%S')}"
     trials = {f"{prefix}-{i}": overrides for i, overrides in enumerate(combos, 1)}
-    connect(ray, args.address)
-    try:
-        nodes = trial_nodes(ray, args.cpus, args.gpus)
-        checkout = args.checkout or str(repo)
-        check_nodes(ray, nodes, checkout, args.git_remote, args.dvc_remote, commit)
-        env = {"MLFLOW_TRACKING_URI": uri, "MLFLOW_EXPERIMENT_NAME": experiment}
-        spec = {"commit": commit, "git_remote": args.git_remote, "dvc_remote": args.dvc_remote,
-                "targets": args.targets, "checkout": checkout, "env": env}
-        print(f"sweep: {len(trials)} trials of commit {commit[:12]} on {len(nodes)} nodes, each with "
-              f"{args.cpus:g} CPUs and {args.gpus:g} GPUs", file=sys.stderr)
-        outcomes = {}
-        try:
-            outcomes = run_sweep(ray, trials, spec, args.cpus, args.gpus, args.retries)
-        finally:
-            for run_id in close_orphans(uri, experiment, set(trials)):
-                print(f"sweep: closed MLflow run {run_id} as KILLED (its trial's node died)", file=sys.stderr)
-    finally:
-        ray.shutdown()
+    with contextlib.redirect_stdout(sys.stderr):  # Ray's own notes (a node died, a task is retried): not the table
+        outcomes = sweep_on_ray(ray, args, trials, repo, commit, uri, experiment)
     print(table(trials, outcomes))
     failed = [name for name in trials if not outcomes.get(name, {}).get("ok")]
     print(f"sweep: {len(trials) - len(failed)} of {len(trials)} trials pushed to '{args.git_remote}'; see them with "

@@ -15,7 +15,6 @@ from __future__ import annotations
 import fcntl
 import os
 import shlex
-import socket
 import subprocess
 import sys
 import time
@@ -34,15 +33,11 @@ def checkouts(default: str | None) -> list[str]:
     return [p for p in found.split(os.pathsep) if p]
 
 
-def where() -> str:
-    """This node as the sweep names it: its IP address and host name."""
-    try:
-        import ray
+def node_id() -> str:
+    """This node's Ray id (the sweep names the node by the address and host name Ray has for it)."""
+    import ray
 
-        ip = ray.util.get_node_ip_address()
-    except Exception:  # outside Ray (a test calls these functions directly)
-        ip = "127.0.0.1"
-    return f"{ip} ({socket.gethostname()})"
+    return ray.get_runtime_context().get_node_id()
 
 
 def tool_env() -> dict:
@@ -66,9 +61,9 @@ def dvc(*args: str) -> list[str]:
     return [sys.executable, "-m", "dvc", *args]
 
 
-def check_node(checkout: str | None, git_remote: str, dvc_remote: str | None, commit: str) -> list[str]:
-    """What keeps this node from running trials, one sentence each (empty: ready)."""
-    node, problems = where(), []
+def check_node(node: str, checkout: str | None, git_remote: str, dvc_remote: str | None, commit: str) -> list[str]:
+    """What keeps this node (named `node` in the sentences) from running trials, one sentence each (empty: ready)."""
+    problems = []
     paths = checkouts(checkout)
     if not paths:
         return [f"node {node} has no checkout: give --checkout PATH, or start its `ray start` with {CHECKOUT_ENV}=PATH "
@@ -193,7 +188,7 @@ def tail(log_file: Path, lines: int = TAIL_LINES) -> str:
 def run_trial(spec: dict) -> dict:
     """One trial as one DVC experiment, pushed; its outcome as a dict (ok, node, checkout, seconds, reason, tail)."""
     started, name = time.monotonic(), spec["name"]
-    outcome = {"name": name, "node": where(), "ok": False, "reason": "", "tail": "", "checkout": "", "seconds": 0.0}
+    outcome = {"name": name, "node": node_id(), "ok": False, "reason": "", "tail": "", "checkout": "", "seconds": 0.0}
     paths = checkouts(spec.get("checkout"))
     if not paths:
         outcome["reason"] = f"no checkout: set {CHECKOUT_ENV} on this node or give --checkout"

@@ -83,36 +83,42 @@ class RayNode:
         out, _ = started.communicate(timeout=120)
         assert started.returncode == 0, f"ray start failed:\n{out}"
 
-    def processes(self) -> list[psutil.Process]:
-        """Every process of this node: those naming its temp dir, in its process group, and their children."""
-        found = {}
-        for proc in psutil.process_iter(["cmdline"]):
-            try:
-                if str(self.temp) in " ".join(proc.info["cmdline"] or []) or os.getpgid(proc.pid) in self.pgids:
-                    found[proc.pid] = proc
-            except (psutil.Error, ProcessLookupError):
-                continue
-        for proc in list(found.values()):
-            try:
-                found.update({child.pid: child for child in proc.children(recursive=True)})
-            except psutil.Error:
-                continue
-        return list(found.values())
-
     def kill(self) -> list[psutil.Process]:
-        """SIGKILL every process of the node; those still there after 20 s."""
-        for _ in range(3):  # a raylet being killed may still fork a worker
-            found = self.processes()
-            for proc in found:
-                try:
-                    proc.send_signal(signal.SIGKILL)
-                except psutil.Error:
-                    pass
-            _, alive = psutil.wait_procs(found, timeout=20 / 3)
-            alive = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-            if not alive:
-                return []
-        return alive
+        return kill_ray(self.temp, self.pgids)
+
+
+def ray_processes(temp: Path, pgids: set[int]) -> list[psutil.Process]:
+    """Every process of a Ray node: those naming its temp dir, in one of `pgids`, and their children."""
+    found = {}
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if str(temp) in " ".join(proc.info["cmdline"] or []) or os.getpgid(proc.pid) in pgids:
+                found[proc.pid] = proc
+        except (psutil.Error, ProcessLookupError):
+            continue
+    for proc in list(found.values()):
+        try:
+            found.update({child.pid: child for child in proc.children(recursive=True)})
+        except psutil.Error:
+            continue
+    return list(found.values())
+
+
+def kill_ray(temp: Path, pgids: set[int] = frozenset()) -> list[psutil.Process]:
+    """SIGKILL every process of the Ray node of `temp`; those still there after 20 s."""
+    alive = []
+    for _ in range(3):  # a raylet being killed may still fork a worker
+        found = ray_processes(temp, pgids)
+        for proc in found:
+            try:
+                proc.send_signal(signal.SIGKILL)
+            except psutil.Error:
+                pass
+        _, alive = psutil.wait_procs(found, timeout=20 / 3)
+        alive = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        if not alive:
+            return []
+    return alive
 
 
 @pytest.fixture
@@ -306,3 +312,33 @@ def test_a_grid_on_two_nodes_lands_every_trial_when_a_node_dies(tmp_path, cluste
     pushed = {p.name for p in dvc_remote.rglob("*") if p.is_file()} - fetched
     assert len(pushed) >= 4, f"dvc exp push sent {len(pushed)} outputs to the DVC remote"  # a model per trial
     print(f"sweep of 4 trials, node B killed during {killed}: {took:.0f} s")
+
+
+def test_on_this_machine_trials_share_the_checkout_and_a_failed_one_is_reported(tmp_path):
+    """Without --address: a Ray instance of this machine's 2 CPUs runs both trials at once in this checkout; the one
+    whose batch_size the stage refuses fails with its log's tail, the other lands, and the exit status is 1."""
+    ray_tmp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))
+    env = {**venv_env(tmp_path), **GIT_ID, "HOME": str(tmp_path / "home"), "TQDM_DISABLE": "1",
+           "RAY_TMPDIR": str(ray_tmp)}
+    origin, dvc_remote = team(tmp_path, env)
+    laptop = clone(origin, tmp_path / "laptop", env, dvc_remote)
+    try:
+        done = sweep(laptop, env, "-S", "train_lm.batch_size=4,0", "--name", "lo", TARGET, timeout=240)
+    finally:
+        left = kill_ray(ray_tmp)
+    assert not left and not ray_processes(ray_tmp, set()), left
+    assert done.returncode == 1, done.stdout + done.stderr
+    rows = {line.split()[0]: line.split()[1] for line in done.stdout.splitlines()[1:]}
+    assert rows == {"lo-1": "done", "lo-2": "failed"}, done.stdout
+    said = done.stderr
+    assert "sweep: trial lo-2 failed on " in said and ": dvc exp run failed (exit " in said, said
+    assert "the last lines of its log (" in said and "batch_size" in said.split("sweep: trial lo-2 failed")[1], said
+    assert "sweep: 1/2 done, 1 failed, 0 running or waiting" in said, said
+    pushed = run(laptop, env, "git", "ls-remote", "origin", "refs/exps/*").stdout
+    assert pushed.count("/lo-1\n") == 1 and "/lo-2" not in pushed, pushed
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{laptop / 'mlflow.db'}")  # no MLFLOW_TRACKING_URI: the checkout's own store
+    experiment = client.get_experiment_by_name("primer").experiment_id
+    logged = [(r.data.tags.get("dvc.exp_name"), r.info.status) for r in client.search_runs([experiment])]
+    assert ("lo-1", "FINISHED") in logged and not [s for _, s in logged if s == "RUNNING"], logged

@@ -44,6 +44,7 @@ INSTALL = ("Ray is not installed in this environment; install it with `pip insta
 CONNECT_TIMEOUT_S = 5  # the TCP check of --address, before Ray tries for much longer
 NODE_CHECK_TIMEOUT_S = 90  # every node's check of its checkout, all at once
 GIT_TIMEOUT_S = 60
+STOP_TIMEOUT_S = 30  # for the trials to stop after Ctrl-C
 DEFAULT_PORT = 6379
 PARAMS_FILE = "params.yaml"
 
@@ -241,34 +242,49 @@ def check_nodes(ray, nodes: list[dict], checkout: str | None, git_remote: str, d
                           f"{problems[0]} ({len(problems) - 1} more: {' '.join(problems[1:])})")
 
 
-def tracking(repo: Path) -> tuple[str, str]:
-    """(tracking URI, experiment) the trials log to: this shell's MLFLOW_TRACKING_URI, else this repository's
-    mlflow.db (then only a sweep on this machine can log there)."""
+def tracking(repo: Path) -> tuple[str, str, dict]:
+    """(tracking URI, experiment, what the trials get of them): this shell's MLFLOW_TRACKING_URI and
+    MLFLOW_EXPERIMENT_NAME, passed on; without a URI each checkout's own mlflow.db, this repository's here."""
     from primer.tracking import DEFAULT_EXPERIMENT, default_store, probe_server
 
-    uri = os.environ.get("MLFLOW_TRACKING_URI", "")
-    experiment = os.environ.get("MLFLOW_EXPERIMENT_NAME") or DEFAULT_EXPERIMENT
+    passed = {k: os.environ[k] for k in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME") if os.environ.get(k)}
+    uri = passed.get("MLFLOW_TRACKING_URI", "")
     if uri.startswith(("http://", "https://")):
         probe_server(uri)
-    return uri or default_store(repo)[0], experiment
+    uri = uri or default_store(repo)[0]
+    experiment = passed.get("MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT)
+    try:  # also creates a new mlflow.db once, before trials that start together would race to
+        open_runs(uri, experiment, set())
+    except Exception as exc:  # MlflowException, the database driver's errors
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise PrimerError(f"MLflow tracking at {uri} failed ({first}); check MLFLOW_TRACKING_URI.") from None
+    return uri, experiment, passed
 
 
-def close_orphans(uri: str, experiment: str, names: set[str]) -> list[str]:
-    """Close as KILLED the runs still RUNNING that a trial of this sweep (tag dvc.exp_name) started: after the sweep,
-    each is one whose node died mid-trial. The run ids closed."""
+def open_runs(uri: str, experiment: str, names: set[str]) -> list[str]:
+    """The runs still RUNNING that a trial of this sweep (tag dvc.exp_name) started."""
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     from mlflow import MlflowClient
 
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # not its notes on creating a new mlflow.db
     client = MlflowClient(uri)
     found = client.get_experiment_by_name(experiment)
     if found is None:
         return []
-    closed = []
-    for run in client.search_runs([found.experiment_id], "attributes.status = 'RUNNING'", max_results=1000):
-        if run.data.tags.get("dvc.exp_name") in names:
-            client.set_terminated(run.info.run_id, "KILLED")
-            closed.append(run.info.run_id)
+    return [run.info.run_id for run in client.search_runs([found.experiment_id], "attributes.status = 'RUNNING'",
+                                                          max_results=1000)
+            if run.data.tags.get("dvc.exp_name") in names]
+
+
+def close_orphans(uri: str, experiment: str, names: set[str]) -> list[str]:
+    """Close as KILLED the runs of this sweep's trials still RUNNING once every trial has ended: each is one whose
+    node died mid-trial. The run ids closed."""
+    from mlflow import MlflowClient
+
+    closed = open_runs(uri, experiment, names)
+    for run_id in closed:
+        MlflowClient(uri).set_terminated(run_id, "KILLED")
     return closed
 
 
@@ -294,7 +310,7 @@ def lost(name: str, exc: Exception, retries: int) -> dict:
     return {"name": name, "ok": False, "node": "", "reason": reason, "tail": "", "seconds": 0.0}
 
 
-def run_sweep(ray, trials: dict, spec: dict, cpus: float, gpus: float, retries: int) -> dict:
+def run_sweep(ray, trials: dict, spec: dict, cpus: float, gpus: float, retries: int, tracked: tuple) -> dict:
     """Submit every trial, print progress as they end, and return their outcomes by name."""
     from primer import sweep_node
 
@@ -322,31 +338,41 @@ def run_sweep(ray, trials: dict, spec: dict, cpus: float, gpus: float, retries: 
                     print(f"sweep: trial {name} failed on {outcome['node'] or 'a lost node'}: {outcome['reason']}"
                           f"{said}", file=sys.stderr)
                 print(progress(len(trials), outcomes), file=sys.stderr)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # each running trial stops its commands (SIGTERM: its MLflow run ends KILLED)
+        print(f"sweep: interrupted; stopping {len(pending)} trials", file=sys.stderr)
         for ref in pending:
-            ray.cancel(ref, force=True)
+            ray.cancel(ref)
+        deadline = time.monotonic() + STOP_TIMEOUT_S  # the stages close their own runs
+        with contextlib.suppress(Exception):  # a store that went away: the close after this warns
+            while open_runs(*tracked[:2], set(trials)) and time.monotonic() < deadline:
+                time.sleep(1)
         raise
     return outcomes
 
 
-def sweep_on_ray(ray, args, trials: dict, repo: Path, commit: str, uri: str, experiment: str) -> dict:
+def sweep_on_ray(ray, args, trials: dict, repo: Path, commit: str, tracked: tuple[str, str, dict]) -> dict:
     """Connect, check the nodes, run the trials and close their orphaned runs; the outcomes by name."""
+    uri, experiment, env = tracked
     connect(ray, args.address)
     try:
         nodes = trial_nodes(ray, args.cpus, args.gpus)
         checkout = args.checkout or str(repo)
         check_nodes(ray, nodes, checkout, args.git_remote, args.dvc_remote, commit)
-        env = {"MLFLOW_TRACKING_URI": uri, "MLFLOW_EXPERIMENT_NAME": experiment}
         spec = {"commit": commit, "git_remote": args.git_remote, "dvc_remote": args.dvc_remote,
                 "targets": args.targets, "checkout": checkout, "env": env}
         print(f"sweep: {len(trials)} trials of commit {commit[:12]} on {len(nodes)} nodes, each with "
               f"{args.cpus:g} CPUs and {args.gpus:g} GPUs", file=sys.stderr)
         outcomes = {}
         try:
-            outcomes = run_sweep(ray, trials, spec, args.cpus, args.gpus, args.retries)
+            outcomes = run_sweep(ray, trials, spec, args.cpus, args.gpus, args.retries, tracked)
         finally:
-            for run_id in close_orphans(uri, experiment, set(trials)):
-                print(f"sweep: closed MLflow run {run_id} as KILLED (its trial's node died)", file=sys.stderr)
+            try:
+                for run_id in close_orphans(uri, experiment, set(trials)):
+                    print(f"sweep: closed MLflow run {run_id} as KILLED (its trial ended without closing it)",
+                          file=sys.stderr)
+            except Exception as exc:  # the store went away: each stage's next start closes its own
+                print(f"sweep: warning: could not close the trials' unfinished MLflow runs at {uri} "
+                      f"({str(exc).strip()[:200]})", file=sys.stderr)
     finally:
         ray.shutdown()
     return outcomes
@@ -381,14 +407,14 @@ def run(argv: list[str] | None = None) -> None:
     check_targets(repo, commit, args.targets)
     combos = grid(args.sets)
     commit = pushed_commit(repo, args.git_remote)
-    uri, experiment = tracking(repo)
+    uri, experiment, passed = tracking(repo)
     if args.address and not os.environ.get("MLFLOW_TRACKING_URI"):
         raise PrimerError("MLFLOW_TRACKING_URI is not set; set it to the team's MLflow server (e.g. "
                           "http://HOST:5000) so that every node's trials log where you can see them.")
     prefix = args.name or f"sweep-{commit[:7]}-{time.strftime('%H%M%S')}"
     trials = {f"{prefix}-{i}": overrides for i, overrides in enumerate(combos, 1)}
     with contextlib.redirect_stdout(sys.stderr):  # Ray's own notes (a node died, a task is retried): not the table
-        outcomes = sweep_on_ray(ray, args, trials, repo, commit, uri, experiment)
+        outcomes = sweep_on_ray(ray, args, trials, repo, commit, (uri, experiment, passed))
     print(table(trials, outcomes))
     failed = [name for name in trials if not outcomes.get(name, {}).get("ok")]
     print(f"sweep: {len(trials) - len(failed)} of {len(trials)} trials pushed to '{args.git_remote}'; see them with "

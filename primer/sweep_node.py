@@ -15,6 +15,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -25,6 +26,7 @@ CHECKOUT_ENV = "PRIMER_CHECKOUT"
 PROBE_TIMEOUT_S = 20  # one git or dvc command of the node check
 GIT_TIMEOUT_S = 120  # fetch and checkout of a trial
 TAIL_LINES = 30  # of a failed trial's log, in the sweep's report
+STOP_S = 20  # for a cancelled trial's commands to end on SIGTERM
 
 
 def checkouts(default: str | None) -> list[str]:
@@ -131,16 +133,41 @@ class TrialFailed(Exception):
 
 
 def step(argv: list[str], cwd: str, log, what: str, env: dict | None = None, timeout: float | None = None) -> None:
-    """Run one command of the trial, its output appended to the log; raise TrialFailed naming `what` if it fails."""
+    """Run one command of the trial, its output appended to the log; raise TrialFailed naming `what` if it fails.
+    Cancelled (the sweep's Ctrl-C), the command's whole process group gets SIGTERM: a stage ends its MLflow run
+    KILLED."""
     log.write(f"$ {shlex.join(argv)}\n")
     log.flush()
+    proc = subprocess.Popen(argv, cwd=cwd, env=env or tool_env(), stdout=log, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+    deadline = None if timeout is None else time.monotonic() + timeout
     try:
-        done = subprocess.run(argv, cwd=cwd, env=env or tool_env(), stdout=log, stderr=subprocess.STDOUT,
-                              timeout=timeout, stdin=subprocess.DEVNULL)
-    except subprocess.TimeoutExpired:
-        raise TrialFailed(f"{what} did not finish in {timeout:.0f} s") from None
-    if done.returncode:
-        raise TrialFailed(f"{what} failed (exit {done.returncode})")
+        while True:
+            try:  # a short wait at a time: Ray's cancel interrupts Python code, not a blocking waitpid
+                code = proc.wait(timeout=1)
+                break
+            except subprocess.TimeoutExpired:
+                if deadline is not None and time.monotonic() > deadline:
+                    raise TrialFailed(f"{what} did not finish in {timeout:.0f} s") from None
+    except BaseException:
+        stop(proc)
+        raise
+    if code:
+        raise TrialFailed(f"{what} failed (exit {code})")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM to the command's process group, SIGKILL after STOP_S."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=STOP_S)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def checkout_commit(path: str, commit: str, git_remote: str, log) -> None:

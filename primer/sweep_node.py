@@ -71,7 +71,7 @@ def check_node(node: str, checkout: str | None, git_remote: str, dvc_remote: str
         return [f"node {node} has no checkout: give --checkout PATH, or start its `ray start` with {CHECKOUT_ENV}=PATH "
                 "(docs/cluster.md)."]
     for path in paths:
-        if not (Path(path) / ".git").exists() or not (Path(path) / ".dvc").is_dir():
+        if not is_checkout(path):
             problems.append(f"node {node} has no checkout of the repository at {path}; clone it there (git clone, "
                             f"then dvc remote settings as on your machine), or set {CHECKOUT_ENV} in that node's "
                             "`ray start` environment to where it is.")
@@ -101,6 +101,10 @@ def check_node(node: str, checkout: str | None, git_remote: str, dvc_remote: str
                 problems.append(f"the checkout {path} on node {node} has uncommitted changes ({', '.join(dirty[:5])}); "
                                 "commit, stash or discard them there so that the sweep can check out its commit.")
     return problems
+
+
+def is_checkout(path: str) -> bool:
+    return (Path(path) / ".git").exists() and (Path(path) / ".dvc").is_dir()
 
 
 def changed_files(path: str) -> list[str]:
@@ -219,6 +223,10 @@ def run_trial(spec: dict) -> dict:
     paths = checkouts(spec.get("checkout"))
     if not paths:
         outcome["reason"] = f"no checkout: set {CHECKOUT_ENV} on this node or give --checkout"
+        return outcome
+    missing = [p for p in paths if not is_checkout(p)]
+    if missing:  # a node that joined the cluster after the sweep's check
+        outcome["reason"] = f"no checkout of the repository at {missing[0]} on this node"
         return outcome
     path, busy = free_checkout(paths)
     outcome["checkout"] = path

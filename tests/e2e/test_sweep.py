@@ -121,6 +121,15 @@ def kill_ray(temp: Path, pgids: set[int] = frozenset()) -> list[psutil.Process]:
     return alive
 
 
+def wait_for_nodes(address: str, count: int, env: dict, timeout: float = 60) -> None:
+    """Until the cluster at `address` has `count` alive nodes (a joining node's `ray start` may return before)."""
+    probe = ("import sys, time, ray; ray.init(address=sys.argv[1], logging_level='ERROR'); deadline = time.time() + "
+             f"{timeout}\nwhile sum(n['Alive'] for n in ray.nodes()) < {count} and time.time() < deadline: "
+             "time.sleep(0.5)\nprint(sum(n['Alive'] for n in ray.nodes()))")
+    said = run(Path.cwd(), env, sys.executable, "-c", probe, address, timeout=timeout + 30).stdout.strip()
+    assert said.splitlines()[-1] == str(count), said
+
+
 @pytest.fixture
 def cluster(tmp_path):
     nodes: list[RayNode] = []
@@ -130,6 +139,7 @@ def cluster(tmp_path):
         extra = {} if head else {"RAY_health_check_period_ms": "1000", "RAY_health_check_timeout_ms": "1000",
                                  "RAY_health_check_failure_threshold": "2"}  # a dead node is noticed in seconds
         nodes.append(RayNode({**env, **extra, "PRIMER_CHECKOUT": str(checkout)}, head))
+        wait_for_nodes(nodes[0].address, len(nodes), env)
         return nodes[-1]
 
     try:

@@ -305,8 +305,12 @@ def table(trials: dict, outcomes: dict) -> str:
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r[:5], widths)) + "  " + r[5] for r in rows)
 
 
-def lost(name: str, exc: Exception, retries: int) -> dict:
-    reason = f"its node or worker died {retries + 1} times ({type(exc).__name__})"
+def lost(ray, name: str, exc: Exception, retries: int) -> dict:
+    """The outcome of a trial that returned none: its code raised, or its node died on every attempt."""
+    if isinstance(exc, ray.exceptions.RayTaskError):
+        reason = f"it raised {(str(exc.cause) or type(exc.cause).__name__).splitlines()[0][:300]}"
+    else:
+        reason = f"its node or worker died {retries + 1} times ({type(exc).__name__})"
     return {"name": name, "ok": False, "node": "", "reason": reason, "tail": "", "seconds": 0.0}
 
 
@@ -329,7 +333,7 @@ def run_sweep(ray, trials: dict, spec: dict, cpus: float, gpus: float, retries: 
                 try:
                     outcome = ray.get(ref)
                 except ray.exceptions.RayError as exc:  # the node died on every attempt, or the task was lost
-                    outcome = lost(name, exc, retries)
+                    outcome = lost(ray, name, exc, retries)
                 outcome["node"] = names.get(outcome["node"], outcome["node"])
                 outcomes[name] = outcome
                 if not outcome["ok"]:
@@ -400,17 +404,20 @@ def parser() -> argparse.ArgumentParser:
 
 def run(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
+    for option, value in (("--cpus", args.cpus), ("--gpus", args.gpus), ("--retries", args.retries)):
+        if value < 0:
+            raise PrimerError(f"{option} {value:g} is negative; give 0 or more.")
     ray = import_ray()
     repo = repo_root()
     commit = git(repo, "rev-parse", "HEAD").stdout.strip()
     check_keys(repo, commit, args.sets)
     check_targets(repo, commit, args.targets)
     combos = grid(args.sets)
-    commit = pushed_commit(repo, args.git_remote)
-    uri, experiment, passed = tracking(repo)
     if args.address and not os.environ.get("MLFLOW_TRACKING_URI"):
         raise PrimerError("MLFLOW_TRACKING_URI is not set; set it to the team's MLflow server (e.g. "
                           "http://HOST:5000) so that every node's trials log where you can see them.")
+    commit = pushed_commit(repo, args.git_remote)
+    uri, experiment, passed = tracking(repo)
     prefix = args.name or f"sweep-{commit[:7]}-{time.strftime('%H%M%S')}"
     trials = {f"{prefix}-{i}": overrides for i, overrides in enumerate(combos, 1)}
     with contextlib.redirect_stdout(sys.stderr):  # Ray's own notes (a node died, a task is retried): not the table

@@ -72,3 +72,10 @@ def test_primer_sweep_is_the_same_command(capsys):
     with pytest.raises(SystemExit) as done:
         run(["sweep", "--help"])
     assert done.value.code == 0 and "dvc exp run --temp -n NAME" in capsys.readouterr().out
+
+
+def test_negative_resources_or_retries_are_one_sentence():
+    from primer.sweep import run
+
+    with pytest.raises(PrimerError, match=r"^--gpus -1 is negative; give 0 or more\.$"):
+        run(["-S", "train_cnn.lr=1,2", "--gpus", "-1"])

@@ -9,6 +9,7 @@ and nothing is left in MLflow."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -23,7 +24,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import copy_repo, venv_env
+from conftest import copy_repo, require_tool, venv_env
 from test_pipeline import set_params, tiny_sources
 from test_server_topology import MlflowServer, free_port
 
@@ -34,6 +35,12 @@ GRID = ["-S", "train_lm.variants.lstm.lr=0.5,2.0", "-S", "train_lm.batch_size=4,
 TARGET = "train_lm@lstm"
 NAMES = [f"sw-{i}" for i in range(1, 5)]
 BAD_INPUT_S = 30  # each bad input's sentence comes within this (Ray's import and start included)
+
+
+@pytest.fixture(autouse=True)
+def _ray_installed():
+    require_tool(importlib.util.find_spec("ray"), "Ray", "pip install -r requirements-cluster.lock, which "
+                 "requirements-dev.lock pulls in")
 
 
 def run(cwd: Path, env: dict, *argv: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -321,7 +328,7 @@ def test_a_grid_on_two_nodes_lands_every_trial_when_a_node_dies(tmp_path, cluste
     assert grid == {("0.5", "4"), ("0.5", "8"), ("2.0", "4"), ("2.0", "8")}, grid
     pushed = {p.name for p in dvc_remote.rglob("*") if p.is_file()} - fetched
     assert len(pushed) >= 4, f"dvc exp push sent {len(pushed)} outputs to the DVC remote"  # a model per trial
-    print(f"sweep of 4 trials, node B killed during {killed}: {took:.0f} s")
+    print(f"sweep of 4 trials, node B killed during {killed}: {took:.0f} s\n{err}")
 
 
 def test_on_this_machine_trials_share_the_checkout_and_a_failed_one_is_reported(tmp_path):
@@ -352,3 +359,4 @@ def test_on_this_machine_trials_share_the_checkout_and_a_failed_one_is_reported(
     experiment = client.get_experiment_by_name("primer").experiment_id
     logged = [(r.data.tags.get("dvc.exp_name"), r.info.status) for r in client.search_runs([experiment])]
     assert ("lo-1", "FINISHED") in logged and not [s for _, s in logged if s == "RUNNING"], logged
+    print(done.stdout, done.stderr)

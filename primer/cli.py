@@ -8,6 +8,8 @@ Each reads the model the pipeline wrote under models/ (paths from dvc.yaml, prep
 from params.yaml, run from the repository root), or `--model URI` for an MLflow model such as
 models:/primer-cnn@champion. The answers are the served pyfunc models' (primer/serving/served_models.py), so
 they equal the evaluate stage's and `mlflow models serve`'s.
+
+  primer sweep -S train_cnn.lr=1e-3,3e-4 train_cnn   a grid of DVC experiments on a Ray cluster (docs/cluster.md)
 """
 
 from __future__ import annotations
@@ -191,10 +193,18 @@ def parser() -> argparse.ArgumentParser:
                    help=f"beams, 1 to {MAX_BEAM_SIZE} (default: train_transformer.beam_size, the evaluated one)")
     t.add_argument("--model", help=model_help.replace("primer-cnn", "primer-translator"))
     t.set_defaults(run=translate)
+
+    commands.add_parser("sweep", add_help=False, help="a grid of DVC experiments on a Ray cluster; `primer sweep "
+                        "--help` (primer/sweep.py) tells the rest")
     return top
 
 
 def run(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["sweep"]:  # its own options and --help
+        from primer.sweep import run as sweep
+
+        return sweep(argv[1:])
     args = parser().parse_args(argv)
     code = args.run(args)
     if code:

@@ -1,0 +1,438 @@
+"""`python -m primer.sweep` (or `primer sweep`): a grid of DVC experiments, one per trial, run on a Ray cluster.
+
+  python -m primer.sweep -S 'train_cnn.lr=1e-3,3e-4' -S 'train_cnn.batch_size=32,64' --gpus 1 train_cnn
+  python -m primer.sweep --address HEAD:6379 -S 'train_lm.variants.lstm.lr=0.5,1,2' train_lm@lstm
+
+The -S options take `dvc exp run -S` syntax, [FILE:]KEY=V1,V2,...; several multiply into a grid. Each trial is one
+`dvc exp run --temp -n NAME -S ...` on whichever node has the resources it asks for (--cpus, --gpus), in that node's
+checkout (PRIMER_CHECKOUT in the environment of the node's `ray start`, else --checkout, the same path on every node;
+default: this repository's path), brought to this repository's commit (git fetch from --git-remote, which must hold
+it: push it first), with the inputs it does not rerun pulled from the DVC remote; it logs to MLFLOW_TRACKING_URI (this
+shell's) and is pushed with `dvc exp push` to the git and DVC remotes. Then `dvc exp pull origin` and `dvc exp show`
+list every trial here, and MLflow holds each trial's run, tagged dvc.exp_name=NAME.
+
+Without --address, Ray runs on this machine alone, with all its CPUs and GPUs (several trials at once, like `dvc queue
+start -j N`). A trial whose node dies is retried on another (--retries); its unfinished MLflow run is closed KILLED.
+A trial that fails is reported with the tail of its log, the others go on, and the exit status is 1.
+
+Bad input stops the sweep within seconds with one sentence naming what to fix, before any trial starts: Ray not
+installed, no Ray cluster at --address, a -S key that params.yaml does not have, uncommitted changes or a commit not
+on the git remote, an MLflow server that does not answer, a node without the checkout, its git remote or a DVC remote.
+docs/cluster.md sets up the cluster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+from primer.errors import PrimerError
+from primer.stage import cli
+
+INSTALL = ("Ray is not installed in this environment; install it with `pip install -e '.[cluster]'` "
+           "(or `pip install -r requirements-cluster.lock`).")
+CONNECT_TIMEOUT_S = 5  # the TCP check of --address, before Ray tries for much longer
+NODE_CHECK_TIMEOUT_S = 90  # every node's check of its checkout, all at once
+GIT_TIMEOUT_S = 60
+STOP_TIMEOUT_S = 30  # for the trials to stop after Ctrl-C
+DEFAULT_PORT = 6379
+PARAMS_FILE = "params.yaml"
+
+
+def parse_set(text: str) -> tuple[str, str, list[str]]:
+    """-S '[FILE:]KEY=V1,V2' -> (FILE, KEY, [V1, V2]); commas inside brackets or quotes belong to one value."""
+    spec, eq, values = text.partition("=")
+    if not eq or not spec.strip() or not values.strip():
+        raise PrimerError(f"-S {text!r} is not KEY=VALUE[,VALUE...]; write it as dvc exp run -S takes it, e.g. "
+                          "-S 'train_cnn.lr=1e-3,3e-4'.")
+    file, colon, key = spec.rpartition(":")
+    if not colon:
+        file, key = PARAMS_FILE, spec
+    if key.startswith(("+", "~")):
+        raise PrimerError(f"-S {text!r} adds or removes a key; a sweep only changes keys that {file} has, so give "
+                          "KEY=VALUE,... with an existing KEY.")
+    found, depth, quote, current = [], 0, "", ""
+    for char in values:
+        if quote:
+            quote = "" if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char in "[{(":
+            depth += 1
+        elif char in "]})":
+            depth -= 1
+        elif char == "," and depth == 0:
+            found.append(current)
+            current = ""
+            continue
+        current += char
+    found.append(current)
+    if any(not v.strip() for v in found):
+        raise PrimerError(f"-S {text!r} has an empty value; separate the values by single commas, e.g. "
+                          f"-S '{key}=1e-3,3e-4'.")
+    return file, key.strip(), [v.strip() for v in found]
+
+
+def grid(sets: list[str]) -> list[list[str]]:
+    """The trials of the -S options: each a list of `[FILE:]KEY=VALUE` overrides, the product of all -S values."""
+    axes = []
+    for text in sets:
+        file, key, values = parse_set(text)
+        prefix = "" if file == PARAMS_FILE else f"{file}:"
+        axes.append([f"{prefix}{key}={value}" for value in values])
+    return [list(combination) for combination in itertools.product(*axes)]
+
+
+def git(repo: Path, *args: str, timeout: float = GIT_TIMEOUT_S) -> subprocess.CompletedProcess:
+    try:
+        return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired:
+        raise PrimerError(f"`git {' '.join(args)}` did not finish in {timeout} s; check the git remote's "
+                          "address and network.") from None
+
+
+def check_keys(repo: Path, commit: str, sets: list[str]) -> None:
+    """Every -S key is one of its file's keys at `commit` (what the trials run), before anything is submitted."""
+    texts = {}
+    for text in sets:
+        file, key, _ = parse_set(text)
+        if file not in texts:
+            shown = git(repo, "show", f"{commit}:{file}")
+            if shown.returncode:
+                raise PrimerError(f"-S {text!r} names {file}, which commit {commit[:12]} does not have; name a "
+                                  "params file of the repository (default: params.yaml).")
+            texts[file] = yaml.safe_load(shown.stdout) or {}
+        node, path = texts[file], []
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                where = ".".join(path) or "its top level"
+                has = ", ".join(map(str, node)) if isinstance(node, dict) else "no keys"
+                raise PrimerError(f"-S {text!r}: {file} has no key '{key}' ({where} has {has}); fix the key.")
+            node = node[part]
+            path.append(part)
+
+
+def check_targets(repo: Path, commit: str, targets: list[str]) -> None:
+    """Plain stage names (NAME or NAME@ITEM) are stages of dvc.yaml at `commit`; paths are left to DVC."""
+    shown = git(repo, "show", f"{commit}:dvc.yaml")
+    stages = (yaml.safe_load(shown.stdout) or {}).get("stages", {}) if not shown.returncode else {}
+    for target in targets:
+        if ":" in target or "/" in target or target.endswith((".yaml", ".dvc")):
+            continue
+        if target.split("@")[0] not in stages:
+            raise PrimerError(f"stage target '{target}' is not a stage of dvc.yaml (it has {', '.join(stages)}); "
+                              "fix the target.")
+
+
+def repo_root() -> Path:
+    found = git(Path.cwd(), "rev-parse", "--show-toplevel")
+    root = Path(found.stdout.strip()) if not found.returncode else None
+    if root is None or not (root / ".dvc").is_dir():
+        raise PrimerError(f"{Path.cwd()} is not in a git + DVC repository; run the sweep from your checkout of the "
+                          "project.")
+    return root
+
+
+def pushed_commit(repo: Path, git_remote: str) -> str:
+    """This checkout's commit, once it is clean and on `git_remote` (the nodes fetch it from there)."""
+    commit = git(repo, "rev-parse", "HEAD").stdout.strip()
+    dirty = [line[3:] for line in git(repo, "status", "--porcelain", "--untracked-files=no").stdout.splitlines()]
+    if dirty:
+        raise PrimerError(f"this checkout has uncommitted changes ({', '.join(dirty[:5])}); the trials run commit "
+                          f"{commit[:12]}, so commit and push the changes (or stash them) first.")
+    if git(repo, "remote", "get-url", git_remote).returncode:
+        raise PrimerError(f"this repository has no git remote '{git_remote}'; add it (`git remote add {git_remote} "
+                          "URL`) or give --git-remote.")
+    fetched = git(repo, "fetch", "--quiet", git_remote)
+    if fetched.returncode:
+        first = (fetched.stderr.strip().splitlines() or ["no answer"])[0]
+        raise PrimerError(f"`git fetch {git_remote}` failed ({first}); check the remote's address.")
+    holders = git(repo, "branch", "--remotes", "--contains", commit).stdout.split()
+    if not any(ref.startswith(f"{git_remote}/") for ref in holders):
+        raise PrimerError(f"commit {commit[:12]} is not on the git remote '{git_remote}'; push it (`git push "
+                          f"{git_remote} HEAD`) so that the nodes can fetch it.")
+    return commit
+
+
+def import_ray():
+    try:
+        import ray
+    except ImportError:
+        raise PrimerError(INSTALL) from None
+    return ray
+
+
+def check_address(address: str) -> None:
+    """Something listens at HOST:PORT (ray:// client addresses and `auto` are left to Ray)."""
+    if address == "auto" or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    host, port = (host, port) if host else (address, str(DEFAULT_PORT))
+    try:
+        with socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S):
+            return
+    except (OSError, ValueError) as exc:
+        raise PrimerError(f"no Ray cluster answers at {address} ({getattr(exc, 'strerror', None) or exc}); start "
+                          f"one there (`ray start --head --port {port}`, docs/cluster.md), or leave out --address to "
+                          "run on this machine.") from None
+
+
+def connect(ray, address: str | None) -> None:
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if address:
+        check_address(address)
+        ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
+    else:
+        ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    from primer import sweep_node
+
+    ray.cloudpickle.register_pickle_by_value(sweep_node)  # the nodes run this version, not their own primer's
+
+
+def trial_nodes(ray, cpus: float, gpus: float) -> list[dict]:
+    """The alive nodes that can hold one trial's resources."""
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    fit = [n for n in nodes if n["Resources"].get("CPU", 0) >= cpus and n["Resources"].get("GPU", 0) >= gpus]
+    if not fit:
+        raise PrimerError(f"no node of the Ray cluster has {cpus:g} CPUs and {gpus:g} GPUs for a trial (the "
+                          f"{len(nodes)} nodes have {', '.join(resources(n) for n in nodes)}); lower --cpus or "
+                          "--gpus, or start a node that has them.")
+    return fit
+
+
+def node_name(node: dict) -> str:
+    """A node of `ray.nodes()` as the sweep names it: its address and host name."""
+    return f"{node['NodeManagerAddress']} ({node.get('NodeManagerHostname', '?')})"
+
+
+def resources(node: dict) -> str:
+    have = node["Resources"]
+    return f"{have.get('CPU', 0):g} CPUs {have.get('GPU', 0):g} GPUs"
+
+
+def check_nodes(ray, nodes: list[dict], checkout: str | None, git_remote: str, dvc_remote: str | None,
+                commit: str) -> None:
+    """Each node's own check of its checkout (path, git remote, DVC remote, clean), all at once, bounded in time."""
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    from primer import sweep_node
+
+    check = ray.remote(num_cpus=0, max_retries=0)(sweep_node.check_node)
+    refs = {check.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+            .remote(node_name(n), checkout, git_remote, dvc_remote, commit): n for n in nodes}
+    ready, waiting = ray.wait(list(refs), num_returns=len(refs), timeout=NODE_CHECK_TIMEOUT_S)
+    if waiting:
+        late = ", ".join(refs[r]["NodeManagerAddress"] for r in waiting)
+        raise PrimerError(f"node {late} did not finish checking its checkout in {NODE_CHECK_TIMEOUT_S} s; see that "
+                          "node's Ray logs, or take it out of the cluster (`ray stop` there).")
+    problems = [p for found in ray.get(ready) for p in found]
+    if problems:
+        raise PrimerError(" ".join(problems) if len(problems) == 1 else
+                          f"{problems[0]} ({len(problems) - 1} more: {' '.join(problems[1:])})")
+
+
+def tracking(repo: Path) -> tuple[str, str, dict]:
+    """(tracking URI, experiment, what the trials get of them): this shell's MLFLOW_TRACKING_URI and
+    MLFLOW_EXPERIMENT_NAME, passed on; without a URI each checkout's own mlflow.db, this repository's here."""
+    from primer.tracking import DEFAULT_EXPERIMENT, default_store, probe_server
+
+    passed = {k: os.environ[k] for k in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME") if os.environ.get(k)}
+    uri = passed.get("MLFLOW_TRACKING_URI", "")
+    if uri.startswith(("http://", "https://")):
+        probe_server(uri)
+    uri = uri or default_store(repo)[0]
+    experiment = passed.get("MLFLOW_EXPERIMENT_NAME", DEFAULT_EXPERIMENT)
+    try:  # also creates a new mlflow.db once, before trials that start together would race to
+        open_runs(uri, experiment, set())
+    except Exception as exc:  # MlflowException, the database driver's errors
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise PrimerError(f"MLflow tracking at {uri} failed ({first}); check MLFLOW_TRACKING_URI.") from None
+    return uri, experiment, passed
+
+
+def open_runs(uri: str, experiment: str, names: set[str]) -> list[str]:
+    """The runs still RUNNING that a trial of this sweep (tag dvc.exp_name) started."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    from mlflow import MlflowClient
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # not its notes on creating a new mlflow.db
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    return [run.info.run_id for run in client.search_runs([found.experiment_id], "attributes.status = 'RUNNING'",
+                                                          max_results=1000)
+            if run.data.tags.get("dvc.exp_name") in names]
+
+
+def close_orphans(uri: str, experiment: str, names: set[str]) -> list[str]:
+    """Close as KILLED the runs of this sweep's trials still RUNNING once every trial has ended: each is one whose
+    node died mid-trial. The run ids closed."""
+    from mlflow import MlflowClient
+
+    closed = open_runs(uri, experiment, names)
+    for run_id in closed:
+        MlflowClient(uri).set_terminated(run_id, "KILLED")
+    return closed
+
+
+def progress(total: int, outcomes: dict) -> str:
+    done = sum(1 for o in outcomes.values() if o["ok"])
+    failed = len(outcomes) - done
+    return f"sweep: {done}/{total} done, {failed} failed, {total - len(outcomes)} running or waiting"
+
+
+def table(trials: dict, outcomes: dict) -> str:
+    rows = [("trial", "status", "node", "checkout", "seconds", "overrides")]
+    for name, overrides in trials.items():
+        o = outcomes.get(name, {})
+        status = "done" if o.get("ok") else "failed" if o else "not run"
+        rows.append((name, status, o.get("node") or "-", o.get("checkout") or "-", f"{o.get('seconds', 0):.1f}",
+                     " ".join(overrides)))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r[:5], widths)) + "  " + r[5] for r in rows)
+
+
+def lost(ray, name: str, exc: Exception, retries: int) -> dict:
+    """The outcome of a trial that returned none: its code raised, or its node died on every attempt."""
+    if isinstance(exc, ray.exceptions.RayTaskError):
+        reason = f"it raised {(str(exc.cause) or type(exc.cause).__name__).splitlines()[0][:300]}"
+    else:
+        reason = f"its node or worker died {retries + 1} times ({type(exc).__name__})"
+    return {"name": name, "ok": False, "node": "", "reason": reason, "tail": "", "seconds": 0.0}
+
+
+def run_sweep(ray, trials: dict, spec: dict, cpus: float, gpus: float, retries: int, tracked: tuple) -> dict:
+    """Submit every trial, print progress as they end, and return their outcomes by name."""
+    from primer import sweep_node
+
+    trial = ray.remote(sweep_node.run_trial)
+    refs = {trial.options(num_cpus=cpus, num_gpus=gpus, max_retries=retries, name=f"trial {name}")
+            .remote({**spec, "name": name, "overrides": overrides}): name for name, overrides in trials.items()}
+    outcomes: dict = {}
+    names = {n["NodeID"]: node_name(n) for n in ray.nodes()}
+    print(progress(len(trials), outcomes), file=sys.stderr)
+    pending = list(refs)
+    try:
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1, timeout=2.0)
+            for ref in ready:
+                name = refs[ref]
+                try:
+                    outcome = ray.get(ref)
+                except ray.exceptions.RayError as exc:  # the node died on every attempt, or the task was lost
+                    outcome = lost(ray, name, exc, retries)
+                outcome["node"] = names.get(outcome["node"], outcome["node"])
+                outcomes[name] = outcome
+                if not outcome["ok"]:
+                    said = f"; the last lines of its log ({outcome['log']} there):\n{outcome['tail']}" \
+                        if outcome.get("tail") else "."
+                    print(f"sweep: trial {name} failed on {outcome['node'] or 'a lost node'}: {outcome['reason']}"
+                          f"{said}", file=sys.stderr)
+                print(progress(len(trials), outcomes), file=sys.stderr)
+    except KeyboardInterrupt:  # each running trial stops its commands (SIGTERM: its MLflow run ends KILLED)
+        print(f"sweep: interrupted; stopping {len(pending)} trials", file=sys.stderr)
+        for ref in pending:
+            ray.cancel(ref)
+        deadline = time.monotonic() + STOP_TIMEOUT_S  # the stages close their own runs
+        with contextlib.suppress(Exception):  # a store that went away: the close after this warns
+            while open_runs(*tracked[:2], set(trials)) and time.monotonic() < deadline:
+                time.sleep(1)
+        raise
+    return outcomes
+
+
+def sweep_on_ray(ray, args, trials: dict, repo: Path, commit: str, tracked: tuple[str, str, dict]) -> dict:
+    """Connect, check the nodes, run the trials and close their orphaned runs; the outcomes by name."""
+    uri, experiment, env = tracked
+    connect(ray, args.address)
+    try:
+        nodes = trial_nodes(ray, args.cpus, args.gpus)
+        checkout = args.checkout or str(repo)
+        check_nodes(ray, nodes, checkout, args.git_remote, args.dvc_remote, commit)
+        spec = {"commit": commit, "git_remote": args.git_remote, "dvc_remote": args.dvc_remote,
+                "targets": args.targets, "checkout": checkout, "env": env}
+        print(f"sweep: {len(trials)} trials of commit {commit[:12]} on {len(nodes)} nodes, each with "
+              f"{args.cpus:g} CPUs and {args.gpus:g} GPUs", file=sys.stderr)
+        outcomes = {}
+        try:
+            outcomes = run_sweep(ray, trials, spec, args.cpus, args.gpus, args.retries, tracked)
+        finally:
+            try:
+                for run_id in close_orphans(uri, experiment, set(trials)):
+                    print(f"sweep: closed MLflow run {run_id} as KILLED (its trial ended without closing it)",
+                          file=sys.stderr)
+            except Exception as exc:  # the store went away: each stage's next start closes its own
+                print(f"sweep: warning: could not close the trials' unfinished MLflow runs at {uri} "
+                      f"({str(exc).strip()[:200]})", file=sys.stderr)
+    finally:
+        ray.shutdown()
+    return outcomes
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m primer.sweep", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("targets", nargs="*", help="stages to run, as `dvc exp run` takes them (default: the pipeline)")
+    p.add_argument("-S", "--set-param", dest="sets", action="append", required=True, metavar="[FILE:]KEY=V1,V2",
+                   help="a grid axis in `dvc exp run -S` syntax; repeat to multiply axes")
+    p.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
+                   help="the Ray cluster's head, HOST:PORT (default: RAY_ADDRESS, else a Ray instance on this machine)")
+    p.add_argument("--cpus", type=float, default=1, help="CPUs each trial holds (default: 1)")
+    p.add_argument("--gpus", type=float, default=0, help="GPUs each trial holds (default: 0)")
+    p.add_argument("--checkout", help="the checkout's path on every node that has no PRIMER_CHECKOUT "
+                                      "(default: this repository's path)")
+    p.add_argument("--git-remote", default="origin", help="the git remote the nodes fetch from and push to "
+                                                          "(default: origin)")
+    p.add_argument("--dvc-remote", help="the DVC remote for inputs and outputs (default: each checkout's default)")
+    p.add_argument("--name", help="experiment names are NAME-1, NAME-2, ... (default: sweep-COMMIT-HHMMSS)")
+    p.add_argument("--retries", type=int, default=2, help="attempts more for a trial whose node dies (default: 2)")
+    return p
+
+
+def run(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    for option, value in (("--cpus", args.cpus), ("--gpus", args.gpus), ("--retries", args.retries)):
+        if value < 0:
+            raise PrimerError(f"{option} {value:g} is negative; give 0 or more.")
+    ray = import_ray()
+    repo = repo_root()
+    commit = git(repo, "rev-parse", "HEAD").stdout.strip()
+    check_keys(repo, commit, args.sets)
+    check_targets(repo, commit, args.targets)
+    combos = grid(args.sets)
+    if args.address and not os.environ.get("MLFLOW_TRACKING_URI"):
+        raise PrimerError("MLFLOW_TRACKING_URI is not set; set it to the team's MLflow server (e.g. "
+                          "http://HOST:5000) so that every node's trials log where you can see them.")
+    commit = pushed_commit(repo, args.git_remote)
+    uri, experiment, passed = tracking(repo)
+    prefix = args.name or f"sweep-{commit[:7]}-{time.strftime('%H%M%S')}"
+    trials = {f"{prefix}-{i}": overrides for i, overrides in enumerate(combos, 1)}
+    with contextlib.redirect_stdout(sys.stderr):  # Ray's own notes (a node died, a task is retried): not the table
+        outcomes = sweep_on_ray(ray, args, trials, repo, commit, (uri, experiment, passed))
+    print(table(trials, outcomes))
+    failed = [name for name in trials if not outcomes.get(name, {}).get("ok")]
+    print(f"sweep: {len(trials) - len(failed)} of {len(trials)} trials pushed to '{args.git_remote}'; see them with "
+          f"`dvc exp pull {args.git_remote}` and `dvc exp show`", file=sys.stderr)
+    if failed:
+        raise SystemExit(1)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli(run, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,362 @@
+"""`python -m primer.sweep` (docs/cluster.md) on a real two-node Ray cluster on this machine: two `ray start` processes
+with their own temp dirs, ports and one CPU each, each node's checkout a clone of one bare git remote (PRIMER_CHECKOUT
+in its `ray start` environment), one local-folder DVC remote and one `mlflow server` (SQLite) on 127.0.0.1. The
+submitter, a third clone, runs a 4-trial grid of a tiny train_lm@lstm (a few seconds each, its data pulled from the
+DVC remote), and node B is killed, raylet, workers and the trial's processes, while its first trial trains: the trial
+is retried on node A, the submitter's `dvc exp pull` + `dvc exp show` list 4 experiments, MLflow holds 4 FINISHED runs
+tagged with their names and the killed one closed KILLED. Before that, each bad input is one sentence within seconds,
+and nothing is left in MLflow."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from conftest import copy_repo, require_tool, venv_env
+from test_pipeline import set_params, tiny_sources
+from test_server_topology import MlflowServer, free_port
+
+pytestmark = pytest.mark.slow
+GIT_ID = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
+RAY = Path(sys.executable).parent / "ray"
+GRID = ["-S", "train_lm.variants.lstm.lr=0.5,2.0", "-S", "train_lm.batch_size=4,8"]
+TARGET = "train_lm@lstm"
+NAMES = [f"sw-{i}" for i in range(1, 5)]
+BAD_INPUT_S = 30  # each bad input's sentence comes within this (Ray's import and start included)
+
+
+@pytest.fixture(autouse=True)
+def _ray_installed():
+    require_tool(importlib.util.find_spec("ray"), "Ray", "pip install -r requirements-cluster.lock, which "
+                 "requirements-dev.lock pulls in")
+
+
+def run(cwd: Path, env: dict, *argv: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess:
+    done = subprocess.run(list(argv), cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert not check or done.returncode == 0, f"{' '.join(argv)} in {cwd} failed:\n{done.stdout}{done.stderr}"
+    return done
+
+
+def free_ports(n: int) -> list[int]:
+    """`n` distinct free ports (each held until all are found: free_port() alone may repeat itself)."""
+    held = []
+    try:
+        for _ in range(n):
+            held.append(socket.socket())
+            held[-1].bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in held]
+    finally:
+        for s in held:
+            s.close()
+
+
+class RayNode:
+    """One `ray start` on 127.0.0.1 with its own temp dir and ports, stopped by killing every process of it."""
+
+    def __init__(self, env: dict, head: str | None = None):
+        self.temp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # Ray's socket paths must stay short
+        ports = ["--node-manager-port", "--object-manager-port", "--dashboard-agent-listen-port",
+                 "--dashboard-agent-grpc-port", "--metrics-export-port", "--runtime-env-agent-port"]
+        free = free_ports(16 + len(ports) + 2)
+        argv = [str(RAY), "start", "--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--num-gpus", "0",
+                "--disable-usage-stats", "--temp-dir", str(self.temp), "--object-store-memory", str(100 * 2**20),
+                "--worker-port-list", ",".join(str(free.pop()) for _ in range(16))]
+        for option in ports:
+            argv += [option, str(free.pop())]
+        if head is None:
+            self.port = free.pop()
+            argv += ["--head", "--port", str(self.port), "--include-dashboard=false",
+                     "--ray-client-server-port", str(free.pop())]
+            self.address = f"127.0.0.1:{self.port}"
+        else:
+            argv += ["--address", head]
+            self.address = head
+        self.pgids: set[int] = set()
+        started = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                   start_new_session=True)
+        self.pgids.add(started.pid)
+        out, _ = started.communicate(timeout=120)
+        assert started.returncode == 0, f"ray start failed:\n{out}"
+
+    def kill(self) -> list[psutil.Process]:
+        return kill_ray(self.temp, self.pgids)
+
+
+def ray_processes(temp: Path, pgids: set[int]) -> list[psutil.Process]:
+    """Every process of a Ray node: those naming its temp dir, in one of `pgids`, and their children."""
+    found = {}
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if str(temp) in " ".join(proc.info["cmdline"] or []) or os.getpgid(proc.pid) in pgids:
+                found[proc.pid] = proc
+        except (psutil.Error, ProcessLookupError):
+            continue
+    for proc in list(found.values()):
+        try:
+            found.update({child.pid: child for child in proc.children(recursive=True)})
+        except psutil.Error:
+            continue
+    return list(found.values())
+
+
+def kill_ray(temp: Path, pgids: set[int] = frozenset()) -> list[psutil.Process]:
+    """SIGKILL every process of the Ray node of `temp`; those still there after 20 s."""
+    alive = []
+    for _ in range(3):  # a raylet being killed may still fork a worker
+        found = ray_processes(temp, pgids)
+        for proc in found:
+            try:
+                proc.send_signal(signal.SIGKILL)
+            except psutil.Error:
+                pass
+        _, alive = psutil.wait_procs(found, timeout=20 / 3)
+        alive = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        if not alive:
+            return []
+    return alive
+
+
+def wait_for_nodes(address: str, count: int, env: dict, timeout: float = 60) -> None:
+    """Until the cluster at `address` has `count` alive nodes (a joining node's `ray start` may return before)."""
+    probe = ("import sys, time, ray; ray.init(address=sys.argv[1], logging_level='ERROR'); deadline = time.time() + "
+             f"{timeout}\nwhile sum(n['Alive'] for n in ray.nodes()) < {count} and time.time() < deadline: "
+             "time.sleep(0.5)\nprint(sum(n['Alive'] for n in ray.nodes()))")
+    said = run(Path.cwd(), env, sys.executable, "-c", probe, address, timeout=timeout + 30).stdout.strip()
+    assert said.splitlines()[-1] == str(count), said
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    nodes: list[RayNode] = []
+
+    def start(env: dict, checkout: Path) -> RayNode:
+        head = nodes[0].address if nodes else None
+        extra = {} if head else {"RAY_health_check_period_ms": "1000", "RAY_health_check_timeout_ms": "1000",
+                                 "RAY_health_check_failure_threshold": "2"}  # a dead node is noticed in seconds
+        nodes.append(RayNode({**env, **extra, "PRIMER_CHECKOUT": str(checkout)}, head))
+        wait_for_nodes(nodes[0].address, len(nodes), env)
+        return nodes[-1]
+
+    try:
+        yield start
+    finally:
+        left = [p.pid for node in reversed(nodes) for p in node.kill()]
+        assert not left, f"ray processes left: {left}"
+
+
+@pytest.fixture
+def server(tmp_path):
+    (tmp_path / "server").mkdir()
+    argv = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server/db'}",
+            "--serve-artifacts", "--artifacts-destination", (tmp_path / "server/artifacts").as_uri(),
+            "--host", "127.0.0.1", "--port", str(free_port()), "--workers", "1"]
+    env = {**venv_env(tmp_path), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    found = MlflowServer(argv, env, tmp_path / "server/log")
+    found.start()
+    try:
+        yield found
+    finally:
+        found.stop()
+
+
+def runs(server: MlflowServer) -> list[dict]:
+    """Every run of experiment primer: (exp name tag, status, params, pid tag)."""
+    try:
+        experiment = server.api("experiments/get-by-name", experiment_name="primer")["experiment"]["experiment_id"]
+    except Exception:  # no run logged yet: MLflow answers 404
+        return []
+    found = []
+    for r in server.api("runs/search", {"experiment_ids": [experiment], "max_results": 1000}).get("runs", []):
+        tags = {t["key"]: t["value"] for t in r["data"].get("tags", [])}
+        params = {p["key"]: p["value"] for p in r["data"].get("params", [])}
+        found.append({"name": tags.get("dvc.exp_name"), "status": r["info"]["status"], "params": params,
+                      "pid": tags.get("primer.pid")})
+    return found
+
+
+def team(tmp_path: Path, env: dict) -> tuple[Path, Path]:
+    """The bare git remote, a tiny copy of the repository whose fetch stage ran and was pushed to the DVC remote
+    (the trials pull its outputs), and the DVC remote's folder."""
+    seed = copy_repo(tmp_path / "seed")
+    sources = tiny_sources(tmp_path)
+
+    def tiny(p):  # train_lm@lstm in ~3 s, long enough to kill node B in the middle of it
+        p["fetch"].update(sources=sources)
+        p["train_lm"].update(epochs=8, batch_size=4, num_steps=8, sample_every=4, log_every=50, checkpoint_every=4)
+        small = {"cell": "lstm", "num_hiddens": 16, "num_layers": 1, "dropout": 0.0, "impl": "fused"}
+        p["train_lm"]["variants"] = {"lstm": {"model": small, "lr": 1.0, "patience": 0}}
+    set_params(seed, tiny)
+    dvc_remote = tmp_path / "dvc-remote"
+    dvc_remote.mkdir()
+    run(seed, env, "dvc", "remote", "add", "--local", "-d", "store", str(dvc_remote))
+    run(seed, {**env, "PRIMER_TRACKING": "off"}, "dvc", "repro", "fetch")
+    run(seed, env, "dvc", "push")
+    run(seed, env, "git", "add", "-A")
+    run(seed, env, "git", "add", "-f", "dvc.lock")
+    run(seed, env, "git", "commit", "-qm", "tiny pipeline, fetched")
+    origin = tmp_path / "origin.git"
+    run(tmp_path, env, "git", "init", "-q", "--bare", str(origin))
+    run(seed, env, "git", "push", "-q", str(origin), "HEAD:refs/heads/main")
+    run(origin, env, "git", "symbolic-ref", "HEAD", "refs/heads/main")
+    return origin, dvc_remote
+
+
+def clone(origin: Path, dest: Path, env: dict, dvc_remote: Path | None) -> Path:
+    run(origin.parent, env, "git", "clone", "-q", str(origin), str(dest))
+    if dvc_remote:  # the DVC remote in each clone's own .dvc/config.local, as its keys would be
+        run(dest, env, "dvc", "remote", "add", "--local", "-d", "store", str(dvc_remote))
+    return dest
+
+
+def sweep(cwd: Path, env: dict, *argv: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return run(cwd, env, sys.executable, "-m", "primer.sweep", *argv, check=False, timeout=timeout)
+
+
+def refused(cwd: Path, env: dict, *argv: str) -> str:
+    """The one sentence a bad input gets, within BAD_INPUT_S."""
+    started = time.monotonic()
+    done = sweep(cwd, env, *argv, timeout=BAD_INPUT_S * 2)
+    said = done.stderr.strip()
+    assert done.returncode == 1 and said.startswith("sweep: error: ") and len(said.splitlines()) == 1, said
+    assert time.monotonic() - started < BAD_INPUT_S, said
+    return said
+
+
+def kill_during_a_trial(node: RayNode, checkout: Path, server: MlflowServer, sweeping: subprocess.Popen) -> str:
+    """Kill `node` once a trial's stage trains there with its MLflow run open; the experiment name it ran."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and sweeping.poll() is None:
+        for found in runs(server):
+            if found["status"] != "RUNNING" or not found["pid"]:
+                continue
+            try:
+                cwd = psutil.Process(int(found["pid"])).cwd()
+            except psutil.Error:
+                continue
+            if cwd.startswith(str(checkout / ".dvc" / "tmp" / "exps")):
+                node.kill()
+                return found["name"]
+        time.sleep(0.3)
+    raise AssertionError(f"no trial trained on node B; the sweep said:\n{sweeping.communicate()}")
+
+
+def shown(repo: Path, env: dict) -> set[str]:
+    names = set()
+
+    def walk(node):
+        if isinstance(node, dict):
+            if node.get("name") and isinstance(node.get("data"), dict):
+                names.add(node["name"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(json.loads(run(repo, env, "dvc", "exp", "show", "--json").stdout))
+    return names
+
+
+def test_a_grid_on_two_nodes_lands_every_trial_when_a_node_dies(tmp_path, cluster, server):
+    env = {**venv_env(tmp_path), **GIT_ID, "HOME": str(tmp_path / "home"), "TQDM_DISABLE": "1"}
+    origin, dvc_remote = team(tmp_path, env)
+    laptop = clone(origin, tmp_path / "laptop", env, dvc_remote)
+    node_a = clone(origin, tmp_path / "node-a", env, dvc_remote)
+    node_b = tmp_path / "node-b"  # not cloned yet
+    submit = {**env, "MLFLOW_TRACKING_URI": server.url}
+
+    said = refused(laptop, submit, "-S", "train_lm.variants.lstm.lrr=1,2", "--address", "127.0.0.1:1", TARGET)
+    assert "params.yaml has no key 'train_lm.variants.lstm.lrr' (train_lm.variants.lstm has model, lr, patience)" \
+        in said, said
+    said = refused(laptop, submit, *GRID, "--address", f"127.0.0.1:{free_port()}", TARGET)
+    assert "no Ray cluster answers at 127.0.0.1:" in said and "ray start --head" in said, said
+    run(laptop, env, "git", "commit", "-q", "--allow-empty", "-m", "not pushed")
+    said = refused(laptop, submit, *GRID, TARGET)
+    assert "is not on the git remote 'origin'; push it" in said, said
+    run(laptop, env, "git", "reset", "-q", "--hard", "HEAD~1")
+
+    head = cluster(env, node_a)
+    b = cluster(env, node_b)
+    said = refused(laptop, submit, *GRID, "--address", head.address, TARGET)
+    assert f"has no checkout of the repository at {node_b}" in said, said
+    clone(origin, node_b, env, None)
+    said = refused(laptop, submit, *GRID, "--address", head.address, TARGET)
+    assert re.search(f"the checkout {node_b} on node \\S+ \\(.+\\) has no DVC remote configured; add one", said), said
+    run(node_b, env, "dvc", "remote", "add", "--local", "-d", "store", str(dvc_remote))
+    assert runs(server) == []  # no bad input started anything
+
+    fetched = {p.name for p in dvc_remote.rglob("*") if p.is_file()}
+    started = time.monotonic()
+    sweeping = subprocess.Popen([sys.executable, "-m", "primer.sweep", *GRID, "--address", head.address,
+                                 "--name", "sw", TARGET], cwd=laptop, env=submit, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+    try:
+        killed = kill_during_a_trial(b, node_b, server, sweeping)
+        out, err = sweeping.communicate(timeout=240)
+    finally:
+        if sweeping.poll() is None:
+            sweeping.kill()
+    took = time.monotonic() - started
+    assert sweeping.returncode == 0, out + err
+    assert "sweep: 4/4 done, 0 failed, 0 running or waiting" in err, err
+    assert out.startswith("trial  status  node"), out  # stdout holds the table alone
+    rows = {line.split()[0]: line for line in out.splitlines()[1:]}
+    assert sorted(rows) == NAMES and all(row.split()[1] == "done" for row in rows.values()), out
+    assert f" {node_a} " in rows[killed], out  # retried on node A
+
+    run(laptop, env, "dvc", "exp", "pull", "origin")
+    assert set(NAMES) <= shown(laptop, env), run(laptop, env, "dvc", "exp", "show").stdout
+    logged = runs(server)
+    finished = sorted(r["name"] for r in logged if r["status"] == "FINISHED")
+    assert finished == NAMES, logged
+    assert [r["name"] for r in logged if r["status"] == "KILLED"] == [killed], logged
+    assert not [r for r in logged if r["status"] == "RUNNING"], logged
+    grid = {(r["params"]["train_lm.variants.lstm.lr"], r["params"]["train_lm.batch_size"])
+            for r in logged if r["status"] == "FINISHED"}
+    assert grid == {("0.5", "4"), ("0.5", "8"), ("2.0", "4"), ("2.0", "8")}, grid
+    pushed = {p.name for p in dvc_remote.rglob("*") if p.is_file()} - fetched
+    assert len(pushed) >= 4, f"dvc exp push sent {len(pushed)} outputs to the DVC remote"  # a model per trial
+    print(f"sweep of 4 trials, node B killed during {killed}: {took:.0f} s\n{err}")
+
+
+def test_on_this_machine_trials_share_the_checkout_and_a_failed_one_is_reported(tmp_path):
+    """Without --address: a Ray instance of this machine's 2 CPUs runs both trials at once in this checkout; the one
+    whose batch_size the stage refuses fails with its log's tail, the other lands, and the exit status is 1."""
+    ray_tmp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))
+    env = {**venv_env(tmp_path), **GIT_ID, "HOME": str(tmp_path / "home"), "TQDM_DISABLE": "1",
+           "RAY_TMPDIR": str(ray_tmp)}
+    origin, dvc_remote = team(tmp_path, env)
+    laptop = clone(origin, tmp_path / "laptop", env, dvc_remote)
+    try:
+        done = sweep(laptop, env, "-S", "train_lm.batch_size=4,0", "--name", "lo", TARGET, timeout=240)
+    finally:
+        left = kill_ray(ray_tmp)
+    assert not left and not ray_processes(ray_tmp, set()), left
+    assert done.returncode == 1, done.stdout + done.stderr
+    rows = {line.split()[0]: line.split()[1] for line in done.stdout.splitlines()[1:]}
+    assert rows == {"lo-1": "done", "lo-2": "failed"}, done.stdout
+    said = done.stderr
+    assert "sweep: trial lo-2 failed on " in said and ": dvc exp run failed (exit " in said, said
+    assert "the last lines of its log (" in said and "batch_size" in said.split("sweep: trial lo-2 failed")[1], said
+    assert "sweep: 1/2 done, 1 failed, 0 running or waiting" in said, said
+    pushed = run(laptop, env, "git", "ls-remote", "origin", "refs/exps/*").stdout
+    assert pushed.count("/lo-1\n") == 1 and "/lo-2" not in pushed, pushed
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{laptop / 'mlflow.db'}")  # no MLFLOW_TRACKING_URI: the checkout's own store
+    experiment = client.get_experiment_by_name("primer").experiment_id
+    logged = [(r.data.tags.get("dvc.exp_name"), r.info.status) for r in client.search_runs([experiment])]
+    assert ("lo-1", "FINISHED") in logged and not [s for _, s in logged if s == "RUNNING"], logged
+    print(done.stdout, done.stderr)

@@ -21,7 +21,7 @@ $(VENV)/.installed: requirements.lock pyproject.toml
 	$(PY) -m pip install -q --no-deps -e .
 	touch $@
 
-$(VENV)/.dev-installed: $(VENV)/.installed requirements-dev.lock
+$(VENV)/.dev-installed: $(VENV)/.installed requirements-dev.lock requirements-cluster.lock
 	$(PY) -m pip install -q -r requirements-dev.lock
 	touch $@
 

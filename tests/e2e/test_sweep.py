@@ -1,6 +1,7 @@
 """`python -m primer.sweep` (docs/cluster.md) on a real two-node Ray cluster on this machine: two `ray start` processes
 with their own temp dirs, ports and one CPU each, each node's checkout a clone of one bare git remote (PRIMER_CHECKOUT
-in its `ray start` environment), one local-folder DVC remote and one `mlflow server` (SQLite) on 127.0.0.1. The
+in its `ray start` environment; the nodes on 127.0.0.2 and 127.0.0.3), one local-folder DVC remote and one
+`mlflow server` (SQLite) on 127.0.0.1. The
 submitter, a third clone, runs a 4-trial grid of a tiny train_lm@lstm (a few seconds each, its data pulled from the
 DVC remote), and node B is killed, raylet, workers and the trial's processes, while its first trial trains: the trial
 is retried on node A, the submitter's `dvc exp pull` + `dvc exp show` list 4 experiments, MLflow holds 4 FINISHED runs
@@ -63,14 +64,17 @@ def free_ports(n: int) -> list[int]:
 
 
 class RayNode:
-    """One `ray start` on 127.0.0.1 with its own temp dir and ports, stopped by killing every process of it."""
+    """One `ray start` on loopback address `ip` with its own temp dir and ports, stopped by killing every process
+    of it. Not 127.0.0.1: Ray replaces that one with the machine's own address (services.resolve_ip_for_localhost),
+    while any other 127.x.y.z stays, and the nodes reach each other on it."""
 
-    def __init__(self, env: dict, head: str | None = None):
+    def __init__(self, env: dict, ip: str, head: str | None = None):
         self.temp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # Ray's socket paths must stay short
         ports = ["--node-manager-port", "--object-manager-port", "--dashboard-agent-listen-port",
                  "--dashboard-agent-grpc-port", "--metrics-export-port", "--runtime-env-agent-port"]
         free = free_ports(16 + len(ports) + 2)
-        argv = [str(RAY), "start", "--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--num-gpus", "0",
+        self.ip = ip
+        argv = [str(RAY), "start", "--node-ip-address", ip, "--num-cpus", "1", "--num-gpus", "0",
                 "--disable-usage-stats", "--temp-dir", str(self.temp), "--object-store-memory", str(100 * 2**20),
                 "--worker-port-list", ",".join(str(free.pop()) for _ in range(16))]
         for option in ports:
@@ -79,7 +83,7 @@ class RayNode:
             self.port = free.pop()
             argv += ["--head", "--port", str(self.port), "--include-dashboard=false",
                      "--ray-client-server-port", str(free.pop())]
-            self.address = f"127.0.0.1:{self.port}"
+            self.address = f"{ip}:{self.port}"
         else:
             argv += ["--address", head]
             self.address = head
@@ -128,13 +132,14 @@ def kill_ray(temp: Path, pgids: set[int] = frozenset()) -> list[psutil.Process]:
     return alive
 
 
-def wait_for_nodes(address: str, count: int, env: dict, timeout: float = 60) -> None:
-    """Until the cluster at `address` has `count` alive nodes (a joining node's `ray start` may return before)."""
+def wait_for_nodes(address: str, ips: list[str], env: dict, timeout: float = 60) -> None:
+    """Until the cluster at `address` has a node alive at each of `ips` (a joining node's `ray start` may return
+    before), and no other: the nodes talk on those loopback addresses alone."""
     probe = ("import sys, time, ray; ray.init(address=sys.argv[1], logging_level='ERROR'); deadline = time.time() + "
-             f"{timeout}\nwhile sum(n['Alive'] for n in ray.nodes()) < {count} and time.time() < deadline: "
-             "time.sleep(0.5)\nprint(sum(n['Alive'] for n in ray.nodes()))")
+             f"{timeout}\nalive = lambda: sorted(n['NodeManagerAddress'] for n in ray.nodes() if n['Alive'])\n"
+             f"while len(alive()) < {len(ips)} and time.time() < deadline: time.sleep(0.5)\nprint(' '.join(alive()))")
     said = run(Path.cwd(), env, sys.executable, "-c", probe, address, timeout=timeout + 30).stdout.strip()
-    assert said.splitlines()[-1] == str(count), said
+    assert said.splitlines()[-1].split() == sorted(ips), said
 
 
 @pytest.fixture
@@ -145,8 +150,9 @@ def cluster(tmp_path):
         head = nodes[0].address if nodes else None
         extra = {} if head else {"RAY_health_check_period_ms": "1000", "RAY_health_check_timeout_ms": "1000",
                                  "RAY_health_check_failure_threshold": "2"}  # a dead node is noticed in seconds
-        nodes.append(RayNode({**env, **extra, "PRIMER_CHECKOUT": str(checkout)}, head))
-        wait_for_nodes(nodes[0].address, len(nodes), env)
+        ip = f"127.0.0.{len(nodes) + 2}"  # 127.0.0.2 the head, 127.0.0.3 the next
+        nodes.append(RayNode({**env, **extra, "PRIMER_CHECKOUT": str(checkout)}, ip, head))
+        wait_for_nodes(nodes[0].address, [node.ip for node in nodes], env)
         return nodes[-1]
 
     try:

@@ -1,6 +1,7 @@
 # Two entry points on a fresh machine (see README.md):
 #   make repro   set up .venv from requirements.lock and run the pipeline (dvc repro)
 #   make test    set up .venv from requirements.lock + requirements-dev.lock and run the test suite
+#   make test-cluster  the tests that act as several hosts: a Ray cluster, torchrun agents (~5 min)
 #   make test-container  build and run the image with podman (tests/e2e/test_container_run.py, ~10 min, root)
 #   make lint    set up .venv like make test and run `ruff check .` (rules in pyproject.toml)
 #   make demo    set up .venv and run every stage once with the quick profile (about 15 min on 2 cores)
@@ -12,7 +13,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: setup test test-container lint repro demo remote-store host-install wheelhouse test-host-torch
+.PHONY: setup test test-cluster test-container lint repro demo remote-store host-install wheelhouse test-host-torch
 
 $(VENV)/.installed: requirements.lock pyproject.toml
 	python3 -m venv $(VENV)
@@ -29,6 +30,9 @@ setup: $(VENV)/.installed
 
 test: $(VENV)/.dev-installed
 	$(PY) -m pytest
+
+test-cluster: $(VENV)/.dev-installed
+	$(PY) -m pytest -m cluster --durations=0
 
 test-container: $(VENV)/.dev-installed
 	$(PY) -m pytest -m container --durations=0 tests/e2e/test_container_run.py
@@ -96,4 +100,4 @@ test-host-torch:
 	$(HOST_VENV)/bin/python -m pip install -q $(FLOOR_TORCH)
 	$(MAKE) host-install HOST_PY=$(HOST_VENV)/bin/python
 	$(HOST_VENV)/bin/python -m pip install -q -r requirements-dev.lock
-	$(HOST_VENV)/bin/python -m pytest -m "not slow and not container" -q -p no:cacheprovider
+	$(HOST_VENV)/bin/python -m pytest -m "not slow and not container and not cluster" -q -p no:cacheprovider

@@ -29,7 +29,7 @@ from conftest import copy_repo, require_tool, venv_env
 from test_pipeline import set_params, tiny_sources
 from test_server_topology import MlflowServer, free_port
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 GIT_ID = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}
 RAY = Path(sys.executable).parent / "ray"
 GRID = ["-S", "train_lm.variants.lstm.lr=0.5,2.0", "-S", "train_lm.batch_size=4,8"]

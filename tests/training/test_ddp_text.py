@@ -20,6 +20,8 @@ from conftest import REPO, venv_env
 from test_train_lm import TINY_TEXT
 from test_train_transformer import PAIRS
 
+pytestmark = pytest.mark.cluster  # several processes as the ranks and hosts of one job (make test-cluster)
+
 
 def ddp_env(tmp_path, tracking: bool = True) -> dict:
     env = {**venv_env(tmp_path), "GLOO_SOCKET_IFNAME": "lo", "PYTHONPATH": str(REPO)}
@@ -134,7 +136,6 @@ def test_every_rank_ends_with_the_same_weights(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.cluster
 def test_two_torchrun_agents_train_one_model_as_two_hosts(tmp_path):
     env, port = ddp_env(tmp_path), free_port()
     params = lm_params(tmp_path, "params.yaml")  # nproc 1, nnodes 1: the processes come from torchrun
@@ -156,7 +157,6 @@ def test_two_torchrun_agents_train_one_model_as_two_hosts(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.cluster
 def test_the_stage_launches_its_share_of_a_two_host_job_from_its_params(tmp_path):
     env, endpoint = ddp_env(tmp_path, tracking=False), f"127.0.0.1:{free_port()}"
     params = lm_params(tmp_path, "params.yaml", epochs=2, nnodes=2, rdzv_endpoint=endpoint, rdzv_timeout=60)

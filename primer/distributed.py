@@ -17,6 +17,7 @@ import torch
 import torch.distributed as dist
 from pydantic import Field
 
+from primer.devices import configure_device, pick_device
 from primer.errors import PrimerError
 from primer.params import Section, run_only
 
@@ -103,6 +104,19 @@ def _quiet_agent(script: str) -> None:
         os.environ["TORCH_CPP_LOG_LEVEL"] = level
     else:
         os.environ.pop("TORCH_CPP_LOG_LEVEL", None)
+
+
+def start(script: str, p: dict, key: str) -> torch.device | None:
+    """This process's part in the section's job, once its params have been checked. The node's agent
+    (the section asks for several processes, and no launcher started this one) runs them (`launch`) and
+    gets None: its ranks have trained. Otherwise the device to train on, the process group joined when
+    launched, and tracking on rank 0 alone; the stage calls `teardown` when done."""
+    if wanted(p) and not launched():
+        launch(script, p, key)
+        return None
+    device = configure_device(setup(pick_device(p["device"], f"{key}.device")))
+    only_main_tracks()
+    return device
 
 
 def launched() -> bool:

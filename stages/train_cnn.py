@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from primer import distributed
-from primer.devices import configure_device, pick_device, use_bf16
+from primer.devices import use_bf16
 from primer.models.cnn import build_cnn
 from primer.params import result_values
 from primer.stage import cli, load_checked, open_stage, stage_parser
@@ -48,10 +48,9 @@ def main(argv: list[str] | None = None) -> None:
     add_training_outputs(parser)
     args = parser.parse_args(argv)
     p = load_checked(args.params, CnnParams, check_cnn_params)["train_cnn"]  # fail on bad params before any launch
-    if distributed.wanted(p) and not distributed.launched():
-        return distributed.launch(__file__, p, "train_cnn")  # this process is the node's agent; its ranks train
-    device = configure_device(distributed.setup(pick_device(p["device"], "train_cnn.device")))
-    distributed.only_main_tracks()
+    device = distributed.start(__file__, p, "train_cnn")
+    if device is None:
+        return  # this process was the node's agent: its ranks trained
     try:
         with open_stage("train_cnn", args.params, CnnParams, system_metrics=True, check=check_cnn_params) as (
                 params, run):

@@ -26,7 +26,6 @@ from types import SimpleNamespace
 import torch
 
 from primer import distributed
-from primer.devices import configure_device, pick_device
 from primer.models.rnn import RNNLM, generate, perplexity
 from primer.stage import cli, load_checked, open_stage, stage_parser
 from primer.text.corpus import Vocab, load_corpus, num_batches, split_tail
@@ -48,10 +47,9 @@ def main(argv: list[str] | None = None) -> None:
     corpus = load_corpus(args.corpus)
     check = partial(check_lm_params, args.variant, args.corpus, len(corpus))
     p = load_checked(args.params, LmParams, check)["train_lm"]  # fail on bad params before any launch
-    if distributed.wanted(p) and not distributed.launched():
-        return distributed.launch(__file__, p, "train_lm")  # this process is the node's agent; its ranks train
-    device = configure_device(distributed.setup(pick_device(p["device"], "train_lm.device")))
-    distributed.only_main_tracks()
+    device = distributed.start(__file__, p, "train_lm")
+    if device is None:
+        return  # this process was the node's agent: its ranks trained
     try:
         with open_stage(f"train_lm@{args.variant}", args.params, LmParams, system_metrics=True, check=check) as (
                 params, run):

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from primer import distributed
-from primer.devices import configure_device, pick_device, use_bf16
+from primer.devices import use_bf16
 from primer.evaluation.translation_eval import mean_token_loss
 from primer.evaluation.translation_report import report_translator
 from primer.models.transformer import Seq2SeqTransformer
@@ -45,10 +45,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--attention", required=True, type=Path, help="folder for the attention heatmap PNGs")
     args = parser.parse_args(argv)
     p = load_checked(args.params, TransformerParams, check_transformer_params)["train_transformer"]
-    if distributed.wanted(p) and not distributed.launched():  # bad params failed above, before any launch
-        return distributed.launch(__file__, p, "train_transformer")  # this process is the node's agent
-    device = configure_device(distributed.setup(pick_device(p["device"], "train_transformer.device")))
-    distributed.only_main_tracks()
+    device = distributed.start(__file__, p, "train_transformer")
+    if device is None:
+        return  # this process was the node's agent: its ranks trained
     try:
         with open_stage("train_transformer", args.params, TransformerParams, system_metrics=True,
                         check=check_transformer_params) as (params, run):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -186,3 +187,21 @@ def copy_repo(dest: Path, root: Path = REPO) -> Path:
                 ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "copy"]):
         subprocess.run(cmd, cwd=dest, check=True)
     return dest
+
+
+def dvc_experiments(show_json: str) -> dict[str, dict]:
+    """`dvc exp show --json`'s named experiments: name -> the experiment's "data" (params, metrics, ...)."""
+    found = {}
+
+    def walk(node):
+        if isinstance(node, dict):
+            if node.get("name") and isinstance(node.get("data"), dict):
+                found[node["name"]] = node["data"]
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(json.loads(show_json))
+    return found

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import copy_repo, venv_env
+from conftest import copy_repo, dvc_experiments, venv_env
 from s3_store import S3Store, running_store
 from test_pipeline import set_params, tiny_sources
 from test_team_server import start_team_server
@@ -95,21 +95,9 @@ def md5(path: Path) -> str:
 
 def shown(repo: Path, env: dict) -> dict:
     """`dvc exp show --json`: each named experiment's metrics of METRICS."""
-    found = {}
-
-    def walk(node):
-        if isinstance(node, dict):
-            if node.get("name") and isinstance(node.get("data"), dict) and "metrics" in node["data"]:
-                metrics = node["data"]["metrics"] or {}
-                found[node["name"]] = (metrics.get(METRICS) or {}).get("data")
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
-
-    walk(json.loads(run(repo, env, "dvc", "exp", "show", "--json").stdout))
-    return found
+    experiments = dvc_experiments(run(repo, env, "dvc", "exp", "show", "--json").stdout)
+    return {name: ((data.get("metrics") or {}).get(METRICS) or {}).get("data")
+            for name, data in experiments.items() if "metrics" in data}
 
 
 def test_two_hosts_share_experiments_through_git_the_bucket_and_the_server(tmp_path, store, server):

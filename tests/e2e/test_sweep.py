@@ -11,7 +11,6 @@ and nothing is left in MLflow."""
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import re
 import signal
@@ -25,7 +24,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import copy_repo, require_tool, venv_env
+from conftest import copy_repo, dvc_experiments, require_tool, venv_env
 from test_pipeline import set_params, tiny_sources
 from test_server_topology import MlflowServer, free_port
 
@@ -259,20 +258,7 @@ def kill_during_a_trial(node: RayNode, checkout: Path, server: MlflowServer, swe
 
 
 def shown(repo: Path, env: dict) -> set[str]:
-    names = set()
-
-    def walk(node):
-        if isinstance(node, dict):
-            if node.get("name") and isinstance(node.get("data"), dict):
-                names.add(node["name"])
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
-
-    walk(json.loads(run(repo, env, "dvc", "exp", "show", "--json").stdout))
-    return names
+    return set(dvc_experiments(run(repo, env, "dvc", "exp", "show", "--json").stdout))
 
 
 def test_a_grid_on_two_nodes_lands_every_trial_when_a_node_dies(tmp_path, cluster, server):

@@ -9,8 +9,11 @@ Without a launcher every helper here is the identity: rank 0 of a world of 1.
 from __future__ import annotations
 
 import os
+import socket
 import sys
+import threading
 import uuid
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -66,6 +69,7 @@ def launch(script: str, p: dict, key: str) -> None:
     nproc, nnodes, timeout = p["nproc"], p["nnodes"], p["rdzv_timeout"]
     if nnodes > 1:
         _quiet_agent(script)
+        _check_answers(p["rdzv_endpoint"], timeout, key)
     endpoint = p["rdzv_endpoint"] if nnodes > 1 else "localhost:0"
     # each process a share of the cores, unless set (torchrun gives each one thread)
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
@@ -88,6 +92,34 @@ def launch(script: str, p: dict, key: str) -> None:
     except ChildFailedError as failed:
         code = next(iter(failed.failures.values())).exitcode
         raise SystemExit(code if isinstance(code, int) and code > 0 else 1) from None
+
+
+def _check_answers(endpoint: str, timeout: int, key: str) -> None:
+    """Whatever listens at the endpoint must answer as torch's rendezvous store does (at once): torch's
+    client waits forever on a server that accepts the connection and says nothing. Nothing listening is
+    left to torch, which hosts the rendezvous there or retries until the first host is up."""
+    host, _, port = endpoint.rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=min(timeout, 5)).close()
+    except OSError:
+        return
+    answer: dict = {}
+
+    def connect() -> None:
+        try:
+            dist.TCPStore(host, int(port), is_master=False, timeout=timedelta(seconds=timeout))
+            answer["store"] = True
+        except (RuntimeError, ValueError, TimeoutError) as error:
+            answer["error"] = error
+
+    probe = threading.Thread(target=connect, daemon=True)  # abandoned if it hangs; it holds nothing
+    wait = min(timeout, 30)
+    probe.start()
+    probe.join(wait)
+    if "store" not in answer:
+        raise PrimerError(f"something at {endpoint} ('{key}.rdzv_endpoint') accepts connections but did not answer as "
+                          f"a torch rendezvous within {wait} s; point it at a free port of the first host (torchrun's "
+                          f"default is {RDZV_PORT}), not at another server's.")
 
 
 def _quiet_agent(script: str) -> None:

@@ -169,15 +169,18 @@ def test_the_stage_launches_its_share_of_a_two_host_job_from_its_params(tmp_path
     assert sum(out.count("kept epoch 2 of 2") for out, _ in ends) == 1
 
 
-@pytest.mark.parametrize("endpoint_state", ["nobody joins", "nobody answers"])
+@pytest.mark.parametrize("endpoint_state", ["nobody joins", "nobody answers", "another server listens"])
 def test_a_rendezvous_that_fails_takes_seconds_and_one_sentence(tmp_path, endpoint_state):
     """A free port on this host: the stage hosts the rendezvous and waits rdzv_timeout for the second host.
-    A port bound by another socket that does not listen: the stage can only connect to it, and is refused."""
+    A port bound by another socket that does not listen: the stage can only connect to it, and is refused.
+    A port where another server accepts connections and never answers: torch alone would wait forever."""
     env = ddp_env(tmp_path)
     with socket.socket() as taken:
-        if endpoint_state == "nobody answers":
+        if endpoint_state != "nobody joins":
             taken.bind(("0.0.0.0", 0))
-        endpoint = f"127.0.0.1:{taken.getsockname()[1] if endpoint_state == 'nobody answers' else free_port()}"
+        if endpoint_state == "another server listens":
+            taken.listen(8)
+        endpoint = f"127.0.0.1:{free_port() if endpoint_state == 'nobody joins' else taken.getsockname()[1]}"
         params = lm_params(tmp_path, "params.yaml", nnodes=2, rdzv_endpoint=endpoint, rdzv_timeout=2)
         began = time.monotonic()
         done = subprocess.run([sys.executable, *lm_args(tmp_path, params, "out")], cwd=tmp_path, env=env,
@@ -187,6 +190,7 @@ def test_a_rendezvous_that_fails_takes_seconds_and_one_sentence(tmp_path, endpoi
     assert done.returncode == 1 and len(lines) == 1, done.stderr[-3000:]
     assert lines[0].startswith("train_lm: error: ") and f"{endpoint} ('train_lm.rdzv_endpoint')" in lines[0]
     assert ("'train_lm.rdzv_timeout'" in lines[0]) == (endpoint_state == "nobody joins")
+    assert ("not answer as a torch rendezvous" in lines[0]) == (endpoint_state == "another server listens")
     assert took < 40, took  # seconds of waiting; the rest is starting Python and torch (twice: the agent runs quiet)
     assert not [r for r in runs(env) if r.info.status == "RUNNING"]  # no run was opened before the group formed
     assert not (tmp_path / "out").exists()

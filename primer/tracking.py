@@ -75,8 +75,8 @@ class StageRun:
 
     def _raise_if_lost(self) -> None:
         if self._failure is not None:
-            reason, self._failure = self._failure, None
-            raise TrackingLost(self._lost_message(reason))
+            message, self._failure = self._failure, None
+            raise TrackingLost(message)
         if self.lost:
             raise TrackingLost(self._lost_message("it already failed once"))
 
@@ -91,7 +91,7 @@ class StageRun:
             return operator.attrgetter(method)(self._mlflow)(*args, **kwargs)
         except Exception as exc:  # MlflowException, requests' or the database driver's errors
             self.lost = True
-            raise TrackingLost(self._lost_message(_short_reason(exc))) from None
+            raise TrackingLost(self._lost_sentence(exc)) from None
 
     def _write_metrics(self, metrics: dict, step: int, timestamp: int) -> None:
         """On the queue's thread: one batch, unless an earlier write already failed."""
@@ -103,7 +103,7 @@ class StageRun:
             self._client = self._client or self._mlflow.MlflowClient()
             self._client.log_batch(self.run_id, [Metric(k, v, timestamp, step) for k, v in metrics.items()])
         except Exception as exc:
-            self.lost, self._failure = True, _short_reason(exc)
+            self.lost, self._failure = True, self._lost_sentence(exc)
 
     def flush(self) -> None:
         """Wait until every queued metric is in the store; raise `TrackingLost` if a write failed."""
@@ -121,6 +121,11 @@ class StageRun:
         if self._queue is not None:
             self._queue.shutdown(wait=True)
             self._queue = None
+
+    def _lost_sentence(self, exc: BaseException) -> str:
+        """What a store's failure mid-stage says: the login's sentence when the server refused the login (a
+        password changed, a permission taken away while the stage ran), else that the store stopped answering."""
+        return _login_refused(self.uri, exc) or self._lost_message(_short_reason(exc))
 
     def _lost_message(self, reason: str) -> str:
         return (f"MLflow tracking at {self.uri} stopped answering mid-stage ({reason}); start it again and rerun "

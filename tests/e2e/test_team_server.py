@@ -74,9 +74,9 @@ def run_train_basics(tmp_path: Path, env: dict) -> subprocess.CompletedProcess:
 
 
 def api(server: MlflowServer, path: str, body: dict | None = None, user: str = ADMIN,
-        password: str = ADMIN_PASSWORD) -> dict:
+        password: str = ADMIN_PASSWORD, method: str | None = None) -> dict:
     """MLflow's REST API as `user` (basic auth)."""
-    request = urllib.request.Request(f"{server.url}/api/2.0/mlflow/{path}",
+    request = urllib.request.Request(f"{server.url}/api/2.0/mlflow/{path}", method=method,
                                      data=json.dumps(body).encode() if body is not None else None,
                                      headers={"Content-Type": "application/json", "Authorization": "Basic " +
                                               base64.b64encode(f"{user}:{password}".encode()).decode()})
@@ -165,3 +165,25 @@ def test_a_user_who_may_only_read_the_experiment_fails_with_one_sentence_and_lea
                         "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to an account that has it.")
     assert runs_of(login_server, READER) == []
     assert "RUNNING" not in {r["info"]["status"] for r in all_runs(login_server)}
+
+
+def test_a_login_refused_mid_stage_is_the_login_sentence(login_server, tmp_path, monkeypatch):
+    """The admin changes a user's password while the user's stage runs: the stage's next write to the server
+    fails with the login's sentence, not with "stopped answering"."""
+    user, password = "carol", "local-carol-password"
+    api(login_server, "users/create", {"username": user, "password": password})
+    for name, value in client_env(tmp_path, login_server, MLFLOW_TRACKING_USERNAME=user,
+                                  MLFLOW_TRACKING_PASSWORD=password, PRIMER_TRACKING="on").items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    from primer.tracking import TrackingLost, stage_run
+
+    with pytest.raises(TrackingLost) as lost, stage_run("login_mid_stage", {"lr": 0.1}) as run:
+        run.log_metrics({"loss": 1.0}, step=0)
+        run.flush()
+        api(login_server, "users/update-password", {"username": user, "password": "local-new-password"}, method="PATCH")
+        run.log_metrics({"loss": 0.5}, step=1)
+        run.flush()
+    assert str(lost.value) == (f"MLflow tracking server at {login_server.url} refused the login of user '{user}' "
+                               "(HTTP 401); check MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD.")
+    assert runs_of(login_server, user) == [("login_mid_stage", "RUNNING")]  # closed by the stage's next start

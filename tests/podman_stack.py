@@ -2,7 +2,9 @@
 
 Everything podman keeps (configuration, images, containers, volumes) lives under one temp folder:
 `Podman(root)` writes a containers.conf (runc: crun fails on this kind of VM's cgroup layout; ulimits
-the VM allows) and a storage.conf with its graph root there, and `reset()` removes it all.
+the VM allows) and a storage.conf with its graph root there, points podman's temp folder (TMPDIR, else
+/var/tmp) there too, and `reset()` removes it all. `disk_shortfall` says, before a build, whether that
+folder's disk can hold the build at its fullest.
 `make_standin_bases` builds what the project's Dockerfile and docker-compose.yml pull, under their
 official names, from Debian's own packages and the venv's `weed` (tests/standin_bases/), so that neither
 file is edited.
@@ -28,6 +30,10 @@ SEAWEEDFS_BASE = "docker.io/chrislusf/seaweedfs:4.48"
 STANDIN_IMAGES = (PYTHON_BASE, POSTGRES_BASE, SEAWEEDFS_BASE)
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 HOST_PIP_CONF = Path("/etc/pip.conf")
+# The store and podman's temp folder at their fullest, building the project's image: the ~7 GB layer of
+# CUDA wheels, the export of it that a commit writes to the temp folder first, and its copy in the store
+# (27 GiB measured, base images included).
+BUILD_PEAK_DISK = 30 << 30
 
 
 class Podman:
@@ -44,8 +50,10 @@ class Podman:
         (root / "storage.conf").write_text(
             f'[storage]\ndriver = "overlay"\ngraphroot = "{root / "graph"}"\nrunroot = "{root / "run"}"\n'
         )
+        (root / "tmp").mkdir(exist_ok=True)
         self.env = {
             **os.environ,
+            "TMPDIR": str(root / "tmp"),  # a commit's layer export, ~2x the layer: counted, and removed by reset()
             "CONTAINERS_CONF": str(root / "containers.conf"),
             "CONTAINERS_STORAGE_CONF": str(root / "storage.conf"),
             "PATH": self.search_path(),  # podman-compose from this interpreter's environment
@@ -89,6 +97,16 @@ class Podman:
     def reset(self) -> None:
         self("system", "reset", "--force", check=False, timeout=300)
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def disk_shortfall(root: Path, need: int = BUILD_PEAK_DISK) -> str | None:
+    """None when the disk under `root` has `need` bytes free; else the sentence that says so, and the fix."""
+    free = shutil.disk_usage(root).free
+    if free >= need:
+        return None
+    return (f"podman's store {root} has {free / 2**30:.1f} GiB free, but building the image needs about "
+            f"{need / 2**30:.0f} GiB there at its fullest; free some space on that disk, or set PRIMER_PODMAN_STORE "
+            "to a folder on a larger one.")
 
 
 def seaweedfs_weed() -> Path:

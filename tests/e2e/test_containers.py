@@ -226,3 +226,13 @@ def test_doctor_checks_torch_against_primers_floor():
     assert result.returncode == 0, result.stdout + result.stderr
     assert result.stdout.splitlines()[-1].startswith(
         f"torch floor: met (torch {importlib.metadata.version('torch')}, ")
+
+
+def test_the_container_test_says_before_building_when_its_disk_is_too_small(tmp_path):
+    from podman_stack import disk_shortfall
+
+    free = shutil.disk_usage(tmp_path).free
+    assert disk_shortfall(tmp_path, need=free // 2) is None
+    message = disk_shortfall(tmp_path, need=free + (1 << 30))
+    assert message and str(tmp_path) in message and "PRIMER_PODMAN_STORE" in message and "\n" not in message
+    assert re.search(r"has [\d.]+ GiB free, but building the image needs about \d+ GiB", message), message

@@ -175,7 +175,7 @@ def test_a_login_refused_mid_stage_is_the_login_sentence(login_server, tmp_path,
     for name, value in client_env(tmp_path, login_server, MLFLOW_TRACKING_USERNAME=user,
                                   MLFLOW_TRACKING_PASSWORD=password, PRIMER_TRACKING="on").items():
         monkeypatch.setenv(name, value)
-    monkeypatch.delenv("MLFLOW_EXPERIMENT_NAME", raising=False)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "carol")  # her own: `primer` is alice's, which carol may only read
     from primer.tracking import TrackingLost, stage_run
 
     with pytest.raises(TrackingLost) as lost, stage_run("login_mid_stage", {"lr": 0.1}) as run:

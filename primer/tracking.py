@@ -272,18 +272,23 @@ def git_state(cwd: Path | None = None) -> dict:
     return {"git.commit": commit, "git.dirty": str(bool(status.strip())).lower()}
 
 
-def torch_device_name() -> str:
-    import torch
-
+def torch_device_name() -> str | None:
+    """The device torch computes on, for a stage that has imported torch; None for one that has not (fetch,
+    verify, split, train_basics), which would spend over a second importing it for this tag alone."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return None
     if torch.cuda.is_available():
         return f"cuda:{torch.cuda.current_device()} ({torch.cuda.get_device_name()})"
     return "cpu"
 
 
 def run_tags(stage: str, profile: str = "full") -> dict:
-    tags = {"stage": stage, "host": socket.gethostname(), "torch.device": torch_device_name(),
-            "primer.pid": str(os.getpid()), "primer.pid_start": process_start(os.getpid()),
-            "primer.profile": profile}
+    tags = {"stage": stage, "host": socket.gethostname(), "primer.pid": str(os.getpid()),
+            "primer.pid_start": process_start(os.getpid()), "primer.profile": profile}
+    device = torch_device_name()
+    if device:
+        tags["torch.device"] = device
     tags.update(git_state())
     if os.environ.get("DVC_EXP_NAME"):
         tags["dvc.exp_name"] = os.environ["DVC_EXP_NAME"]

@@ -44,8 +44,29 @@ def test_finished_run_has_params_tags_and_metrics(store):
     assert logged.data.params == {"verify.num_workers": "2", "seed": "42"}
     assert logged.data.metrics == {"kept/Cat": 3.0}
     tags = logged.data.tags
-    assert tags["stage"] == "verify" and tags["torch.device"] == "cpu" and tags["dvc.exp_name"] == "exp-1"
+    assert tags["stage"] == "verify" and tags["dvc.exp_name"] == "exp-1"
     assert tags["host"] == socket.gethostname()
+
+
+@pytest.mark.parametrize("uses_torch", [False, True], ids=["a data stage", "a torch stage"])
+def test_only_a_stage_that_uses_torch_imports_it_and_is_tagged_with_its_device(store, tmp_path, uses_torch):
+    """A data stage's run, in a fresh interpreter, loads no torch (over a second of a short stage's time) and
+    carries no torch.device tag; a stage that imported torch is tagged with the device it computes on."""
+    script = tmp_path / "stage.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys
+        {"import torch" if uses_torch else ""}
+        from primer.tracking import stage_run
+        with stage_run("split", {{}}):
+            pass
+        print("torch" in sys.modules)
+    """))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[-1] == str(uses_torch), done.stdout
+    tags = only_run(store).data.tags
+    assert tags.get("torch.device") == ("cpu" if uses_torch else None), tags
+    assert tags["stage"] == "split"
 
 
 def test_exception_leaves_the_run_failed(store):

@@ -325,14 +325,22 @@ def test_a_grid_on_two_nodes_lands_every_trial_when_a_node_dies(tmp_path, cluste
 
 def test_on_this_machine_trials_share_the_checkout_and_a_failed_one_is_reported(tmp_path):
     """Without --address: a Ray instance of this machine's 2 CPUs runs both trials at once in this checkout; the one
-    whose batch_size the stage refuses fails with its log's tail, the other lands, and the exit status is 1."""
+    whose batch_size the stage refuses fails with its log's tail, the other lands, and the exit status is 1. The
+    checkout has no default DVC remote, only one named `team`, which --dvc-remote picks for the trials' pulls and
+    pushes; a name the checkout lacks is one sentence."""
     ray_tmp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))
     env = {**venv_env(tmp_path), **GIT_ID, "HOME": str(tmp_path / "home"), "TQDM_DISABLE": "1",
            "RAY_TMPDIR": str(ray_tmp)}
     origin, dvc_remote = team(tmp_path, env)
-    laptop = clone(origin, tmp_path / "laptop", env, dvc_remote)
+    laptop = clone(origin, tmp_path / "laptop", env, None)
+    run(laptop, env, "dvc", "remote", "add", "--local", "team", str(dvc_remote))
+    fetched = {p.name for p in dvc_remote.rglob("*") if p.is_file()}
     try:
-        done = sweep(laptop, env, "-S", "train_lm.batch_size=4,0", "--name", "lo", TARGET, timeout=240)
+        said = refused(laptop, env, "-S", "train_lm.batch_size=4,0", "--dvc-remote", "nosuch", TARGET)
+        assert f"the checkout {laptop} on node " in said and "has no DVC remote 'nosuch'; add it there with " \
+            "`dvc remote add nosuch URL`" in said, said
+        done = sweep(laptop, env, "-S", "train_lm.batch_size=4,0", "--dvc-remote", "team", "--name", "lo", TARGET,
+                     timeout=240)
     finally:
         left = kill_ray(ray_tmp)
     assert not left and not ray_processes(ray_tmp, set()), left
@@ -345,6 +353,8 @@ def test_on_this_machine_trials_share_the_checkout_and_a_failed_one_is_reported(
     assert "sweep: 1/2 done, 1 failed, 0 running or waiting" in said, said
     pushed = run(laptop, env, "git", "ls-remote", "origin", "refs/exps/*").stdout
     assert pushed.count("/lo-1\n") == 1 and "/lo-2" not in pushed, pushed
+    sent = {p.name for p in dvc_remote.rglob("*") if p.is_file()} - fetched
+    assert sent, "dvc exp push -r team sent no output of lo-1 to the remote 'team'"
     from mlflow import MlflowClient
 
     client = MlflowClient(f"sqlite:///{laptop / 'mlflow.db'}")  # no MLFLOW_TRACKING_URI: the checkout's own store

@@ -58,6 +58,13 @@ def dvc(repo: Path, env: dict, *args: str) -> str:
     return result.stdout + result.stderr
 
 
+def stale_stages(repo: Path, env: dict) -> dict:
+    """`dvc status --json`: each stale stage and what changed in its deps."""
+    status = subprocess.run(["dvc", "status", "--json"], cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+    assert status.returncode == 0, status.stderr
+    return json.loads(status.stdout)
+
+
 def ran(output: str) -> list[str]:
     return [s for s in STAGES if f"Running stage '{s}'" in output]
 
@@ -248,8 +255,7 @@ def test_second_repro_runs_nothing_and_changes_rerun_only_what_they_affect(pipel
     assert ran(dvc(repo, env, "repro")) == ["augment", "evaluate"]  # the report shows the preview; no retraining
     for change in CHANGES:
         set_params(repo, change)
-    stale = json.loads(subprocess.run(["dvc", "status", "--json"], cwd=repo, env=env, capture_output=True, text=True,
-                                      timeout=300).stdout)
+    stale = stale_stages(repo, env)
     assert sorted(stale) == sorted(STALE), stale  # the stages that read a changed key, and no other
     for stage, keys in STALE.items():
         assert stale[stage] == [{"changed deps": {"params.yaml": dict.fromkeys(keys, "modified")}}], stale[stage]
@@ -277,12 +283,9 @@ def test_a_changed_module_makes_only_the_stages_that_use_it_stale(pipeline):
         text = path.read_text()
         path.write_text(text + "\n# changed\n")
         try:
-            status = subprocess.run(["dvc", "status", "--json"], cwd=repo, env=env, capture_output=True, text=True,
-                                    timeout=300)
+            stale = stale_stages(repo, env)
         finally:
             path.write_text(text)
-        assert status.returncode == 0, status.stderr
-        stale = json.loads(status.stdout)
         assert sorted(stale) == sorted(stages), module
         assert all(change == [{"changed deps": {module: "modified"}}] for change in stale.values()), stale
     assert "up to date" in dvc(repo, env, "status")

@@ -17,6 +17,7 @@ value is one sentence naming the file, the key, the value and what is allowed.
 from __future__ import annotations
 
 import copy
+import difflib
 import typing
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -26,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 from pydantic.fields import FieldInfo
 
 from primer.errors import PrimerError
-from primer.params_file import apply_profile, read_yaml
+from primer.params_file import PROFILES, apply_profile, read_yaml
 
 EFFECTS = ("result", "output", "run")
 
@@ -156,12 +157,21 @@ def _sentence(error: dict, sections: type[Section], file: str) -> str:
         return f"{file}: key '{name}' is missing; add it ({describe(field)})."
     if kind == "extra_forbidden":
         where = ".".join(map(str, loc[:-1]))
-        return f"{file}: unknown key '{name}'; allowed keys in '{where}' are: {', '.join(owner.model_fields)}."
+        return f"{file}: unknown key '{name}'{nearest(str(loc[-1]), owner.model_fields)}; allowed keys in " \
+               f"'{where}' are: {', '.join(owner.model_fields)}."
     if field is not None and named_sections_of(field.annotation) and len(loc) == _depth(sections, loc):
         return f"{file}: '{name}' must be a mapping of names to sections, not {value!r}."
     if kind in ("model_type", "model_attributes_type", "dataclass_type") or field is None:
         return f"{file}: '{name}' must be a mapping of keys, not {value!r}."
     return f"{file}: '{name}' is {value!r}, but it must be {describe(field)}."
+
+
+def nearest(key: str, known) -> str:
+    """" (did you mean 'lr'?)" for the known key closest to a misspelt `key`, or "" when none is close."""
+    match = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
+    if not match:  # `lr_typo`, `lr2`: a known key that starts it, the longest first
+        match = sorted((k for k in known if key.startswith(k) or k.startswith(key)), key=len, reverse=True)
+    return f" (did you mean '{match[0]}'?)" if match else ""
 
 
 def _depth(sections: type[Section], loc: tuple) -> int:
@@ -232,3 +242,22 @@ def flatten(params: dict, prefix: str = "") -> dict:
         else:
             flat[name] = value
     return flat
+
+
+def check_whole_file(path: Path | str, readers: list[type[Sections]], extra_top: tuple[str, ...] = ()) -> list[str]:
+    """Check every key and value of a params file against the stages that read it (`readers`, each a stage's
+    `Sections`), for each profile: an unknown key anywhere, a missing one, a wrong type or an out-of-range value
+    is a `PrimerError` naming the key (and the nearest known one). `extra_top` are top-level keys that no
+    section reads (the profile switch). Returns the top-level keys checked."""
+    raw = read_yaml(Path(path))
+    apply_profile(raw, str(path))  # the profile switch and the quick section's own shape
+    known = {key: None for reader in readers for key in reader.model_fields} | dict.fromkeys(extra_top)
+    for key in raw:
+        if key not in known:
+            raise PrimerError(f"{path}: unknown key '{key}'{nearest(str(key), known)}; no stage reads it, so fix "
+                              f"the name or remove it (known top-level keys: {', '.join(known)}).")
+    for profile in PROFILES:  # `quick` is laid over the same sections: a typo in it is checked too
+        values = apply_profile({**raw, "profile": profile}, str(path))
+        for reader in readers:
+            validate(values, reader, str(path))
+    return list(known)

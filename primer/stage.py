@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
@@ -53,13 +54,24 @@ def open_stage(
         check_unchanged_since_stage_began(Path(params_file), started)
 
 
-def cli(main: Callable[[list[str] | None], None], argv: list[str] | None = None) -> int:
-    """Run a stage's main(); user errors print one line and exit 1, interrupts exit 130/143."""
+def restore_hint(outputs_kept: bool) -> str:
+    """Under `dvc repro` (DVC names the stage in DVC_STAGE), DVC removes a stage's outputs before it runs it,
+    unless they are `persist`: how to bring back the cached ones after the stage refused to run."""
+    stage = os.environ.get("DVC_STAGE")
+    if not stage or outputs_kept:
+        return ""
+    return (f" (DVC removed this stage's previous outputs before running it: `dvc checkout {stage}` brings back "
+            "those kept in DVC's cache, and the next run that succeeds writes them all)")
+
+
+def cli(main: Callable[[list[str] | None], None], argv: list[str] | None = None, outputs_kept: bool = False) -> int:
+    """Run a stage's main(); user errors print one line and exit 1, interrupts exit 130/143. `outputs_kept`:
+    the stage's outputs are `persist` in dvc.yaml (or it has none worth restoring), so DVC left them in place."""
     prog = Path(sys.argv[0]).stem
     try:
         main(argv)
     except PrimerError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}{restore_hint(outputs_kept)}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)

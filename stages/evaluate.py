@@ -214,4 +214,4 @@ def profile_banner(profile: str) -> str:
 
 
 if __name__ == "__main__":
-    raise SystemExit(cli(main))
+    raise SystemExit(cli(main, outputs_kept=True))

@@ -59,16 +59,29 @@ def listed_keys(entries: list[str], params: dict) -> set[str]:
     return keys
 
 
+WHOLE_FILE = "check_params"  # the one stage that reads all of params.yaml, to check it before the others run
+
+
 def stage_schemas() -> dict:
-    """{dvc.yaml stage: its script's Params}."""
+    """{dvc.yaml stage: its script's Params}, for every stage but the whole-file check."""
     schemas = {}
     for name, stage in dvc_stages().items():
-        script = re.search(r"stages/(\w+)\.py", stage["cmd"]).group(1)
-        schemas[name] = importlib.import_module(f"stages.{script}").Params
+        if name != WHOLE_FILE:
+            script = re.search(r"stages/(\w+)\.py", stage["cmd"]).group(1)
+            schemas[name] = importlib.import_module(f"stages.{script}").Params
     return schemas
 
 
-@pytest.mark.parametrize("stage", sorted(dvc_stages()))
+def test_the_whole_file_check_reads_every_stages_sections_and_all_of_params_yaml():
+    from stages.check_params import READERS
+
+    assert READERS == stage_schemas()  # a new stage's sections are checked too
+    assert dvc_stages()[WHOLE_FILE]["params"] == [{"params.yaml": None}]  # any change reruns it
+    checked = "${paths.params_checked}"
+    assert all(checked in stage["deps"] for name, stage in dvc_stages().items() if name != WHOLE_FILE)
+
+
+@pytest.mark.parametrize("stage", sorted(set(dvc_stages()) - {WHOLE_FILE}))
 def test_dvc_params_are_the_stages_result_and_output_fields(stage):
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     expected = schema_keys(stage_schemas()[stage])

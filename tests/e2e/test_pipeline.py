@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
 import zipfile
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import pandas as pd
+import psutil
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
@@ -256,6 +260,7 @@ def test_second_repro_runs_nothing_and_changes_rerun_only_what_they_affect(pipel
     for change in CHANGES:
         set_params(repo, change)
     stale = stale_stages(repo, env)
+    assert "params.yaml" in stale.pop("check_params")[0]["changed deps"]  # reads the whole file; writes the same
     assert sorted(stale) == sorted(STALE), stale  # the stages that read a changed key, and no other
     for stage, keys in STALE.items():
         assert stale[stage] == [{"changed deps": {"params.yaml": dict.fromkeys(keys, "modified")}}], stale[stage]
@@ -264,13 +269,15 @@ def test_second_repro_runs_nothing_and_changes_rerun_only_what_they_affect(pipel
     assert "up to date" in dvc(repo, env, "status")
 
 
-TOUCHED = {  # one module per subpackage, and two of the MLflow plumbing: the stages that use it
-    "primer/data/download.py": ["fetch"],
-    "primer/vision/preview.py": ["augment"],
-    "primer/text/bleu.py": ["train_transformer", "evaluate"],
-    "primer/models/bptt.py": ["train_lm@lstm", "train_lm@gru", "evaluate"],
-    "primer/training/schedule.py": ["train_cnn", "train_lm@lstm", "train_lm@gru", "train_transformer"],  # not evaluate
-    "primer/evaluation/model_files.py": ["evaluate"],
+TOUCHED = {  # one module per subpackage, and two of the MLflow plumbing: the stages that use it (check_params
+    # imports every stage's sections, so it reruns too, and writes the same file: nothing else reruns for it)
+    "primer/data/download.py": ["check_params", "fetch"],
+    "primer/vision/preview.py": ["check_params", "augment"],
+    "primer/text/bleu.py": ["check_params", "train_transformer", "evaluate"],
+    "primer/models/bptt.py": ["check_params", "train_lm@lstm", "train_lm@gru", "evaluate"],
+    "primer/training/schedule.py": ["check_params", "train_cnn", "train_lm@lstm", "train_lm@gru",
+                                    "train_transformer"],  # not evaluate
+    "primer/evaluation/model_files.py": ["check_params", "evaluate"],
     "primer/serving/registry.py": [],
     "primer/tracking.py": [],
 }
@@ -289,6 +296,100 @@ def test_a_changed_module_makes_only_the_stages_that_use_it_stale(pipeline):
         assert sorted(stale) == sorted(stages), module
         assert all(change == [{"changed deps": {module: "modified"}}] for change in stale.values()), stale
     assert "up to date" in dvc(repo, env, "status")
+
+
+def outputs(repo: Path, *paths: str) -> dict:
+    """The bytes of each output that exists."""
+    return {p: (repo / p).read_bytes() for p in paths if (repo / p).is_file()}
+
+
+def refused(repo: Path, env: dict, *args: str) -> str:
+    result = subprocess.run(["dvc", *args], cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode != 0, result.stdout + result.stderr
+    return result.stdout + result.stderr
+
+
+CNN_OUTPUTS = ("models/cnn.pt", "metrics/train_cnn.json", "plots/train_cnn/curves.csv")
+
+
+def test_a_misspelt_key_or_a_bad_value_stops_repro_and_exp_run_before_any_stage_removes_its_outputs(pipeline):
+    """params.yaml as a whole is checked by the first stage, whenever it changes: a key no stage reads is one
+    sentence naming the nearest known key (not "up to date"), and a value out of range stops the repro before
+    DVC removes the outputs of the stage that reads it."""
+    repo, env, _ = pipeline
+    text = (repo / "params.yaml").read_text()
+    before = outputs(repo, *CNN_OUTPUTS)
+    assert len(before) == len(CNN_OUTPUTS)
+    try:
+        set_params(repo, lambda p: p["train_cnn"].update(lr_typo=0.1))
+        said = refused(repo, env, "repro")
+        assert "unknown key 'train_cnn.lr_typo' (did you mean 'lr'?)" in said, said
+        assert ran(said) == [] and outputs(repo, *CNN_OUTPUTS) == before
+        (repo / "params.yaml").write_text(text)
+        said = refused(repo, env, "exp", "run", "-S", "train_cnn.lr_typo=0.1")
+        assert "unknown key 'train_cnn.lr_typo'" in said, said
+        (repo / "params.yaml").write_text(text)
+        set_params(repo, lambda p: p["train_cnn"].update(lr=-1.0))
+        said = refused(repo, env, "repro")
+        assert "'train_cnn.lr' is -1.0, but it must be a number >= " in said or "'train_cnn.lr' is -1.0" in said, said
+        assert ran(said) == [] and outputs(repo, *CNN_OUTPUTS) == before  # models/cnn.pt and its metrics kept
+        set_params(repo, lambda p: p["quick"]["train_cnn"].update(epochz=1))
+        assert "'quick.train_cnn.epochz' overrides 'train_cnn.epochz'" in refused(repo, env, "repro")
+    finally:
+        (repo / "params.yaml").write_text(text)
+    assert "up to date" in dvc(repo, env, "status")
+
+
+def test_a_stage_that_refuses_under_dvc_says_how_to_bring_its_removed_outputs_back(pipeline):
+    """A check across keys runs in the stage itself, after DVC removed its outputs: the sentence names
+    `dvc checkout STAGE`, which brings them back."""
+    repo, env, _ = pipeline
+    text = (repo / "params.yaml").read_text()
+    before = outputs(repo, "data/split.csv")
+    try:
+        set_params(repo, lambda p: p["split"].update(val_fraction=0.5, test_fraction=0.5))  # each valid, not both
+        said = refused(repo, env, "repro", "split")
+        assert "`dvc checkout split` brings back those kept in DVC's cache" in said, said
+        assert not (repo / "data/split.csv").exists()  # what DVC does before running a stage
+    finally:
+        (repo / "params.yaml").write_text(text)
+    dvc(repo, env, "checkout", "split")
+    assert outputs(repo, "data/split.csv") == before
+    assert "up to date" in dvc(repo, env, "status")
+
+
+EVALUATE_OUTPUTS = ("report.html", "metrics/evaluate.json", "plots/evaluate/confusion.csv")
+
+
+def test_evaluate_killed_under_dvc_repro_keeps_every_previous_output(pipeline):
+    """evaluate's outputs are `persist`: DVC leaves them in place while the stage runs, and the stage
+    replaces them together at its end, so a kill mid-stage leaves all of the previous ones."""
+    repo, env, _ = pipeline
+    before = outputs(repo, *EVALUATE_OUTPUTS)
+    assert len(before) == len(EVALUATE_OUTPUTS)
+    figures = sorted(p.name for p in (repo / "plots/evaluate/figures").iterdir())
+    repro = subprocess.Popen(["dvc", "repro", "--force", "--single-item", "evaluate"], cwd=repo, env=env,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not any("stages/evaluate.py" in " ".join(c.cmdline()) for c in children(repro.pid)):
+            assert repro.poll() is None and time.monotonic() < deadline, "evaluate never started"
+            time.sleep(0.2)
+        time.sleep(1.0)  # into the stage's work (models loaded, nothing written yet)
+        assert outputs(repo, *EVALUATE_OUTPUTS) == before  # what DVC removed before the command, before
+    finally:
+        os.killpg(repro.pid, signal.SIGKILL)
+        repro.wait(timeout=30)
+    assert outputs(repo, *EVALUATE_OUTPUTS) == before
+    assert sorted(p.name for p in (repo / "plots/evaluate/figures").iterdir()) == figures
+    assert "up to date" in dvc(repo, env, "status")
+
+
+def children(pid: int) -> list:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
 
 
 QUICK_STAGES = ["train_cnn", "train_lm@lstm", "train_lm@gru", "train_transformer", "evaluate"]

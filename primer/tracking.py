@@ -31,6 +31,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from primer.atomic import DISK_FULL
 from primer.errors import PrimerError
 from primer.params import flatten
 from primer.processes import process_alive, process_start
@@ -125,7 +126,20 @@ class StageRun:
     def _lost_sentence(self, exc: BaseException) -> str:
         """What a store's failure mid-stage says: the login's sentence when the server refused the login (a
         password changed, a permission taken away while the stage ran), else that the store stopped answering."""
-        return _login_refused(self.uri, exc) or self._lost_message(_short_reason(exc))
+        return _login_refused(self.uri, exc) or self._disk_full(exc) or self._lost_message(_short_reason(exc))
+
+    def _disk_full(self, exc: BaseException) -> str | None:
+        """The artifact store's disk is full (a local `mlartifacts/`, or a mounted folder): name the folder."""
+        while exc is not None:
+            if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+                where = Path(exc.filename).parent if exc.filename else None
+                if where is None and self.run_id:
+                    where = self._mlflow.MlflowClient().get_run(self.run_id).info.artifact_uri
+                return (f"the disk of MLflow's artifact store at {where} is full ({os.strerror(exc.errno)}); free "
+                        "space there (or point the store elsewhere) and rerun the stage (training resumes from "
+                        "its last checkpoint).")
+            exc = exc.__cause__ or exc.__context__
+        return None
 
     def _lost_message(self, reason: str) -> str:
         return (f"MLflow tracking at {self.uri} stopped answering mid-stage ({reason}); start it again and rerun "

@@ -18,7 +18,7 @@ from primer.data.fetch import copy_folder
 from primer.errors import PrimerError
 from primer.training.checkpoint import save
 
-from conftest import REPO
+from conftest import REPO, venv_env
 from test_faults_outputs import augment_inputs
 
 
@@ -103,3 +103,36 @@ def test_a_symlink_out_of_a_local_source_folder_is_refused(tmp_path):
     assert str(refused.value) == (f"{folder / 'Dog/1.jpg'} is a symlink to /etc/passwd, outside the source folder "
                                   f"{folder}; it was not copied: replace it with the file itself, or remove it.")
     assert not (tmp_path / "raw").exists()
+
+
+def test_a_full_artifact_disk_names_the_artifact_folder_not_a_store_that_stopped_answering(tmp_path, small_disk):
+    """The run's store (mlflow.db) answers, but its artifact folder's disk is full: the stage's sentence says so,
+    naming the folder, and its run ends FAILED."""
+    from mlflow import MlflowClient
+
+    repo = tmp_path / "repo"
+    (repo / ".dvc").mkdir(parents=True)
+    (repo / "mlartifacts").symlink_to(small_disk)  # the artifacts on the full disk, the store beside them
+    filler = small_disk / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:  # fill it to the last byte
+        while os.write(fd, b"\0" * 4096):
+            pass
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    env = {**venv_env(tmp_path), "TQDM_DISABLE": "1"}
+    env.pop("DVC_ROOT", None)
+    env.pop("MLFLOW_EXPERIMENT_NAME", None)
+    done = subprocess.run([sys.executable, str(REPO / "stages" / "train_basics.py"), "--params",
+                           str(REPO / "params.yaml"), "--metrics", "m.json", "--plot", "p.png"], cwd=repo, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr[-3000:]
+    said = done.stderr.strip().splitlines()
+    assert "the disk of MLflow's artifact store at " in said[-1] and "is full (No space left on device)" in said[-1], \
+        done.stderr[-3000:]
+    assert str(small_disk.name) in said[-1] or "mlartifacts" in said[-1], said[-1]
+    assert "stopped answering" not in done.stderr and "Traceback" not in done.stderr
+    runs = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}").search_runs(["0", "1"])
+    assert [r.info.status for r in runs] == ["FAILED"], runs

@@ -9,8 +9,10 @@ Without a launcher every helper here is the identity: rank 0 of a world of 1.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 import sys
+import tempfile
 import threading
 import uuid
 from datetime import timedelta
@@ -61,6 +63,7 @@ def launch(script: str, p: dict, key: str) -> None:
     free local port; several hosts meet at `rdzv_endpoint`, waiting at most `rdzv_timeout` seconds for
     the others. A rendezvous that fails is one sentence; a process that fails has printed its error,
     and this one exits with its code."""
+    from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.elastic.rendezvous.api import RendezvousConnectionError, RendezvousTimeoutError
@@ -73,10 +76,13 @@ def launch(script: str, p: dict, key: str) -> None:
     endpoint = p["rdzv_endpoint"] if nnodes > 1 else "localhost:0"
     # each process a share of the cores, unless set (torchrun gives each one thread)
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    # the agent's log folder (torch makes /tmp/torchelastic_* and leaves it): ours, removed when the job ends
+    logs = tempfile.mkdtemp(prefix="primer-ddp-")
     config = LaunchConfig(
         min_nodes=nnodes, max_nodes=nnodes, nproc_per_node=nproc, rdzv_backend="c10d", rdzv_endpoint=endpoint,
         run_id=key if nnodes > 1 else uuid.uuid4().hex, max_restarts=0,
-        rdzv_configs={"join_timeout": timeout, "read_timeout": timeout, "timeout": timeout})
+        rdzv_configs={"join_timeout": timeout, "read_timeout": timeout, "timeout": timeout},
+        logs_specs=DefaultLogsSpecs(log_dir=logs))
     try:
         elastic_launch(config, sys.executable)(script, *sys.argv[1:])
     except RendezvousTimeoutError:
@@ -90,8 +96,16 @@ def launch(script: str, p: dict, key: str) -> None:
         print(f"{Path(script).stem}: stopped by {signal.sigval.name}", file=sys.stderr)
         raise SystemExit(128 + signal.sigval) from None
     except ChildFailedError as failed:
-        code = next(iter(failed.failures.values())).exitcode
+        rank, first = failed.get_first_failure()
+        if isinstance(first.exitcode, int) and first.exitcode < 0:  # killed by a signal: it could say nothing
+            print(f"{Path(script).stem}: error: rank {rank} (process {first.pid}) was killed by "
+                  f"{first.signal_name()} (the kernel's out-of-memory killer sends SIGKILL), and the job stopped; "
+                  f"rerun the stage to resume from its last checkpoint (with less memory in use, or a smaller "
+                  f"'{key}.batch_size').", file=sys.stderr)
+        code = first.exitcode
         raise SystemExit(code if isinstance(code, int) and code > 0 else 1) from None
+    finally:
+        shutil.rmtree(logs, ignore_errors=True)
 
 
 def _check_answers(endpoint: str, timeout: int, key: str) -> None:

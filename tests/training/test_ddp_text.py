@@ -210,3 +210,40 @@ def test_launch_keys_that_disagree_are_one_sentence(changes, words):
         check_launch(p, "train_lm")
     message = str(error.value)
     assert all(w in message for w in words) and "\n" not in message and message.endswith("."), message
+
+
+def test_a_rank_killed_mid_job_is_one_sentence_that_says_a_rerun_resumes(tmp_path):
+    """What the out-of-memory killer does to one rank: the job stops within seconds, the agent names the rank
+    and the signal and says that a rerun resumes, and no agent log folder is left."""
+    import os
+    import signal
+
+    import psutil
+
+    env = {**ddp_env(tmp_path), "TMPDIR": str(tmp_path / "tmp")}  # torch's elastic agent logs under TMPDIR
+    (tmp_path / "tmp").mkdir()
+    params = lm_params(tmp_path, "params.yaml", nproc=2, epochs=500)
+    agent = subprocess.Popen([sys.executable, *lm_args(tmp_path, params, "out")], cwd=tmp_path, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "out" / "lm.ckpt").exists():  # both ranks are training: an epoch is done
+            assert agent.poll() is None and time.monotonic() < deadline, agent.stderr.read()[-3000:]
+            time.sleep(0.2)
+        ranks = {p.environ().get("RANK"): p for p in psutil.Process(agent.pid).children(recursive=True)
+                 if "RANK" in p.environ()}
+        ranks["1"].send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        _, err = agent.communicate(timeout=60)
+        took = time.monotonic() - killed
+    finally:
+        if agent.poll() is None:
+            agent.kill()
+    said = [line for line in err.splitlines() if line.startswith("train_lm: error: ")]
+    assert agent.returncode != 0 and len(said) == 1, err[-3000:]
+    assert "rank 1 " in said[0] and "was killed by SIGKILL" in said[0] and "rerun the stage to resume" in said[0]
+    assert took < 30, took
+    # rank 0's run: the agent stops it with SIGTERM, then SIGKILL while it waits in a collective; a run left
+    # RUNNING that way is closed KILLED by the rerun (test_faults_tracking), which also resumes the training
+    left = [name for name in os.listdir(tmp_path / "tmp") if name.startswith(("torchelastic_", "primer-ddp-"))]
+    assert left == [], left  # the agent's log folder went with the job

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import sys
 from contextlib import contextmanager
@@ -13,6 +14,8 @@ from primer.errors import PrimerError
 from primer.params import Sections, load_params
 from primer.repro_params import check_unchanged_since_repro_began, check_unchanged_since_stage_began
 from primer.tracking import StageRun, Terminated, stage_run
+
+NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)  # a read-only or another user's checkout
 
 
 def stage_parser(doc: str) -> argparse.ArgumentParser:
@@ -72,6 +75,13 @@ def cli(main: Callable[[list[str] | None], None], argv: list[str] | None = None,
         main(argv)
     except PrimerError as exc:
         print(f"{prog}: error: {exc}{restore_hint(outputs_kept)}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        if exc.errno not in NOT_WRITABLE:
+            raise
+        folder = Path(exc.filename or ".").resolve().parent
+        print(f"{prog}: error: cannot write in {folder} ({exc.strerror}); run the stage in a checkout that you own "
+              "and can write to (a read-only or another user's checkout: clone it or copy it first).", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)

@@ -410,7 +410,12 @@ def _start(stage: str, params: dict, system_metrics: bool, near: Path | None = N
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     uri, artifacts = os.environ.get("MLFLOW_TRACKING_URI"), None
     if not uri:
-        uri, artifacts = default_store(repo_root(near=near))
+        root = repo_root(near=near)
+        if not os.access(root, os.W_OK):  # else MLflow retries its database for a minute, then fails
+            raise PrimerError(f"the default MLflow store is {root / 'mlflow.db'}, but {root} is not writable for you "
+                              "(a read-only or another user's checkout); run in a checkout you can write to, set "
+                              "MLFLOW_TRACKING_URI to a tracking server, or PRIMER_TRACKING=off.")
+        uri, artifacts = default_store(root)
     mlflow.set_tracking_uri(uri)
     if uri.startswith(("http://", "https://")):
         probe_server(uri)

@@ -136,3 +136,32 @@ def test_a_full_artifact_disk_names_the_artifact_folder_not_a_store_that_stopped
     assert "stopped answering" not in done.stderr and "Traceback" not in done.stderr
     runs = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}").search_runs(["0", "1"])
     assert [r.info.status for r in runs] == ["FAILED"], runs
+
+
+@pytest.fixture
+def read_only_checkout(tmp_path):
+    """A checkout (a params file and .dvc/) seen through a read-only bind mount, unmounted at the end."""
+    repo, seen = tmp_path / "repo", tmp_path / "read-only"
+    (repo / ".dvc").mkdir(parents=True)
+    (repo / "params.yaml").write_bytes((REPO / "params.yaml").read_bytes())
+    seen.mkdir()
+    if os.geteuid() != 0:
+        pytest.skip("a read-only bind mount needs root")
+    mounted = subprocess.run(["mount", "--bind", "-o", "ro", str(repo), str(seen)], capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot bind-mount here: {mounted.stderr.strip()}")
+    yield seen
+    subprocess.run(["umount", "-l", str(seen)], check=True)
+
+
+@pytest.mark.parametrize("tracking", ["on", "off"])
+def test_a_read_only_checkout_is_one_sentence_not_a_traceback(tmp_path, read_only_checkout, tracking):
+    env = {**venv_env(tmp_path), "TQDM_DISABLE": "1", "PRIMER_TRACKING": tracking}
+    env.pop("DVC_ROOT", None)
+    done = subprocess.run([sys.executable, str(REPO / "stages" / "train_basics.py"), "--params", "params.yaml",
+                           "--metrics", "m.json", "--plot", "p.png"], cwd=read_only_checkout, env=env,
+                          capture_output=True, text=True, timeout=120)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 1 and len(lines) == 1, done.stderr[-3000:]
+    assert lines[0].startswith("train_basics: error: ") and str(read_only_checkout) in lines[0], lines[0]
+    assert "can write to" in lines[0] and ("PRIMER_TRACKING=off" in lines[0]) == (tracking == "on"), lines[0]

@@ -266,7 +266,7 @@ def pipeline(tmp: Path, device: str, tracking: bool, budget: Budget, stage_limit
     e2e.set_params(repo, tiny)
     env = pipeline_env(conftest.venv_env(tmp), repo, tracking)
     rows = []
-    for stage in e2e.STAGES:
+    for stage in ["check_params", *e2e.STAGES]:  # every stage needs the check's output
         cmd = [sys.executable, "-m", "dvc", "repro", "-s", stage]
         code, out, seconds = run(cmd, budget.timeout(stage_limit), repo, env)
         ran = f"Running stage '{stage}'" in out

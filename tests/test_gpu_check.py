@@ -83,8 +83,8 @@ def test_gpu_check_tiny_on_cpu_fills_a_row_per_part(tmp_path):
     assert len(benchmarks) == 8
     assert sum("compile off" in p for p in parts) == 4 and sum("compile default" in p for p in parts) == 3
     stages = [p.removeprefix("dvc repro -s ") for p in parts if p.startswith("dvc repro")]
-    assert stages == ["fetch", "verify", "split", "augment", "train_cnn", "train_lm@lstm", "train_lm@gru",
-                      "train_transformer", "train_basics", "evaluate"]
+    assert stages == ["check_params", "fetch", "verify", "split", "augment", "train_cnn", "train_lm@lstm",
+                      "train_lm@gru", "train_transformer", "train_basics", "evaluate"]
     for row in rows:
         assert cell(row, "device") == "cpu" and cell(row, "result") == "PASS", row
         assert float(cell(row, "seconds")) > 0

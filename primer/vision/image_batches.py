@@ -49,6 +49,26 @@ def _read_npy(path: Path, mmap_mode: str | None = None) -> np.ndarray:
         raise PrimerError(f"{path} is truncated or corrupt ({reason}); {RERUN_AUGMENT}.") from None
 
 
+def _check_split(folder: Path, split: str, images: np.ndarray, labels: np.ndarray, meta: dict) -> None:
+    """The split's arrays are what augment wrote for meta.json; the error names the file that is not."""
+    count, classes = meta["counts"][split], len(meta["classes"])
+    size = meta["train_size"] if split == "train" else meta["eval_size"]
+    images_kind = images.dtype == np.uint8 and images.shape[1:] == (size, size, 3)
+    labels_kind = labels.ndim == 1 and np.issubdtype(labels.dtype, np.integer)
+    if images_kind and labels_kind and len(images) == len(labels) != count:  # the two agree: meta.json is the odd one
+        raise PrimerError(f"{folder}/meta.json counts {count} {split} images, but {split}_images.npy and "
+                          f"{split}_labels.npy hold {len(images)}; {RERUN_AUGMENT}.")
+    if not images_kind or len(images) != count:
+        raise PrimerError(f"{folder}/{split}_images.npy holds a {images.dtype} array of shape {images.shape}, not the "
+                          f"uint8 {(count, size, size, 3)} that meta.json describes; {RERUN_AUGMENT}.")
+    if not labels_kind or len(labels) != count:
+        raise PrimerError(f"{folder}/{split}_labels.npy holds a {labels.dtype} array of shape {labels.shape}, not the "
+                          f"{count} integer labels that meta.json counts for {split}; {RERUN_AUGMENT}.")
+    if count and not (0 <= labels.min() and labels.max() < classes):
+        raise PrimerError(f"{folder}/{split}_labels.npy holds labels from {labels.min()} to {labels.max()}, but "
+                          f"meta.json names {classes} classes (labels 0 to {classes - 1}); {RERUN_AUGMENT}.")
+
+
 def load_arrays(folder: Path | str, train_size: int, eval_size: int, splits=("train", "val")) -> dict:
     """{split: (images uint8 (N, S, S, 3), labels int64 (N,))} for `splits`, plus meta; stale or missing
     data is an error. Training reads only train and val: the test split stays on disk."""
@@ -66,9 +86,7 @@ def load_arrays(folder: Path | str, train_size: int, eval_size: int, splits=("tr
     for split in splits:
         images = _read_npy(folder / f"{split}_images.npy", mmap_mode="r")
         labels = _read_npy(folder / f"{split}_labels.npy")
-        if len(images) != meta["counts"][split] or len(labels) != len(images):
-            raise PrimerError(f"{folder}/{split}_images.npy does not match meta.json; "
-                              "rerun the augment stage (dvc repro augment).")
+        _check_split(folder, split, images, labels, meta)
         data[split] = (torch.from_numpy(np.array(images)), torch.from_numpy(labels))  # read into memory once
     return data
 

@@ -8,6 +8,7 @@ import sys
 from argparse import Namespace
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
@@ -118,6 +119,37 @@ def test_meta_json_missing_counts_names_the_key_and_augment(tmp_path):
     message = _load_arrays_error(folder)
     _assert_one_sentence(message, path, "rerun `dvc repro augment`")
     assert "counts.train" in message
+
+
+FOREIGN_ARRAYS = {  # a file from somewhere else in place of augment's: (file, its array, what the message says)
+    "val labels of another length": ("val_labels.npy", np.arange(7, dtype=np.int64), "(7,)"),
+    "val labels of floats": ("val_labels.npy", np.zeros(16, dtype=np.float32), "float32"),
+    "val labels of another class count": ("val_labels.npy", np.arange(16, dtype=np.int64), "from 0 to 15"),
+    "val images of another size": ("val_images.npy", np.zeros((16, 20, 20, 3), np.uint8), "(16, 20, 20, 3)"),
+    "train images of floats": ("train_images.npy", np.zeros((48, 40, 40, 3), np.float32), "float32"),
+}
+
+
+@pytest.mark.parametrize("case", FOREIGN_ARRAYS)
+def test_foreign_array_names_that_file_not_another(tmp_path, case):
+    name, array, detail = FOREIGN_ARRAYS[case]
+    folder = write_tiny_arrays(tmp_path / "arrays")
+    np.save(folder / name, array)
+    message = _load_arrays_error(folder)
+    _assert_one_sentence(message, folder / name, "rerun `dvc repro augment`")
+    assert detail in message and "meta.json" in message, message
+    others = {"val_images.npy", "val_labels.npy", "train_images.npy", "train_labels.npy"} - {name}
+    assert not any(other in message for other in others), message
+
+
+def test_meta_json_counting_other_images_than_both_arrays_hold_names_meta_json(tmp_path):
+    folder = write_tiny_arrays(tmp_path / "arrays")
+    meta = json.loads((folder / "meta.json").read_text())
+    meta["counts"]["val"] = 20
+    (folder / "meta.json").write_text(json.dumps(meta))
+    message = _load_arrays_error(folder)
+    _assert_one_sentence(message, folder / "meta.json", "rerun `dvc repro augment`")
+    assert "counts 20 val images" in message and "hold 16" in message, message
 
 
 def test_train_cnn_stage_with_truncated_array_prints_one_line_and_exits_1(tmp_path):

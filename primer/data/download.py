@@ -92,6 +92,8 @@ def _fetch_once(url: str, part: Path, timeout: float, label: str) -> str:
         raise PrimerError(f"download of {url} failed: HTTP {exc.code} {exc.reason}.") from None
     except (urllib.error.URLError, socket.timeout, ConnectionError) as exc:
         reason = getattr(exc, "reason", exc)
+        if isinstance(reason, socket.timeout):  # connected, or trying to, and the server said nothing
+            raise _Transient(f"no reply in {timeout:g} s") from None
         raise _Transient(str(reason), no_route=_no_route(reason)) from None
     with reply:
         if have and reply.status != 206:  # no range support: start over
@@ -106,11 +108,24 @@ def _fetch_once(url: str, part: Path, timeout: float, label: str) -> str:
                 for block in iter(lambda: reply.read(CHUNK), b""):
                     out.write(block)
                     bar.update(len(block))
-            except (socket.timeout, ConnectionError, http.client.IncompleteRead, OSError) as exc:
+            except socket.timeout:
+                raise _Transient(f"the server sent nothing for {timeout:g} s after {out.tell()} bytes") from None
+            except (ConnectionError, http.client.IncompleteRead, OSError) as exc:
                 raise _Transient(f"connection lost after {out.tell()} bytes ({exc})") from None
         if total is not None and part.stat().st_size < total:
             raise _Transient(f"short read: {part.stat().st_size} of {total} bytes")
         return reply.headers.get("Content-Type", "")
+
+
+def _gave_up(url: str, part: Path, attempts: str, exc: _Transient, key: str) -> PrimerError:
+    """The last attempt failed: resume advice when bytes were kept, else an empty `.part` goes too."""
+    kept = part.stat().st_size if part.exists() else 0
+    if kept:
+        return PrimerError(f"download of {url} failed after {attempts} ({exc}); rerun to resume from the {kept} bytes "
+                           f"kept in {part}.")
+    part.unlink(missing_ok=True)
+    return PrimerError(f"download of {url} failed after {attempts} ({exc}) and nothing was kept; rerun to try "
+                       f"again, or download the file yourself and set '{key}' to its path ({OFFLINE_GUIDE}).")
 
 
 def download(
@@ -137,10 +152,7 @@ def download(
                     f"on disk and set '{key}' to its path or file:// URL ({OFFLINE_GUIDE})."
                 ) from None
             if attempt == retries:
-                raise PrimerError(
-                    f"download of {url} failed after {retries + 1} attempts ({exc}); rerun to resume "
-                    f"from the {part.stat().st_size if part.exists() else 0} bytes kept in {part}."
-                ) from None
+                raise _gave_up(url, part, f"{retries + 1} attempt{'s' if retries else ''}", exc, key) from None
             wait = min(2**attempt, 30)
             print(f"fetch: {dest.name}: {exc}; retrying in {wait}s", flush=True)
             time.sleep(wait)

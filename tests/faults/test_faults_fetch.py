@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from primer.data.download import download
 from primer.data.fetch import fetch_source
 from primer.errors import PrimerError
 
@@ -143,3 +144,68 @@ def test_fetch_stage_with_html_page_for_petimages_exits_1_with_one_line(tmp_path
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and url in lines[0] and "text/html" in lines[0], result.stderr
     assert not (raw / "petimages").exists() and files_under(tmp_path / "data" / "downloads") == []
+
+
+@contextmanager
+def stalling_server(send: bytes = b""):
+    """A loopback TCP server that accepts every connection, sends `send` (by default not a byte) and then
+    stalls, holding the connection open; yields its URL."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.1)
+    held, stop = [], threading.Event()
+
+    def accept():
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except socket.timeout:
+                continue
+            held.append(conn)
+            conn.sendall(send)
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{listener.getsockname()[1]}"
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        for conn in held:
+            conn.close()
+        listener.close()
+
+
+ZIP_HEADERS = b"HTTP/1.1 200 OK\r\nContent-Type: application/zip\r\nContent-Length: 1000000\r\n\r\n"
+
+
+def test_silent_server_says_nothing_was_kept_and_leaves_no_part_file(tmp_path):
+    downloads = tmp_path / "downloads"
+    with stalling_server() as base:
+        url = base + ARCHIVE_PATH
+        with pytest.raises(PrimerError) as err:
+            fetch_source("fetch.sources.petimages", url, "", "PetImages", tmp_path / "pets", downloads, retries=1,
+                         timeout=1)
+    message = str(err.value)
+    assert message == (f"download of {url} failed after 2 attempts (no reply in 1 s) and nothing was kept; rerun to "
+                       "try again, or download the file yourself and set 'fetch.sources.petimages.url' to its path "
+                       "(docs/data.md: 'Offline, or with data you already have').")
+    assert files_under(downloads) == []
+
+
+def test_server_stalling_after_its_headers_says_nothing_was_kept_and_leaves_no_part_file(tmp_path):
+    with stalling_server(ZIP_HEADERS) as base:
+        with pytest.raises(PrimerError) as err:
+            download(base + "/x.zip", tmp_path / "x.zip", retries=0, timeout=1, archive=True)
+    message = str(err.value)
+    assert "(the server sent nothing for 1 s after 0 bytes) and nothing was kept; rerun to try again" in message
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_silent_server_keeps_the_part_an_earlier_attempt_left_and_says_how_much(tmp_path):
+    part = tmp_path / "x.zip.part"
+    part.write_bytes(b"PK" * 150)
+    with stalling_server() as base:
+        with pytest.raises(PrimerError) as err:
+            download(base + "/x.zip", tmp_path / "x.zip", retries=0, timeout=1, archive=True)
+    assert str(err.value).endswith(f"(no reply in 1 s); rerun to resume from the 300 bytes kept in {part}."), err.value
+    assert part.read_bytes() == b"PK" * 150

@@ -51,9 +51,9 @@ def check_s3_remote(config: dict, name: str = "store") -> str:
                           "compose up -d store`), or set S3_ENDPOINT and rerun `make remote-store`.") from None
     except ClientError as exc:
         code = exc.response.get("Error", {}).get("Code", "")
-        if code == "NoSuchBucket":
+        if code == "NoSuchBucket":  # docker-compose.yml's store-bucket job makes $BUCKET (by default `primer`)
             raise PrimerError(f"the object store at {endpoint} has no bucket '{bucket}' (DVC remote '{name}'); "
-                              "create it with `docker compose up store-bucket`.") from None
+                              f"create it with `docker compose run --rm -e BUCKET={bucket} store-bucket`.") from None
         raise PrimerError(f"the object store at {endpoint} refused the keys of DVC remote '{name}' "
                           f"({code or exc}); {FIX_KEYS}.") from None
     except BotoCoreError as exc:

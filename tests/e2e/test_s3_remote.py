@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import REPO, venv_env
 from s3_store import S3Store, running_store
@@ -129,3 +130,22 @@ def test_make_remote_store_with_bad_settings_is_one_sentence_naming_the_fix(stor
                                "unreachable; start it (`docker compose up -d store`), or set S3_ENDPOINT and rerun "
                                "`make remote-store`."}
     assert errors[0] == expected[case]
+
+
+def test_remote_on_a_missing_bucket_names_the_compose_command_that_creates_that_bucket(store, tmp_path):
+    env = client_env(tmp_path)
+    repo = dvc_repo(tmp_path, env, store)
+    run(repo, env, "dvc", "remote", "modify", "store", "url", "s3://team-b/dvc")  # not the stack's bucket `primer`
+    done = run(repo, env, sys.executable, "-m", "primer.remote_check", "store", check=False)
+    assert done.returncode == 1 and done.stderr.strip() == (
+        f"remote_check: error: the object store at {store.endpoint} has no bucket 'team-b' (DVC remote 'store'); "
+        "create it with `docker compose run --rm -e BUCKET=team-b store-bucket`."), done.stdout + done.stderr
+    # What that command runs: the store-bucket job of docker-compose.yml, with the variables it sets, on this store.
+    advised = re.search(r"`docker compose run --rm((?: -e \w+=\S+)+) store-bucket`", done.stderr).group(1)
+    service = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]["store-bucket"]
+    assert service["entrypoint"] == ["/bin/sh", "-c"], service["entrypoint"]
+    job_env = {**env, **service["environment"], **dict(pair.split("=", 1) for pair in advised.split(" -e ")[1:]),
+               "WEED_MASTER": store.master}
+    run(repo, job_env, "/bin/sh", "-c", *[arg.replace("$$", "$") for arg in service["command"]])  # compose's $$ is $
+    ready = run(repo, env, sys.executable, "-m", "primer.remote_check", "store")
+    assert ready.stdout.startswith(f"DVC remote 'store': s3://team-b/dvc at {store.endpoint} answers"), ready.stdout

@@ -137,7 +137,9 @@ def write_image_array(
         offset = array.offset
         del array  # only the header and the file's length were needed
         initargs = (str(tmp), offset, str(root), size, draft_oversample)
-        for _ in parallel_map(_fill, list(enumerate(rel_paths)), num_workers, desc, _open_job, initargs):
+        task = f"decoding the {desc} images into {Path(out).name}"
+        for _ in parallel_map(_fill, list(enumerate(rel_paths)), num_workers, desc, _open_job, initargs, task=task,
+                              workers_key="augment.num_workers"):
             pass
         _close_job()  # with 1 worker the job ran in this process
 

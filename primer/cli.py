@@ -37,38 +37,87 @@ def dvc_paths(dvc_yaml: Path = DVC_YAML) -> dict:
     raise PrimerError(f"'{dvc_yaml}' has no vars.paths; restore it from git.")
 
 
-def params_of(sections) -> dict:
-    """The sections of params.yaml that `sections` (a `primer.params.Sections`) names, after its `profile`,
-    checked as the stages check them: a missing, malformed or wrong file is one sentence naming it."""
-    from primer.params import load_params
+def params_file(*sections: str) -> dict:
+    """params.yaml after its `profile`, checked to hold `sections` as mappings: its shape, checked before a
+    command imports the torch modules whose definitions check each key (torch takes seconds to load), so a
+    missing, empty or malformed file is refused at once, in one sentence naming it."""
+    from primer.params_file import apply_profile, parse_yaml, read_yaml
 
     if not PARAMS.is_file():
         raise PrimerError(f"'{PARAMS}' not found; run primer from the repository root, or give --model.")
+    try:
+        empty = parse_yaml(PARAMS.read_text(encoding="utf-8"), str(PARAMS)) is None
+    except yaml.YAMLError:
+        empty = False  # read_yaml names the line
+    if empty:
+        raise PrimerError(f"'{PARAMS}' is empty; restore it from git (`git checkout {PARAMS}`), or give --model.")
+    raw = apply_profile(read_yaml(PARAMS), str(PARAMS))
+    for name in sections:  # the sentences primer.params gives for them
+        if name not in raw:
+            raise PrimerError(f"{PARAMS}: key '{name}' is missing; add it (a section).")
+        if not isinstance(raw[name], dict):
+            raise PrimerError(f"{PARAMS}: '{name}' must be a mapping of keys, not {raw[name]!r}.")
+    return raw
+
+
+def params_of(sections) -> dict:
+    """The sections of params.yaml that `sections` (a `primer.params.Sections`) names, after its `profile`,
+    checked key by key as the stages check them (after `params_file` checked the file's shape)."""
+    from primer.params import load_params
+
     return load_params(PARAMS, sections)
+
+
+def lm_variant(name: str) -> str:
+    """`name` if it is one of params.yaml's train_lm.variants (each one a model file and a stage
+    train_lm@NAME), else one sentence listing them."""
+    from pydantic import TypeAdapter, ValidationError
+
+    from primer.params import Name
+
+    lm = params_file("train_lm")["train_lm"]
+    if "variants" not in lm:
+        raise PrimerError(f"{PARAMS}: key 'train_lm.variants' is missing; add it (a mapping of names to sections).")
+    variants = lm["variants"]
+    if not isinstance(variants, dict) or not variants:
+        raise PrimerError(f"{PARAMS}: 'train_lm.variants' must be a mapping of names to sections, not {variants!r}.")
+    known = ", ".join(map(str, variants))
+    try:
+        TypeAdapter(Name).validate_python(name)
+    except ValidationError:
+        raise PrimerError(f"--variant {name!r} is not a variant name (letters, digits and '_' only); give one of "
+                          f"train_lm.variants in {PARAMS}: {known}.") from None
+    if name not in variants:
+        raise PrimerError(f"--variant {name!r} is not in train_lm.variants in {PARAMS}; give one of: {known}.")
+    return name
 
 
 def local_model(family: str, model_file: Path, stage: str, config: dict):
     """The served model `family` over a model file of the pipeline's, ready to predict."""
+    if not model_file.is_file():
+        raise PrimerError(f"{model_file} does not exist; run `dvc repro {stage}` first (or give --model).")
     import mlflow.pyfunc
 
     from primer.serving import served_models
 
-    if not model_file.is_file():
-        raise PrimerError(f"{model_file} does not exist; run `dvc repro {stage}` first (or give --model).")
     model = getattr(served_models, family)()
     context = mlflow.pyfunc.PythonModelContext(artifacts={"model_file": str(model_file)}, model_config=config)
     model.load_context(context)
     return lambda frame, params=None: model.predict(context, frame, params)
 
 
-def mlflow_model(uri: str):
+def mlflow_model(uri: str, family: str):
+    """The MLflow model at `uri`, ready to predict, if it is of `family` (a class of served_models.py)."""
     import mlflow.pyfunc
+
+    from primer.serving.registry import check_family
 
     try:
         model = mlflow.pyfunc.load_model(uri)
     except Exception as exc:  # MlflowException, OSError: a wrong URI, a store that does not answer
         raise PrimerError(f"cannot load the MLflow model '{uri}' ({str(exc).splitlines()[0][:200]}); check the URI and "
                           "MLFLOW_TRACKING_URI.") from None
+    check_family(model, uri, family)
     return lambda frame, params=None: model.predict(frame, params=params)
 
 
@@ -86,12 +135,10 @@ def why_unreadable(exc: Exception) -> str:
 
 
 def classify(args) -> int:
-    import pandas as pd
-    from tqdm import tqdm
-
     if args.model:
-        predict = mlflow_model(args.model)
+        predict = mlflow_model(args.model, "PhotoClassifier")
     else:
+        params_file("augment", "verify")
         from primer.data.verify import Verify
         from primer.params import part_of, sections_of
         from primer.training.cnn_training import classifier_config
@@ -100,6 +147,9 @@ def classify(args) -> int:
         p = params_of(sections_of(augment=part_of(Augment, "eval_size", "draft_oversample"),
                                   verify=part_of(Verify, "max_image_pixels")))
         predict = local_model("PhotoClassifier", Path(dvc_paths()["cnn_model"]), "train_cnn", classifier_config(p))
+    import pandas as pd
+    from tqdm import tqdm
+
     rows, failed = [], []
     for photo in tqdm(args.photos, desc="classify", unit="photo", disable=len(args.photos) < 10 or None,
                       file=sys.stderr):
@@ -120,35 +170,37 @@ def classify(args) -> int:
 
 
 def generate(args) -> int:
-    import pandas as pd
-
     if not args.prefix:
         raise PrimerError("the prefix is empty; give the text to continue, e.g. \"time traveller\".")
     if args.model:
-        predict = mlflow_model(args.model)
+        predict = mlflow_model(args.model, "TextGenerator")
     else:
+        variant = lm_variant(args.variant)
         folder = Path(dvc_paths()["lm_models"])
-        predict = local_model("TextGenerator", folder / f"{args.variant}.pt", f"train_lm@{args.variant}", {})
+        predict = local_model("TextGenerator", folder / f"{variant}.pt", f"train_lm@{variant}", {})
+    import pandas as pd
+
     print(predict(pd.DataFrame({"prefix": [args.prefix], "length": [args.length]}))["text"].iloc[0])
     return 0
 
 
 def translate(args) -> int:
-    import pandas as pd
-
     sentences = args.sentences
     if not sentences or not all(s.strip() for s in sentences):
         raise PrimerError("a sentence to translate is empty; give the English text, e.g. \"i'm home .\".")
     params = {"beam_size": args.beam_size} if args.beam_size is not None else None
     if args.model:
-        predict = mlflow_model(args.model)
+        predict = mlflow_model(args.model, "Translator")
     else:
+        params_file("train_transformer")
         from primer.params import part_of, sections_of
         from primer.training.translation_training import TrainTransformer
 
         p = params_of(sections_of(train_transformer=part_of(TrainTransformer, "num_steps", "beam_size")))
         predict = local_model("Translator", Path(dvc_paths()["transformer_model"]), "train_transformer",
                               p["train_transformer"])
+    import pandas as pd
+
     for sentence, french in zip(sentences, predict(pd.DataFrame({"sentence": sentences}), params)["translation"]):
         print(f"{sentence} => {french}")
     return 0

@@ -5,12 +5,19 @@ a version of `primer-cnn`, `primer-lm-VARIANT` or `primer-translator` (once per 
 version's run is that training run), tags the version with its test metric, and moves the alias
 `champion` to it only when it beats the version the alias points at. `models:/primer-cnn@champion`
 is then always the best CNN evaluated so far.
+
+A model's family is its pyfunc's python_model class (primer/serving/served_models.py), which every model
+the training stages log carries. `primer classify`, `generate` and `translate` check it (`check_family`)
+before sending a model anything, so a registered model of another family (the classifier given to
+`primer translate`) is one sentence naming what it is and what the command needs.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+
+from primer.errors import PrimerError
 
 CHAMPION = "champion"
 
@@ -77,3 +84,41 @@ def register(mlflow, name: str, run_id: str, metric: str, value: float, higher_i
     else:
         champion = previous[0]
     return Registered(name, version, metric, float(value), champion, previous)
+
+
+@dataclass(frozen=True)
+class Family:
+    what: str  # what a model of this family is, for "URI is ..."
+    needed: str  # what a command needs, for "`primer CMD` needs ..."
+    command: str  # the `primer` command that uses it
+    registered: str  # the name evaluate registers it as (one variant, for a language model)
+
+
+FAMILIES = {  # served model class name: its family
+    "PhotoClassifier": Family("primer's cat/dog classifier", "a cat/dog classifier", "classify", "primer-cnn"),
+    "TextGenerator": Family("a primer language model", "a language model", "generate", "primer-lm-lstm"),
+    "Translator": Family("primer's English-French translator", "a translator", "translate", "primer-translator"),
+}
+
+
+def family_of(model) -> str | None:
+    """The served model class a loaded pyfunc model (`mlflow.pyfunc.load_model`'s) wraps, or None when it
+    is not one of primer's (another flavor, or another python_model)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        name = type(model.unwrap_python_model()).__name__
+    except MlflowException:  # not a python_model pyfunc: an sklearn, transformers, ... model
+        return None
+    return name if name in FAMILIES else None
+
+
+def check_family(model, uri: str, wanted: str) -> None:
+    """Refuse `model` (loaded from `uri`) in one sentence unless it is of family `wanted`."""
+    found = family_of(model)
+    if found == wanted:
+        return
+    needed = FAMILIES[wanted]
+    what = FAMILIES[found].what if found else "not one of primer's models"
+    raise PrimerError(f"{uri} is {what}; `primer {needed.command}` needs {needed.needed} such as "
+                      f"models:/{needed.registered}@{CHAMPION}.")

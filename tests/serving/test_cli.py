@@ -20,7 +20,7 @@ from primer.evaluation.translation_eval import translate_sentences
 from primer.models.cnn import build_cnn
 from primer.models.rnn import RNNLM, generate
 from primer.serving.registry import register
-from primer.serving.served_models import PhotoClassifier, log_served_model
+from primer.serving.served_models import PhotoClassifier, TextGenerator, Translator, log_served_model
 from primer.text.corpus import Vocab
 from primer.vision.batch_augment import eval_batch
 from primer.vision.image_arrays import resized_array
@@ -56,6 +56,41 @@ def repo(tmp_path):
 
 def primer(cwd: Path, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([PRIMER, *args], cwd=cwd, capture_output=True, text=True, timeout=300, env=env)
+
+
+# The `primer` script's main() in a fresh interpreter that then says whether torch was imported.
+MAIN_THEN_TORCH = ("import sys; from primer.cli import main; sys.argv = ['primer', *sys.argv[1:]]; code = main(); "
+                   "print('torch imported' if 'torch' in sys.modules else 'no torch'); sys.exit(code)")
+
+
+def primer_main(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", MAIN_THEN_TORCH, *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=300)
+
+
+def registered(name: str, served, model_file: Path, example: dict, config: dict | None = None) -> None:
+    """`served` over `model_file` logged to a run of the store MLFLOW_TRACKING_URI names and registered as
+    `name`@champion, as train_* and evaluate do."""
+    with mlflow.start_run() as run:
+        log_served_model(model_file, served, pd.DataFrame(example), config)
+    register(mlflow, name, run.info.run_id, "metric", 1.0, True)
+    mlflow.end_run()
+
+
+@pytest.fixture
+def registry(repo, monkeypatch):
+    """The repo's tiny models registered in a SQLite MLflow store: (repo, models, the env that names the store)."""
+    root, models = repo
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_experiment(experiment_id=mlflow.create_experiment("primer", artifact_location=(root / "art").as_uri()))
+    photo(64, 48, seed=3).save(root / "pet.jpg")
+    registered("primer-cnn", PhotoClassifier(), root / "models/cnn.pt", {"image": [(root / "pet.jpg").read_bytes()]},
+               {"eval_size": 32, "draft_oversample": 2, "max_image_pixels": 89_478_485})
+    registered("primer-lm-lstm", TextGenerator(), root / "models/lm/lstm.pt", {"prefix": ["the"], "length": [3]})
+    registered("primer-translator", Translator(), root / "models/transformer.pt", {"sentence": ["go ."]},
+               {"num_steps": 8, "beam_size": 2})
+    return root, models, {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
 
 
 def test_classify_prints_p_dog_per_photo_and_names_the_unreadable_one(repo):
@@ -115,7 +150,7 @@ def test_a_broken_params_file_is_one_sentence_naming_it(repo):
         ("42\n", "params file 'params.yaml' must hold a mapping of sections, not int."),
         ("augment: {eval_size: 32\n",
          "params file 'params.yaml' is not valid YAML at line 2: expected ',' or '}', but got '<stream end>'."),
-        ("augment: {eval_size: 32}\n",
+        ("augment: {eval_size: 32}\nverify: {max_image_pixels: 100}\n",
          "params.yaml: key 'augment.draft_oversample' is missing; add it (an integer from 0 to 8)."),
         ("augment: {eval_size: 2, draft_oversample: 2}\nverify: {max_image_pixels: 100}\n",
          "params.yaml: 'augment.eval_size' is 2, but it must be an integer from 8 to 4096."),
@@ -183,23 +218,80 @@ def test_help_explains_each_command():
     assert done.returncode == 0 and all(c in done.stdout for c in ("classify", "generate", "translate", "models:/"))
 
 
-def test_classify_with_the_registered_champion_answers_as_with_the_file(repo, monkeypatch):
-    root, _ = repo
-    uri = f"sqlite:///{root / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    mlflow.set_experiment(experiment_id=mlflow.create_experiment("primer", artifact_location=(root / "art").as_uri()))
-    pet = root / "pet.jpg"
-    photo(64, 48, seed=3).save(pet)
-    with mlflow.start_run() as run:
-        log_served_model(root / "models/cnn.pt", PhotoClassifier(), pd.DataFrame({"image": [pet.read_bytes()]}),
-                         {"eval_size": 32, "draft_oversample": 2, "max_image_pixels": 89_478_485})
-    register(mlflow, "primer-cnn", run.info.run_id, "test_acc", 0.5, True)
-    mlflow.end_run()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+def test_the_registered_champions_answer_as_the_files(registry):
+    root, _, env = registry
     from_file = primer(root, "classify", "pet.jpg")
     from_registry = primer(root, "classify", "--model", "models:/primer-cnn@champion", "pet.jpg", env=env)
+    assert from_registry.returncode == 0, from_registry.stderr
+    assert from_registry.stdout == from_file.stdout
+    from_file = primer(root, "generate", "--length", "12", "time")
+    from_registry = primer(root, "generate", "--length", "12", "--model", "models:/primer-lm-lstm@champion", "time",
+                           env=env)
     assert from_registry.returncode == 0, from_registry.stderr
     assert from_registry.stdout == from_file.stdout
     wrong = primer(root, "classify", "--model", "models:/primer-nothing@champion", "pet.jpg", env=env)
     assert wrong.returncode == 1 and wrong.stderr.startswith(
         "primer: error: cannot load the MLflow model 'models:/primer-nothing@champion'")
+
+
+def test_a_registered_model_of_another_family_is_one_sentence_naming_both(registry):
+    root, _, env = registry
+    for args, sentence in [
+        (["translate", "--model", "models:/primer-cnn@champion", "hi ."],
+         "models:/primer-cnn@champion is primer's cat/dog classifier; `primer translate` needs a translator such "
+         "as models:/primer-translator@champion."),
+        (["generate", "--model", "models:/primer-translator@champion", "time"],
+         "models:/primer-translator@champion is primer's English-French translator; `primer generate` needs a "
+         "language model such as models:/primer-lm-lstm@champion."),
+        (["classify", "--model", "models:/primer-lm-lstm@champion", "pet.jpg"],
+         "models:/primer-lm-lstm@champion is a primer language model; `primer classify` needs a cat/dog classifier "
+         "such as models:/primer-cnn@champion."),
+    ]:
+        done = primer(root, *args, env=env)
+        assert (done.returncode, done.stdout, done.stderr.strip()) == (1, "", f"primer: error: {sentence}"), args
+
+
+def test_a_bad_params_file_is_refused_before_torch_is_imported(repo):
+    root, _ = repo
+    for text, args, sentence in [
+        ("", ["classify", "x.jpg"], "'params.yaml' is empty; restore it from git (`git checkout params.yaml`), or "
+                                    "give --model."),
+        ("# every key was here\n\n", ["translate", "go ."],
+         "'params.yaml' is empty; restore it from git (`git checkout params.yaml`), or give --model."),
+        ("- a\n", ["generate", "the"], "params file 'params.yaml' must hold a mapping of sections, not list."),
+        ("augment: {eval_size: 32\n", ["classify", "x.jpg"],
+         "params file 'params.yaml' is not valid YAML at line 2: expected ',' or '}', but got '<stream end>'."),
+        ("augment: {eval_size: 32}\n", ["classify", "x.jpg"],
+         "params.yaml: key 'verify' is missing; add it (a section)."),
+        ("augment: 32\nverify: {}\n", ["classify", "x.jpg"],
+         "params.yaml: 'augment' must be a mapping of keys, not 32."),
+        ("train_lm: {epochs: 5}\n", ["translate", "go ."],
+         "params.yaml: key 'train_transformer' is missing; add it (a section)."),
+        ("train_lm: {epochs: 5}\n", ["generate", "the"],
+         "params.yaml: key 'train_lm.variants' is missing; add it (a mapping of names to sections)."),
+        ("train_lm: {variants: [lstm]}\n", ["generate", "the"],
+         "params.yaml: 'train_lm.variants' must be a mapping of names to sections, not ['lstm']."),
+    ]:
+        (root / "params.yaml").write_text(text)
+        done = primer_main(root, *args)
+        assert (done.returncode, done.stderr.strip(), done.stdout) == (1, f"primer: error: {sentence}", "no torch\n"), \
+            text
+    (root / "params.yaml").unlink()
+    done = primer_main(root, "classify", "x.jpg")
+    assert (done.returncode, done.stderr.strip(), done.stdout) == (
+        1, "primer: error: 'params.yaml' not found; run primer from the repository root, or give --model.",
+        "no torch\n")
+
+
+def test_generate_takes_only_a_variant_of_train_lm_variants(repo):
+    root, _ = repo
+    known = ", ".join(yaml.safe_load((root / "params.yaml").read_text())["train_lm"]["variants"])
+    for variant, sentence in [
+        ("transformer", f"--variant 'transformer' is not in train_lm.variants in params.yaml; give one of: {known}."),
+        ("../cnn", "--variant '../cnn' is not a variant name (letters, digits and '_' only); give one of "
+                   f"train_lm.variants in params.yaml: {known}."),
+        ("lm/lstm", "--variant 'lm/lstm' is not a variant name (letters, digits and '_' only); give one of "
+                    f"train_lm.variants in params.yaml: {known}."),
+    ]:
+        done = primer_main(root, "generate", "--variant", variant, "time")
+        assert (done.returncode, done.stderr.strip(), done.stdout) == (1, f"primer: error: {sentence}", "no torch\n")

@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 import torch
 
+from primer.errors import PrimerError
 from primer.models.cnn import build_cnn
-from primer.serving.registry import CHAMPION, register
+from primer.serving.registry import CHAMPION, check_family, register
 from primer.serving.served_models import PhotoClassifier, log_served_model
 from primer.vision.image_arrays import png_bytes
 
@@ -85,3 +86,28 @@ def test_lower_is_better_for_perplexity_and_a_run_from_another_store_is_skipped(
     lower = register(mlflow, "primer-lm-gru", second, "test_ppl", 8.5, higher_is_better=False)
     assert lower.took_the_alias and lower.champion == "2"
     assert register(mlflow, "primer-lm-gru", "0123456789abcdef0123456789abcdef", "test_ppl", 1.0, False) is None
+
+
+class Echo(mlflow.pyfunc.PythonModel):
+    """A pyfunc model that is not one of primer's."""
+
+    def predict(self, context, model_input, params=None):
+        return model_input
+
+
+@pytest.mark.parametrize("store", ["sqlite"], indirect=True)
+def test_a_model_of_another_family_or_none_of_primers_is_one_sentence(store):
+    register(mlflow, "primer-cnn", training_run(store), "test_acc", 0.8, higher_is_better=True)
+    with mlflow.start_run() as run:
+        mlflow.pyfunc.log_model(name="model", python_model=Echo(), input_example=pd.DataFrame({"sentence": ["go ."]}))
+    register(mlflow, "echo", run.info.run_id, "test_bleu", 1.0, higher_is_better=True)
+    cnn = mlflow.pyfunc.load_model("models:/primer-cnn@champion")
+    check_family(cnn, "models:/primer-cnn@champion", "PhotoClassifier")  # its own family: no error
+    with pytest.raises(PrimerError) as refused:
+        check_family(cnn, "models:/primer-cnn@champion", "Translator")
+    assert str(refused.value) == ("models:/primer-cnn@champion is primer's cat/dog classifier; `primer translate` "
+                                  "needs a translator such as models:/primer-translator@champion.")
+    with pytest.raises(PrimerError) as refused:
+        check_family(mlflow.pyfunc.load_model("models:/echo@champion"), "models:/echo@champion", "Translator")
+    assert str(refused.value) == ("models:/echo@champion is not one of primer's models; `primer translate` needs a "
+                                  "translator such as models:/primer-translator@champion.")

@@ -26,7 +26,7 @@ CHECKOUT_ENV = "PRIMER_CHECKOUT"
 PROBE_TIMEOUT_S = 20  # one git or dvc command of the node check
 GIT_TIMEOUT_S = 120  # fetch and checkout of a trial
 TAIL_LINES = 30  # of a failed trial's log, in the sweep's report
-STOP_S = 20  # for a cancelled trial's commands to end on SIGTERM
+STOP_S = 20  # for a cancelled trial's commands to end on SIGINT (then on SIGTERM)
 
 
 def checkouts(default: str | None) -> list[str]:
@@ -138,12 +138,18 @@ class TrialFailed(Exception):
 
 def step(argv: list[str], cwd: str, log, what: str, env: dict | None = None, timeout: float | None = None) -> None:
     """Run one command of the trial, its output appended to the log; raise TrialFailed naming `what` if it fails.
-    Cancelled (the sweep's Ctrl-C), the command's whole process group gets SIGTERM: a stage ends its MLflow run
-    KILLED."""
+    Cancelled (the sweep's Ctrl-C), the command's whole process group gets SIGINT, as a Ctrl-C in a terminal: the
+    stage ends its MLflow run KILLED, and `dvc exp run --temp` then removes its temporary workspace."""
     log.write(f"$ {shlex.join(argv)}\n")
     log.flush()
-    proc = subprocess.Popen(argv, cwd=cwd, env=env or tool_env(), stdout=log, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, start_new_session=True)
+    # Ray starts its processes with SIGINT blocked, and a child inherits the mask: unblocked for the command alone, so
+    # that the SIGINT of stop() reaches it
+    blocked = signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    try:
+        proc = subprocess.Popen(argv, cwd=cwd, env=env or tool_env(), stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
     deadline = None if timeout is None else time.monotonic() + timeout
     try:
         while True:
@@ -161,16 +167,28 @@ def step(argv: list[str], cwd: str, log, what: str, env: dict | None = None, tim
 
 
 def stop(proc: subprocess.Popen) -> None:
-    """SIGTERM to the command's process group, SIGKILL after STOP_S."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
+    """SIGINT to the command's process group; SIGTERM, then SIGKILL, each after STOP_S. Not SIGTERM first: DVC cleans
+    up on SIGINT alone, and a `dvc exp run --temp` ended by SIGTERM leaves its workspace, listed as Running."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(proc.pid, sig)
         except ProcessLookupError:
             return
-        try:
-            proc.wait(timeout=STOP_S)
+        if ended(proc, STOP_S):
             return
+
+
+def ended(proc: subprocess.Popen, timeout: float) -> bool:
+    """Whether the command ends within `timeout`, waiting through a second Ctrl-C or Ray's cancel: a worker that
+    returned before its command had cleaned up would have Ray kill the command half-way."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            return True
         except subprocess.TimeoutExpired:
+            return False
+        except KeyboardInterrupt:
             continue
 
 

@@ -1,16 +1,20 @@
-"""`python -m primer.sweep` (docs/cluster.md) on a real two-node Ray cluster on this machine: two `ray start` processes
-with their own temp dirs, ports and one CPU each, each node's checkout a clone of one bare git remote (PRIMER_CHECKOUT
+"""`python -m primer.sweep` (docs/cluster.md) on a real two-node Ray cluster on this machine, token login on: two
+`ray start` processes with RAY_AUTH_MODE=token, one shared token, their own HOME, temp dirs, ports and one CPU each,
+each node's checkout a clone of one bare git remote (PRIMER_CHECKOUT
 in its `ray start` environment; the nodes on 127.0.0.2 and 127.0.0.3), one local-folder DVC remote and one
 `mlflow server` (SQLite) on 127.0.0.1. The
 submitter, a third clone, runs a 4-trial grid of a tiny train_lm@lstm (a few seconds each, its data pulled from the
 DVC remote), and node B is killed, raylet, workers and the trial's processes, while its first trial trains: the trial
 is retried on node A, the submitter's `dvc exp pull` + `dvc exp show` list 4 experiments, MLflow holds 4 FINISHED runs
-tagged with their names and the killed one closed KILLED. Before that, each bad input is one sentence within seconds,
-and nothing is left in MLflow."""
+tagged with their names and the killed one closed KILLED. Before that, each bad input is one sentence within seconds
+(a submitter without the token or with another among them), and nothing is left in MLflow. Without a cluster, a
+local sweep runs two trials in one checkout, and one that gets Ctrl-C leaves no temporary workspace and no run
+RUNNING."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import re
 import signal
@@ -218,6 +222,11 @@ def team(tmp_path: Path, env: dict) -> tuple[Path, Path]:
     return origin, dvc_remote
 
 
+def stored(dvc_remote: Path) -> set[str]:
+    """The names of the files in a local-folder DVC remote."""
+    return {p.name for p in dvc_remote.rglob("*") if p.is_file()}
+
+
 def clone(origin: Path, dest: Path, env: dict, dvc_remote: Path | None) -> Path:
     run(origin.parent, env, "git", "clone", "-q", str(origin), str(dest))
     if dvc_remote:  # the DVC remote in each clone's own .dvc/config.local, as its keys would be
@@ -261,7 +270,38 @@ def shown(repo: Path, env: dict) -> set[str]:
     return set(dvc_experiments(run(repo, env, "dvc", "exp", "show", "--json").stdout))
 
 
+def shared_token(tmp_path: Path, env: dict) -> dict:
+    """A team's Ray token as docs/cluster.md shares it: generated once, then given to every node and to the submitter
+    (here one HOME each, so that a node or shell the token did not reach shows). Each node's `ray start`
+    environment: node A keeps it at its HOME's default path, node B in RAY_AUTH_TOKEN_PATH."""
+    home = tmp_path / "token-home"
+    run(tmp_path, {**env, "HOME": str(home)}, str(RAY), "get-auth-token", "--generate")
+    token = (home / ".ray" / "auth_token").read_text().strip()
+    (tmp_path / "home-a" / ".ray").mkdir(parents=True)
+    (tmp_path / "home-a" / ".ray" / "auth_token").write_text(token)
+    (tmp_path / "token-b").write_text(token)
+    return {"token": token,
+            "a": {**env, "RAY_AUTH_MODE": "token", "HOME": str(tmp_path / "home-a")},
+            "b": {**env, "RAY_AUTH_MODE": "token", "HOME": str(tmp_path / "home-b"),
+                  "RAY_AUTH_TOKEN_PATH": str(tmp_path / "token-b")}}
+
+
+def ray_init_hides_a_refused_login(address: str, env: dict) -> bool:
+    """Why primer.sweep.check_login probes the cluster itself: `ray.init` takes a refused token for a connection to
+    retry, and raises ConnectionError, not ray.exceptions.AuthenticationError. False once Ray raises
+    AuthenticationError: then check_login can go, and the sweep's catch of AuthenticationError around ray.init stays."""
+    probe = ("import sys, ray\ntry:\n    ray.init(address=sys.argv[1], logging_level='ERROR')\n"
+             "except Exception as exc:\n"
+             "    print(type(exc).__name__, isinstance(exc, ray.exceptions.AuthenticationError))")
+    wrong = {**env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "not-the-token",
+             "RAY_gcs_server_port_wait_time_s": "2"}  # Ray's retries of the refused login: 2 s, not 20
+    said = run(Path.cwd(), wrong, sys.executable, "-c", probe, address, timeout=60).stdout.strip().splitlines()
+    return bool(said) and said[-1] == "ConnectionError False"
+
+
 def test_a_grid_on_two_nodes_lands_every_trial_when_a_node_dies(tmp_path, cluster, server):
+    """With Ray's token login on (RAY_AUTH_MODE=token on every node, one shared token): a submitter without the token,
+    or with another, is one sentence within seconds; with it, the grid runs."""
     env = {**venv_env(tmp_path), **GIT_ID, "HOME": str(tmp_path / "home"), "TQDM_DISABLE": "1"}
     origin, dvc_remote = team(tmp_path, env)
     laptop = clone(origin, tmp_path / "laptop", env, dvc_remote)
@@ -279,8 +319,19 @@ def test_a_grid_on_two_nodes_lands_every_trial_when_a_node_dies(tmp_path, cluste
     assert "is not on the git remote 'origin'; push it" in said, said
     run(laptop, env, "git", "reset", "-q", "--hard", "HEAD~1")
 
-    head = cluster(env, node_a)
-    b = cluster(env, node_b)
+    login = shared_token(tmp_path, env)
+    head = cluster(login["a"], node_a)
+    b = cluster(login["b"], node_b)
+    wrong = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "not-the-token"}
+    for extra, source in (({}, "none"), (wrong, "RAY_AUTH_TOKEN")):  # no token here, or another one
+        said = refused(laptop, {**submit, **extra}, *GRID, "--address", head.address, TARGET)
+        assert said == (f"sweep: error: the Ray cluster at {head.address} refused this shell's login (here "
+                        f"RAY_AUTH_MODE is {extra.get('RAY_AUTH_MODE', 'unset')}, the token comes from {source}); set "
+                        "RAY_AUTH_MODE=token and give the cluster's token in RAY_AUTH_TOKEN_PATH (a copy of its token "
+                        "file) or RAY_AUTH_TOKEN, as on its nodes (docs/cluster.md)."), said
+    assert ray_init_hides_a_refused_login(head.address, env), "Ray now raises AuthenticationError on a refused " \
+        "token: remove primer.sweep.check_login"
+    submit = {**submit, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": login["token"]}
     said = refused(laptop, submit, *GRID, "--address", head.address, TARGET)
     assert f"has no checkout of the repository at {node_b}" in said, said
     clone(origin, node_b, env, None)
@@ -289,7 +340,7 @@ def test_a_grid_on_two_nodes_lands_every_trial_when_a_node_dies(tmp_path, cluste
     run(node_b, env, "dvc", "remote", "add", "--local", "-d", "store", str(dvc_remote))
     assert runs(server) == []  # no bad input started anything
 
-    fetched = {p.name for p in dvc_remote.rglob("*") if p.is_file()}
+    fetched = stored(dvc_remote)
     started = time.monotonic()
     sweeping = subprocess.Popen([sys.executable, "-m", "primer.sweep", *GRID, "--address", head.address,
                                  "--name", "sw", TARGET], cwd=laptop, env=submit, stdout=subprocess.PIPE,
@@ -318,7 +369,7 @@ def test_a_grid_on_two_nodes_lands_every_trial_when_a_node_dies(tmp_path, cluste
     grid = {(r["params"]["train_lm.variants.lstm.lr"], r["params"]["train_lm.batch_size"])
             for r in logged if r["status"] == "FINISHED"}
     assert grid == {("0.5", "4"), ("0.5", "8"), ("2.0", "4"), ("2.0", "8")}, grid
-    pushed = {p.name for p in dvc_remote.rglob("*") if p.is_file()} - fetched
+    pushed = stored(dvc_remote) - fetched
     assert len(pushed) >= 4, f"dvc exp push sent {len(pushed)} outputs to the DVC remote"  # a model per trial
     print(f"sweep of 4 trials, node B killed during {killed}: {took:.0f} s\n{err}")
 
@@ -334,7 +385,7 @@ def test_on_this_machine_trials_share_the_checkout_and_a_failed_one_is_reported(
     origin, dvc_remote = team(tmp_path, env)
     laptop = clone(origin, tmp_path / "laptop", env, None)
     run(laptop, env, "dvc", "remote", "add", "--local", "team", str(dvc_remote))
-    fetched = {p.name for p in dvc_remote.rglob("*") if p.is_file()}
+    fetched = stored(dvc_remote)
     try:
         said = refused(laptop, env, "-S", "train_lm.batch_size=4,0", "--dvc-remote", "nosuch", TARGET)
         assert f"the checkout {laptop} on node " in said and "has no DVC remote 'nosuch'; add it there with " \
@@ -353,7 +404,7 @@ def test_on_this_machine_trials_share_the_checkout_and_a_failed_one_is_reported(
     assert "sweep: 1/2 done, 1 failed, 0 running or waiting" in said, said
     pushed = run(laptop, env, "git", "ls-remote", "origin", "refs/exps/*").stdout
     assert pushed.count("/lo-1\n") == 1 and "/lo-2" not in pushed, pushed
-    sent = {p.name for p in dvc_remote.rglob("*") if p.is_file()} - fetched
+    sent = stored(dvc_remote) - fetched
     assert sent, "dvc exp push -r team sent no output of lo-1 to the remote 'team'"
     from mlflow import MlflowClient
 
@@ -362,3 +413,74 @@ def test_on_this_machine_trials_share_the_checkout_and_a_failed_one_is_reported(
     logged = [(r.data.tags.get("dvc.exp_name"), r.info.status) for r in client.search_runs([experiment])]
     assert ("lo-1", "FINISHED") in logged and not [s for _, s in logged if s == "RUNNING"], logged
     print(done.stdout, done.stderr)
+
+
+def local_runs(repo: Path) -> list[tuple[str | None, str]]:
+    """(dvc.exp_name tag, status) of each run in the checkout's own store (a sweep without MLFLOW_TRACKING_URI)."""
+    from mlflow import MlflowClient
+
+    if not (repo / "mlflow.db").is_file():
+        return []
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("primer")
+    if experiment is None:
+        return []
+    return [(r.data.tags.get("dvc.exp_name"), r.info.status) for r in client.search_runs([experiment.experiment_id])]
+
+
+def temp_workspaces(repo: Path) -> list[str]:
+    """The temporary workspaces of `dvc exp run --temp` in the checkout."""
+    return sorted(p.name for p in (repo / ".dvc/tmp/exps/standalone").glob("tmp*"))
+
+
+def running_experiments(repo: Path, env: dict) -> list[str]:
+    """The experiments `dvc exp show --json` lists with a running executor."""
+    found = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            if (node.get("executor") or {}).get("state") == "running":
+                found.append(node.get("name"))
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+    walk(json.loads(run(repo, env, "dvc", "exp", "show", "--json").stdout))
+    return found
+
+
+def test_ctrl_c_stops_the_trials_and_leaves_no_workspace_and_no_running_run(tmp_path):
+    """Ctrl-C (SIGINT to the sweep's process group, as a terminal sends it) while a trial trains: the sweep stops within
+    seconds and leaves no temporary workspace, no experiment that `dvc exp show` lists as running and no MLflow run
+    RUNNING."""
+    ray_tmp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))
+    env = {**venv_env(tmp_path), **GIT_ID, "HOME": str(tmp_path / "home"), "TQDM_DISABLE": "1",
+           "RAY_TMPDIR": str(ray_tmp)}
+    origin, dvc_remote = team(tmp_path, env)
+    laptop = clone(origin, tmp_path / "laptop", env, dvc_remote)
+    sweeping = subprocess.Popen([sys.executable, "-m", "primer.sweep", "-S", "train_lm.epochs=400", "--name", "cc",
+                                 TARGET], cwd=laptop, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and sweeping.poll() is None and not (  # the store exists before
+                temp_workspaces(laptop) and ("cc-1", "RUNNING") in local_runs(laptop)):  # a workspace does
+            time.sleep(0.3)
+        assert temp_workspaces(laptop), f"no trial trains; the sweep said:\n{sweeping.stderr.read()}"
+        interrupted = time.monotonic()
+        os.killpg(sweeping.pid, signal.SIGINT)
+        out, err = sweeping.communicate(timeout=90)
+        took = time.monotonic() - interrupted
+    finally:
+        if sweeping.poll() is None:
+            os.killpg(sweeping.pid, signal.SIGKILL)
+        left = kill_ray(ray_tmp)
+    assert not left and not ray_processes(ray_tmp, set()), left
+    assert sweeping.returncode == 130 and "sweep: interrupted; stopping 1 trials" in err, out + err
+    log = laptop / ".dvc/tmp/sweep/cc-1.log"
+    assert temp_workspaces(laptop) == [], f"{temp_workspaces(laptop)}\n{err}\n{log.read_text()[-3000:]}"
+    assert running_experiments(laptop, env) == [], run(laptop, env, "dvc", "exp", "show").stdout
+    logged = local_runs(laptop)
+    assert ("cc-1", "KILLED") in logged and not [s for _, s in logged if s == "RUNNING"], logged
+    print(f"interrupted sweep stopped in {took:.1f} s:\n{err}")

@@ -38,6 +38,7 @@ from pathlib import Path
 
 import yaml
 
+from primer import ray_login
 from primer.errors import PrimerError
 from primer.stage import cli
 
@@ -47,7 +48,7 @@ CONNECT_TIMEOUT_S = 5  # the TCP check of --address, before Ray tries for much l
 NODE_CHECK_TIMEOUT_S = 90  # every node's check of its checkout, all at once
 GIT_TIMEOUT_S = 60
 STOP_TIMEOUT_S = 45  # for the trials to stop after Ctrl-C (sweep_node.STOP_S on SIGINT, and more)
-DEFAULT_PORT = 6379
+DEFAULT_PORT = ray_login.RAY_PORT
 PARAMS_FILE = "params.yaml"
 
 
@@ -190,63 +191,15 @@ def check_address(address: str) -> None:
                           "run on this machine.") from None
 
 
-def login_refused(address: str) -> str:
-    """The sentence for a Ray cluster that refused this shell's token (or its lack of one)."""
-    mode = os.environ.get("RAY_AUTH_MODE") or "unset"
-    source = ("RAY_AUTH_TOKEN" if os.environ.get("RAY_AUTH_TOKEN") else
-              f"RAY_AUTH_TOKEN_PATH={os.environ['RAY_AUTH_TOKEN_PATH']}" if os.environ.get("RAY_AUTH_TOKEN_PATH") else
-              "~/.ray/auth_token" if (Path.home() / ".ray" / "auth_token").is_file() else "none")
-    return (f"the Ray cluster at {address} refused this shell's login (here RAY_AUTH_MODE is {mode}, the token comes "
-            f"from {source}); set RAY_AUTH_MODE=token and give the cluster's token in RAY_AUTH_TOKEN_PATH (a copy of "
-            "its token file) or RAY_AUTH_TOKEN, as on its nodes (docs/cluster.md).")
-
-
-@contextlib.contextmanager
-def native_stderr_quiet():
-    """Ray's C++ client writes its retries to file descriptor 2 itself; keep them off the sweep's stderr."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
-def check_login(ray, address: str) -> None:
-    """The Ray cluster at HOST:PORT accepts this shell's login (token login: RAY_AUTH_MODE and the token), in a second.
-
-    A workaround, the only one for Ray here: `ray.init` (Ray 2.60) retries a refused login for about 20 s, printing a
-    warning a second, then raises ConnectionError, with ray.exceptions.AuthenticationError in its text alone
-    (upstream issue: none in ray-project/ray yet, to be filed: "ray.init retries a refused token for 20 s and raises
-    ConnectionError, not AuthenticationError"). One client of the cluster's GCS, the one `ray status` makes, raises
-    AuthenticationError at once. It goes when tests/e2e/test_sweep.py's ray_init_hides_a_refused_login turns
-    False."""
-    if address == "auto" or "://" in address:
-        return
-    from ray._raylet import GcsClient  # private: the client `ray status` uses; see the docstring
-
-    host, _, port = address.rpartition(":")
-    try:
-        with native_stderr_quiet():
-            GcsClient(address=f"{host}:{port}" if host else f"{address}:{DEFAULT_PORT}")
-    except ray.exceptions.AuthenticationError:
-        raise PrimerError(login_refused(address)) from None
-    except Exception:  # not the login: ray.init says what it is
-        return
-
-
 def connect(ray, address: str | None) -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if address:
         check_address(address)
-        check_login(ray, address)
+        ray_login.check_login(ray, address)
         try:
             ray.init(address=address, log_to_driver=False, logging_level=logging.ERROR)
         except ray.exceptions.AuthenticationError:  # no token here at all, with RAY_AUTH_MODE=token
-            raise PrimerError(login_refused(address)) from None
+            raise PrimerError(ray_login.login_refused(address)) from None
     else:
         ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
     from primer import sweep_node

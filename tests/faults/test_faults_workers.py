@@ -12,10 +12,13 @@ import time
 from pathlib import Path
 
 import psutil
+import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
 from conftest import REPO, photo, venv_env
+
+pytestmark = pytest.mark.slow  # each runs a stage process (15-40 s)
 
 FILES_PER_CLASS = 1500  # enough decoding (seconds on 2 workers) to find a worker while the map runs
 

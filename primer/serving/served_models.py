@@ -1,17 +1,19 @@
 """The trained models as MLflow pyfunc models that take what a person has and give back what they want.
 
-- `PhotoClassifier`: photos in (column `image`: encoded image bytes as read from a file, or uint8
-  arrays (H, W, 3) or (H, W) of any size), P(dog) and the label out. Each photo is decoded upright,
-  resized and normalised exactly as the augment and evaluate stages do.
+- `PhotoClassifier`: photos in (column `image`: encoded image bytes as read from a file, the same
+  base64-encoded as JSON carries them, or uint8 arrays (H, W, 3) or (H, W) of any size), P(dog) and
+  the label out. Each photo is decoded upright, resized and normalised exactly as the augment and
+  evaluate stages do, `PREDICT_BATCH` photos at a time, so a request's memory does not grow with its
+  rows. Its column is declared `Any` (`PHOTO_INPUT` says why).
 - `TextGenerator`: a prefix and a length in (columns `prefix`, `length`), the text out (column
   `text`): the prefix and `length` greedy characters, as the evaluate stage's samples.
 - `Translator`: English sentences in (column `sentence`), French out (column `translation`), by beam
   search with the param `beam_size` (default: the one the model was evaluated with).
 
 A request they cannot answer (a row that is not a photo, a photo over the pixel limit, more than
-`MAX_REQUEST_BYTES` of photos, a length or beam size out of range) is refused whole with a
-`ServedInputError`: `mlflow models serve` answers it with HTTP 400 and one sentence naming each bad
-row, and no row of that request is answered.
+`MAX_PHOTOS` photos or `MAX_REQUEST_BYTES` of them, a length or beam size out of range) is refused
+whole with a `ServedInputError`: `mlflow models serve` answers it with HTTP 400 and one sentence
+naming each bad row, and no row of that request is answered.
 
 Each model carries its training stage's model file (weights, vocabulary, constructor arguments) as
 an artifact, its preprocessing settings in its model config, and this package as code, so it loads
@@ -21,7 +23,12 @@ wherever torch and mlflow do. It runs on the GPU when there is one, else on the 
 
 from __future__ import annotations
 
+import base64
+import binascii
+import math
+import threading
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 import mlflow.pyfunc
@@ -30,13 +37,28 @@ import pandas as pd
 import torch
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.types import ColSpec, Schema
+from mlflow.types.schema import AnyType
 from PIL import Image
 
 from primer.data.images import PILLOW_MAX_PIXELS
 from primer.errors import PrimerError
-from primer.limits import MAX_BEAM_SIZE, MAX_LENGTH, MAX_REQUEST_BYTES
+from primer.limits import MAX_BEAM_SIZE, MAX_LENGTH, MAX_PHOTOS, MAX_REQUEST_BYTES
 
 PACKAGE = Path(__file__).resolve().parents[1]  # the whole primer package
+PREDICT_BATCH = 16  # photos decoded and run through the CNN at once (the CNN at 128 px holds ~2.6 MB a photo)
+# One batch at a time per server process: the scoring server runs concurrent requests in threads, and
+# torch already spreads one batch over every core.
+ONE_BATCH_AT_A_TIME = threading.Lock()
+
+# The CNN's column `image` is declared `Any`, so `mlflow models serve` passes each row's JSON value
+# through as it came, in every request format, and the model decodes the base64 itself. Declared
+# `binary`, MLflow base64-decodes it only in the `dataframe_*` formats: in `inputs` and `instances` it
+# hands over the bytes of the base64 text, so a valid JPEG arrives as "not an image" (mlflow/mlflow#11170);
+# and it refuses a null, a number or text that is not base64 with its own message, which echoes the
+# request and names no row. Optional, so a request without the column reaches the model too.
+PHOTO_INPUT = Schema([ColSpec(AnyType(), "image", required=False)])
+WANTED = "where a photo is wanted: an image file's bytes, base64-encoded in JSON"
 
 
 class ServedInputError(PrimerError, MlflowException):
@@ -79,13 +101,68 @@ def whole(value, low: int, high: int) -> bool:
         return False
 
 
+def photo_values(model_input) -> Sequence:
+    """The values of the column `image`, one per row, as they are held (a row's Python object is made when
+    it is read); a request with none is refused in one sentence."""
+    if isinstance(model_input, (pd.DataFrame, dict)):
+        values = model_input["image"] if "image" in model_input else []
+        if isinstance(values, (str, bytes)):  # one photo, not in a list
+            values = [values]
+        values = values.array if isinstance(values, pd.Series) else values
+        others = [str(c) for c in (model_input.columns if isinstance(model_input, pd.DataFrame) else model_input)
+                  if c != "image"]
+    else:
+        values, others = model_input, []
+    if len(values) == 1 and isinstance(values[0], list):  # `{"inputs": [...]}`: MLflow gives one row holding the list
+        values = values[0]
+    if len(values) == 0:
+        has = f" (it has the columns {', '.join(others)})" if others else ""
+        raise ServedInputError(f"the request holds no photo{has}: send one row per photo, with the column 'image' "
+                               "holding an image file's bytes, base64-encoded in JSON.")
+    return values
+
+
+def photo_of(value) -> bytes | np.ndarray:
+    """A row's value as a photo for `photo_array`: image-file bytes (from base64 text, or as given) or an
+    array; a value that cannot be one is a `PrimerError` saying what is wanted instead."""
+    if isinstance(value, (bytes, bytearray, memoryview, np.ndarray)):
+        return value
+    if isinstance(value, str):
+        try:  # MLflow's own input example wraps its base64 lines
+            return base64.b64decode(value.encode("ascii").translate(None, b" \t\r\n"), validate=True)
+        except (UnicodeEncodeError, binascii.Error):
+            raise PrimerError(f"which is not base64, {WANTED}") from None
+    raise PrimerError(WANTED)  # a null, a number, a list: `held` names it
+
+
+def photo_size(value) -> int:
+    """The bytes of the photo a row holds, without decoding it: base64 text holds 3 bytes per 4 characters."""
+    if isinstance(value, str):
+        return len(value) * 3 // 4
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return len(value)
+    return value.nbytes if isinstance(value, np.ndarray) else 0
+
+
 def held(value) -> str:
-    """What a request row held, in a few words."""
+    """What a request row held, in a few words: the photo's bytes where it is base64 text of some."""
+    try:
+        value = photo_of(value)
+    except PrimerError:
+        pass
     if isinstance(value, (bytes, bytearray, memoryview)):
         return f"{len(value):,} bytes starting {bytes(value[:8])!r}"
     if isinstance(value, np.ndarray):
         return f"an array {value.dtype} {value.shape}"
-    return f"{type(value).__name__} {str(value)[:40]!r}"
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "null"  # a missing value: pandas turns some JSON nulls into NaN
+    if isinstance(value, str):
+        return f"the text {value[:40]!r}"
+    if isinstance(value, (bool, np.bool_)):
+        return f"the boolean {str(value).lower()}"
+    if isinstance(value, (int, float, np.number)):
+        return f"the number {value}"
+    return f"a {type(value).__name__} {str(value)[:40]}"
 
 
 def why_not_a_photo(exc: Exception) -> str:
@@ -123,12 +200,16 @@ with warnings.catch_warnings(record=True):  # swallowed: this class's own "add t
         `catch_warnings` (so no filter reaches it); ours take and return DataFrames, checked by the
         signature logged with them, so their subclasses' warnings are swallowed here."""
 
+        input_schema = None  # the signature's inputs; None: inferred from the input example
+
         def __init_subclass__(cls, **kwargs) -> None:
             with warnings.catch_warnings(record=True):
                 super().__init_subclass__(**kwargs)
 
 
 class PhotoClassifier(ServedModel):
+    input_schema = PHOTO_INPUT
+
     def load_context(self, context) -> None:
         from primer.evaluation.model_files import load_model
 
@@ -146,22 +227,30 @@ class PhotoClassifier(ServedModel):
         from primer.vision.batch_augment import eval_batch
         from primer.vision.image_arrays import photo_array
 
-        photos = column(model_input, "image")
-        size = sum(len(p) if isinstance(p, (bytes, bytearray, memoryview)) else np.asarray(p).nbytes for p in photos)
+        photos = photo_values(model_input)
+        if len(photos) > MAX_PHOTOS:
+            raise ServedInputError(f"the request holds {len(photos):,} photos, over the limit of {MAX_PHOTOS:,} "
+                                   f"per request; send them in batches of at most {MAX_PHOTOS:,}.")
+        size = sum(photo_size(p) for p in photos)
         if size > MAX_REQUEST_BYTES:
             raise ServedInputError(f"the request holds {size / 2**20:.1f} MiB of photos in {len(photos)} rows, "
                                    f"over the limit of {MAX_REQUEST_BYTES // 2**20} MiB per request; "
                                    "send them in smaller batches.")
-        arrays, reasons = [], {}
-        for i, p in enumerate(photos):
-            try:
-                arrays.append(photo_array(p, self.size, self.draft_oversample, self.max_pixels))
-            except Exception as exc:  # anything a row can hold that is not a decodable photo
-                reasons[i] = why_not_a_photo(exc)
+        probabilities, reasons = [], {}
+        for start in range(0, len(photos), PREDICT_BATCH):
+            with ONE_BATCH_AT_A_TIME:
+                arrays = []
+                for i in range(start, min(start + PREDICT_BATCH, len(photos))):
+                    try:
+                        arrays.append(photo_array(photo_of(photos[i]), self.size, self.draft_oversample,
+                                                  self.max_pixels))
+                    except Exception as exc:  # anything a row can hold that is not a decodable photo
+                        reasons[i] = why_not_a_photo(exc)
+                if not reasons:  # once a row is bad none is answered: the rest are only checked
+                    x = eval_batch(torch.from_numpy(np.stack(arrays)).to(self.device))  # (B, 3, S, S)
+                    probabilities.append(torch.sigmoid(self.model(x)[0].float()).cpu())
         refuse_rows(reasons, len(photos), {i: held(photos[i]) for i in reasons})
-        arrays = np.stack(arrays)
-        x = eval_batch(torch.from_numpy(arrays).to(self.device))
-        p = torch.sigmoid(self.model(x)[0].float()).cpu()
+        p = torch.cat(probabilities)
         return pd.DataFrame({f"p_{self.classes[1].lower()}": p.numpy().astype(np.float64),
                              "label": [self.classes[int(v >= 0.5)] for v in p.tolist()]})
 
@@ -217,14 +306,17 @@ class Translator(ServedModel):
 
 def served_signature(model_file: Path, python_model: mlflow.pyfunc.PythonModel, input_example: pd.DataFrame,
                      model_config: dict | None = None, params: dict | None = None):
-    """The signature of `python_model` over `model_file`, inferred from running it on `input_example`."""
-    from mlflow.models import infer_signature
+    """The signature of `python_model` over `model_file`, inferred from running it on `input_example`
+    (its inputs are the model's `input_schema` where it declares one)."""
+    from mlflow.models import ModelSignature, infer_signature
 
     loaded = type(python_model)()  # run on the example; `python_model` itself is pickled as it came
     context = mlflow.pyfunc.PythonModelContext(artifacts={"model_file": str(model_file)},
                                                model_config=model_config or {})
     loaded.load_context(context)
-    return infer_signature(input_example, loaded.predict(context, input_example, params), params)
+    inferred = infer_signature(input_example, loaded.predict(context, input_example, params), params)
+    inputs = getattr(python_model, "input_schema", None) or inferred.inputs
+    return ModelSignature(inputs=inputs, outputs=inferred.outputs, params=inferred.params)
 
 
 def log_model_args(model_file: Path, python_model: mlflow.pyfunc.PythonModel, input_example: pd.DataFrame,

@@ -152,3 +152,49 @@ def test_the_champion_cnn_refuses_a_bomb_and_a_row_that_is_not_a_photo_with_400_
         "source; row 2: 11 bytes starting b'not a ph', not an image Pillow can open.")
     assert "stack_trace" not in body
     assert len(ok["predictions"]) == 1
+
+
+def test_the_champion_cnn_answers_a_base64_jpeg_in_the_inputs_and_instances_formats(registry):
+    tmp_path, uri = registry
+    jpeg = tmp_path / "dog.jpg"
+    photo(120, 90, seed=6).save(jpeg)
+    text = base64.b64encode(jpeg.read_bytes()).decode()
+    bodies = [{"inputs": {"image": [text]}}, {"inputs": [text]},
+              {"instances": [{"image": text}]}, {"instances": [text]}]
+    server, url = serve("models:/primer-cnn@champion", uri, tmp_path)
+    try:
+        answers = [post(url, body)["predictions"] for body in bodies]
+    finally:
+        stop(server)
+    expected = mlflow.pyfunc.load_model("models:/primer-cnn@champion").predict(
+        pd.DataFrame({"image": [jpeg.read_bytes()]}))
+    for (row,) in answers:
+        assert row["label"] == expected["label"][0] and row["p_dog"] == pytest.approx(float(expected["p_dog"][0]),
+                                                                                      abs=1e-6)
+
+
+def test_the_champion_cnn_names_each_row_that_is_not_base64_of_a_photo_and_refuses_too_many_photos(registry):
+    from primer.limits import MAX_PHOTOS
+
+    tmp_path, uri = registry
+    good = base64.b64encode(png_bytes(np.zeros((1, 1, 3), np.uint8))).decode()
+    wanted = "where a photo is wanted: an image file's bytes, base64-encoded in JSON"
+    server, url = serve("models:/primer-cnn@champion", uri, tmp_path)
+    try:
+        wrong_column = refused(url, {"dataframe_records": [{"photo": good}]})
+        empty = refused(url, {"dataframe_records": []})
+        bad_rows = refused(url, {"dataframe_records": [{"image": v} for v in (good, None, 5, "hello world!")]})
+        too_many = refused(url, {"dataframe_records": [{"image": good}] * (MAX_PHOTOS + 1)})
+        at_the_limit = post(url, {"dataframe_records": [{"image": good}] * MAX_PHOTOS})
+    finally:
+        stop(server)
+    no_photo = ("the request holds no photo: send one row per photo, with the column 'image' holding an image file's "
+                "bytes, base64-encoded in JSON.")
+    assert [status for status, _ in (wrong_column, empty, bad_rows, too_many)] == [400] * 4
+    assert wrong_column[1]["message"] == no_photo and empty[1]["message"] == no_photo
+    assert bad_rows[1]["message"] == (f"3 of 4 rows cannot be answered, so none was: row 1: null, {wanted}; "
+                                      f"row 2: the number 5, {wanted}; row 3: the text 'hello world!', which is not "
+                                      f"base64, {wanted}.")
+    assert too_many[1]["message"] == (f"the request holds {MAX_PHOTOS + 1:,} photos, over the limit of {MAX_PHOTOS:,} "
+                                      f"per request; send them in batches of at most {MAX_PHOTOS:,}.")
+    assert len(at_the_limit["predictions"]) == MAX_PHOTOS

@@ -96,7 +96,8 @@ def verify_images(root: Path | str, num_workers: int = 0, max_image_pixels: int 
             if path.is_file() or path.is_symlink():
                 items.append((str(root), path.relative_to(root).as_posix(), folder.name))
     results = list(
-        parallel_map(_check, items, num_workers, "verify", initializer=_init_worker, initargs=(max_image_pixels,))
+        parallel_map(_check, items, num_workers, "verify", initializer=_init_worker, initargs=(max_image_pixels,),
+                     workers_key="verify.num_workers")
     )
     kept = Counter(r.label for r in results if not r.reason)
     for folder in class_folders(root):

@@ -109,7 +109,7 @@ def test_verify_worker_killed_mid_stage_is_one_sentence_and_the_run_ends_failed(
     status, stderr, seconds, uri = run_killing_a_worker(tmp_path, cmd)
     assert_one_sentence_and_failed_run(status, stderr, seconds, uri, "verify",
                                        "a worker process died while running verify, with ",
-                                       "; set num_workers below 2 or free memory, then rerun.")
+                                       "; set verify.num_workers below 2 or free memory, then rerun.")
 
 
 def test_augment_worker_killed_mid_stage_is_one_sentence_and_the_run_ends_failed(tmp_path):

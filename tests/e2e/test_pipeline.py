@@ -326,13 +326,14 @@ def test_a_misspelt_key_or_a_bad_value_stops_repro_and_exp_run_before_any_stage_
         assert "unknown key 'train_cnn.lr_typo' (did you mean 'lr'?)" in said, said
         assert ran(said) == [] and outputs(repo, *CNN_OUTPUTS) == before
         (repo / "params.yaml").write_text(text)
-        said = refused(repo, env, "exp", "run", "-S", "train_cnn.lr_typo=0.1")
+        said = refused(repo, env, "exp", "run", "-S", "+train_cnn.lr_typo=0.1")  # `+`: DVC adds a new key
         assert "unknown key 'train_cnn.lr_typo'" in said, said
         (repo / "params.yaml").write_text(text)
         set_params(repo, lambda p: p["train_cnn"].update(lr=-1.0))
         said = refused(repo, env, "repro")
         assert "'train_cnn.lr' is -1.0, but it must be a number >= " in said or "'train_cnn.lr' is -1.0" in said, said
         assert ran(said) == [] and outputs(repo, *CNN_OUTPUTS) == before  # models/cnn.pt and its metrics kept
+        (repo / "params.yaml").write_text(text)
         set_params(repo, lambda p: p["quick"]["train_cnn"].update(epochz=1))
         assert "'quick.train_cnn.epochz' overrides 'train_cnn.epochz'" in refused(repo, env, "repro")
     finally:
@@ -355,6 +356,7 @@ def test_a_stage_that_refuses_under_dvc_says_how_to_bring_its_removed_outputs_ba
         (repo / "params.yaml").write_text(text)
     dvc(repo, env, "checkout", "split")
     assert outputs(repo, "data/split.csv") == before
+    assert ran(dvc(repo, env, "repro")) == []  # check_params, which passed the bad pair, checks the file again
     assert "up to date" in dvc(repo, env, "status")
 
 

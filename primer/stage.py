@@ -79,9 +79,10 @@ def cli(main: Callable[[list[str] | None], None], argv: list[str] | None = None,
     except OSError as exc:
         if exc.errno not in NOT_WRITABLE:
             raise
-        folder = Path(exc.filename or ".").resolve().parent
-        print(f"{prog}: error: cannot write in {folder} ({exc.strerror}); run the stage in a checkout that you own "
-              "and can write to (a read-only or another user's checkout: clone it or copy it first).", file=sys.stderr)
+        where = Path(exc.filename or ".").resolve()  # a read-only disk refuses writes only; a permission, any use
+        what = f"cannot write in {where.parent}" if exc.errno == errno.EROFS else f"no permission for {where}"
+        print(f"{prog}: error: {what} ({exc.strerror}); run the stage in a checkout that you own and can write to "
+              "(a read-only or another user's checkout: clone it or copy it first).", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)

@@ -165,3 +165,25 @@ def test_a_read_only_checkout_is_one_sentence_not_a_traceback(tmp_path, read_onl
     assert done.returncode == 1 and len(lines) == 1, done.stderr[-3000:]
     assert lines[0].startswith("train_basics: error: ") and str(read_only_checkout) in lines[0], lines[0]
     assert "can write to" in lines[0] and ("PRIMER_TRACKING=off" in lines[0]) == (tracking == "on"), lines[0]
+
+
+def test_a_folder_without_permission_is_one_sentence_naming_the_file(tmp_path):
+    """An immutable folder refuses every write with EPERM, even to root: the stand-in for another user's checkout
+    (the tests run as root, whom file modes do not stop)."""
+    repo = tmp_path / "repo"
+    (repo / ".dvc").mkdir(parents=True)
+    (repo / "params.yaml").write_bytes((REPO / "params.yaml").read_bytes())
+    if subprocess.run(["chattr", "+i", str(repo)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not available here")
+    try:
+        env = {**venv_env(tmp_path), "TQDM_DISABLE": "1", "PRIMER_TRACKING": "off"}
+        env.pop("DVC_ROOT", None)
+        done = subprocess.run([sys.executable, str(REPO / "stages" / "train_basics.py"), "--params", "params.yaml",
+                               "--metrics", "m.json", "--plot", "p.png"], cwd=repo, env=env,
+                              capture_output=True, text=True, timeout=120)
+    finally:
+        subprocess.run(["chattr", "-i", str(repo)], check=True)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 1 and len(lines) == 1, done.stderr[-3000:]
+    assert lines[0].startswith(f"train_basics: error: no permission for {repo}/") and "(Operation not permitted)" \
+        in lines[0] and "can write to" in lines[0], lines[0]

@@ -3,8 +3,8 @@
 - `PhotoClassifier`: photos in (column `image`: encoded image bytes as read from a file, the same
   base64-encoded as JSON carries them, or uint8 arrays (H, W, 3) or (H, W) of any size), P(dog) and
   the label out. Each photo is decoded upright, resized and normalised exactly as the augment and
-  evaluate stages do, `PREDICT_BATCH` photos at a time, so a request's memory does not grow with its
-  rows. Its column is declared `Any` (`PHOTO_INPUT` says why).
+  evaluate stages do (by Pillow and torch: torchvision is never imported), `PREDICT_BATCH` photos at a
+  time, so a request's memory does not grow with its rows. Its column is declared `Any` (`PHOTO_INPUT` says why).
 - `TextGenerator`: a prefix and a length in (columns `prefix`, `length`), the text out (column
   `text`): the prefix and `length` greedy characters, as the evaluate stage's samples.
 - `Translator`: English sentences in (column `sentence`), French out (column `translation`), by beam
@@ -243,7 +243,7 @@ class PhotoClassifier(ServedModel):
                 for i in range(start, min(start + PREDICT_BATCH, len(photos))):
                     try:
                         arrays.append(photo_array(photo_of(photos[i]), self.size, self.draft_oversample,
-                                                  self.max_pixels))
+                                                  self.max_pixels, fast_jpeg=False))
                     except Exception as exc:  # anything a row can hold that is not a decodable photo
                         reasons[i] = why_not_a_photo(exc)
                 if not reasons:  # once a row is bad none is answered: the rest are only checked

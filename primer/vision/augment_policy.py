@@ -9,14 +9,16 @@ cutout) are off by default. params.yaml writes every key all the same (`primer.p
 from __future__ import annotations
 
 import random
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import torch
 from pydantic import AfterValidator, Field, model_validator
-from torchvision.transforms import v2
 
 from primer.errors import PrimerError
 from primer.params import Section, param, run_only
+
+if TYPE_CHECKING:  # torchvision is imported where a preview needs its transforms, not by the served CNN
+    from torchvision.transforms import v2
 
 
 def _odd_or_zero(kernel: int) -> int:
@@ -58,6 +60,8 @@ class AugmentPolicy(Section):
 
         `always` applies the flips and perspective with probability 1 (to show them in a preview).
         """
+        from torchvision.transforms import v2
+
         steps: list[tuple[str, object]] = []
         hflip, vflip, perspective_p = (1.0, 1.0, 1.0) if always else (self.hflip, self.vflip, self.perspective_p)
         if self.crop_size:
@@ -83,6 +87,8 @@ class AugmentPolicy(Section):
         return steps
 
     def compose(self) -> v2.Compose:
+        from torchvision.transforms import v2
+
         return v2.Compose([t for _, t in self.steps()])
 
 

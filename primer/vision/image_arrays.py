@@ -1,10 +1,12 @@
 """Decode images once into memory-mappable uint8 `.npy` arrays of shape (N, S, S, 3), on all cores.
 
 Resizing is torch's antialiased bilinear on uint8 (within 1 grey level of Pillow's, which the
-primer's `transforms.Resize` uses on PIL images, and about twice as fast). Plain RGB/grey JPEGs are
-decoded by torchvision's libjpeg-turbo (pixel-identical to Pillow's, and faster); large JPEGs use
-Pillow's draft mode instead, at >= `draft_oversample` x the output size, which measured exact to
-within 1 level at 2x; every other file goes through Pillow, as in the verify stage.
+primer's `transforms.Resize` uses on PIL images, and about twice as fast; what torchvision's
+`resize` does on a uint8 tensor). Plain RGB/grey JPEGs are decoded by torchvision's libjpeg-turbo
+(the same pixels as Pillow's, and faster) unless `fast_jpeg` is off; large JPEGs use Pillow's draft
+mode instead, at >= `draft_oversample` x the output size, which measured exact to within 1 level at
+2x; every other file goes through Pillow, as in the verify stage. With `fast_jpeg` off, nothing here
+imports torchvision (~160 MiB a process): the served CNN decodes that way.
 """
 
 from __future__ import annotations
@@ -16,9 +18,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
-from torchvision.io import ImageReadMode, decode_jpeg
-from torchvision.transforms.v2 import functional as TF
 
 from primer.atomic import atomic_path
 from primer.data.images import open_rgb, refuse_too_many_pixels
@@ -29,6 +30,21 @@ JPEG_MAGIC = b"\xff\xd8\xff"
 # torchvision 0.29 deprecates its decoders in favour of TorchCodec, but they are still there in the
 # pinned release; the warning would otherwise print once per worker process.
 warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities", category=DeprecationWarning)
+
+
+def decode_jpeg_fast(data: bytes) -> torch.Tensor:
+    """A plain RGB/grey JPEG as upright RGB uint8 (3, H, W) by torchvision's libjpeg-turbo."""
+    from torchvision.io import ImageReadMode, decode_jpeg
+
+    return decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB,
+                       apply_exif_orientation=True)
+
+
+def resize_chw(chw: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 (3, H, W) -> (3, size, size) by torch's antialiased bilinear on uint8."""
+    if tuple(chw.shape[1:]) == (size, size):
+        return chw
+    return F.interpolate(chw[None], size=[size, size], mode="bilinear", align_corners=False, antialias=True)[0]
 
 
 def jpeg_header(data: bytes) -> tuple[int, int, int] | None:
@@ -53,7 +69,8 @@ def jpeg_header(data: bytes) -> tuple[int, int, int] | None:
     return None
 
 
-def _decode_chw(data: bytes, size: int, draft_oversample: int, max_pixels: int = 0) -> torch.Tensor:
+def _decode_chw(data: bytes, size: int, draft_oversample: int, max_pixels: int = 0,
+                fast_jpeg: bool = True) -> torch.Tensor:
     """An encoded image as upright RGB uint8 (3, H, W), at reduced scale when a JPEG is large enough
     for draft mode; one that declares more than `max_pixels` pixels (> 0) is refused undecoded."""
     header = jpeg_header(data) if data[:3] == JPEG_MAGIC else None
@@ -61,10 +78,9 @@ def _decode_chw(data: bytes, size: int, draft_oversample: int, max_pixels: int =
         width, height, components = header
         refuse_too_many_pixels(width, height, max_pixels)
         draft = size * draft_oversample
-        if components in (1, 3) and not (draft_oversample and min(width, height) >= 2 * draft):
+        if fast_jpeg and components in (1, 3) and not (draft_oversample and min(width, height) >= 2 * draft):
             try:
-                buffer = torch.frombuffer(bytearray(data), dtype=torch.uint8)
-                return decode_jpeg(buffer, mode=ImageReadMode.RGB, apply_exif_orientation=True)
+                return decode_jpeg_fast(data)
             except RuntimeError:  # anything torchvision refuses, Pillow (which verify used) decodes
                 pass
     draft = size * draft_oversample if header is not None else 0
@@ -78,12 +94,14 @@ def resized_array(path: Path | str, size: int, draft_oversample: int = 2) -> np.
     return photo_array(Path(path).read_bytes(), size, draft_oversample)
 
 
-def photo_array(photo: bytes | np.ndarray, size: int, draft_oversample: int = 2, max_pixels: int = 0) -> np.ndarray:
+def photo_array(photo: bytes | np.ndarray, size: int, draft_oversample: int = 2, max_pixels: int = 0,
+                fast_jpeg: bool = True) -> np.ndarray:
     """A photo as the augment stage stores it: encoded bytes (as read from an image file) or a uint8
     array (H, W, 3) or (H, W) of any size, resized to a (size, size, 3) uint8 array. With
-    `max_pixels` > 0, a photo that declares more pixels than that is a `PrimerError`, before decoding."""
+    `max_pixels` > 0, a photo that declares more pixels than that is a `PrimerError`, before decoding.
+    `fast_jpeg` off decodes every JPEG with Pillow (the same pixels, slower, no torchvision)."""
     if isinstance(photo, (bytes, bytearray, memoryview)):
-        chw = _decode_chw(bytes(photo), size, draft_oversample, max_pixels)
+        chw = _decode_chw(bytes(photo), size, draft_oversample, max_pixels, fast_jpeg)
     else:
         array = np.asarray(photo)
         if array.dtype != np.uint8 or array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] != 3):
@@ -93,7 +111,7 @@ def photo_array(photo: bytes | np.ndarray, size: int, draft_oversample: int = 2,
         chw = torch.from_numpy(
             np.ascontiguousarray(array if array.ndim == 3 else np.repeat(array[..., None], 3, axis=2)))
         chw = chw.permute(2, 0, 1)
-    return TF.resize(chw, [size, size], antialias=True).permute(1, 2, 0).numpy()
+    return resize_chw(chw, size).permute(1, 2, 0).numpy()
 
 
 _job: dict = {}  # per-process state set by _open_job: the open array file and how to fill it

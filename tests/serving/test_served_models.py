@@ -157,6 +157,30 @@ def jpeg_of(img: Image.Image) -> bytes:
     return out.getvalue()
 
 
+def test_the_served_classifier_never_imports_torchvision(store):
+    """torchvision holds ~160 MiB of each server process; the served CNN decodes and resizes without it."""
+    import subprocess
+    import sys
+
+    args = {"arch": "primer", "width": 8}
+    torch.save({"model": build_cnn(**args).state_dict(), "model_args": args, "classes": ["Cat", "Dog"], "history": []},
+               store / "cnn.pt")
+    photos = [jpeg_of(photo(90, 60, seed=1)), base64.b64encode(jpeg_of(photo(40, 50, seed=2))).decode()]
+    (store / "photos.json").write_text(json.dumps([base64.b64encode(photos[0]).decode(), photos[1]]))
+    script = f"""
+import json, sys
+import mlflow.pyfunc, pandas as pd
+from primer.serving.served_models import PhotoClassifier
+model = PhotoClassifier()
+model.load_context(mlflow.pyfunc.PythonModelContext({{"model_file": {str(store / "cnn.pt")!r}}}, {CNN_CONFIG!r}))
+out = model.predict(None, pd.DataFrame({{"image": json.load(open({str(store / "photos.json")!r}))}}))
+print(len(out), "torchvision" in sys.modules)
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["2", "False"]
+
+
 def test_the_classifier_refuses_a_png_bomb_from_its_header_without_decoding_it(classifier):
     with pytest.raises(ServedInputError) as refused:
         classifier.predict(pd.DataFrame({"image": [jpeg_of(photo(40, 30)), png_bomb(12000, 12000)]}))

@@ -7,9 +7,10 @@ import pytest
 import torch
 from PIL import Image
 from torchvision import transforms
+from torchvision.transforms.v2 import functional as TF
 
 from primer.data.images import open_rgb
-from primer.vision.image_arrays import jpeg_header, resized_array, write_image_array
+from primer.vision.image_arrays import jpeg_header, photo_array, resize_chw, resized_array, write_image_array
 
 from conftest import photo, shared_datasets
 
@@ -38,6 +39,33 @@ def test_real_photos_match_primer_resize():
     refs = np.stack([primer_resize(root / p, 128) for p in paths])
     diff = np.abs(rows - refs)
     assert diff.mean() < 0.5 and np.percentile(diff, 99) <= 2, (diff.mean(), diff.max())
+
+
+@pytest.mark.parametrize("height, width, size", [(37, 53, 16), (200, 120, 128), (9, 9, 32), (64, 64, 64)])
+def test_the_resize_is_torchvisions_resize_of_a_uint8_tensor(height, width, size):
+    hwc = torch.randint(0, 256, (height, width, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(size))
+    for chw in (hwc.permute(2, 0, 1), hwc.permute(2, 0, 1).contiguous()):  # as decoded from an array, and a file
+        assert torch.equal(resize_chw(chw, size), TF.resize(chw, [size, size], antialias=True))
+
+
+def jpeg_bytes(img: Image.Image, **save) -> bytes:
+    import io
+
+    out = io.BytesIO()
+    img.save(out, "JPEG", **save)
+    return out.getvalue()
+
+
+def test_pillow_alone_decodes_a_jpeg_to_the_fast_decoders_pixels():
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    jpegs = [jpeg_bytes(photo(80, 60, seed=1)), jpeg_bytes(photo(333, 251, seed=2), quality=70),
+             jpeg_bytes(photo(90, 70, seed=3).convert("L")), jpeg_bytes(photo(70, 40, seed=4), exif=exif),
+             jpeg_bytes(photo(1200, 900, seed=5))]  # the last one in draft mode either way
+    root = shared_datasets() / "petimages"
+    jpegs += [p.read_bytes() for p in sorted(root.glob("*/*.jpg"))[::40]] if root.is_dir() else []
+    for i, data in enumerate(jpegs):
+        assert np.array_equal(photo_array(data, 128, fast_jpeg=False), photo_array(data, 128)), i
 
 
 def test_png_cmyk_and_exif_rotated_go_through_pillow_upright(tmp_path):

@@ -12,7 +12,8 @@ shell's) and is pushed with `dvc exp push` to the git and DVC remotes. Then `dvc
 list every trial here, and MLflow holds each trial's run, tagged dvc.exp_name=NAME.
 
 Without --address, Ray runs on this machine alone, with all its CPUs and GPUs (several trials at once, like `dvc queue
-start -j N`). A trial whose node dies is retried on another (--retries); its unfinished MLflow run is closed KILLED.
+start -j N`). A trial whose node dies is retried on another (--retries); its unfinished MLflow run is closed KILLED,
+and the next trial in that node's checkout removes the temporary workspace it left.
 Ctrl-C stops every trial as Ctrl-C stops `dvc exp run`: no temporary workspace is left, and no run stays RUNNING.
 A trial that fails is reported with the tail of its log, the others go on, and the exit status is 1.
 
@@ -202,9 +203,10 @@ def connect(ray, address: str | None) -> None:
             raise PrimerError(ray_login.login_refused(address)) from None
     else:
         ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
-    from primer import sweep_node
+    from primer import dvc_temp_runs, sweep_node
 
-    ray.cloudpickle.register_pickle_by_value(sweep_node)  # the nodes run this version, not their own primer's
+    for module in (sweep_node, dvc_temp_runs):  # the nodes run this version, not their own primer's
+        ray.cloudpickle.register_pickle_by_value(module)
 
 
 def trial_nodes(ray, cpus: float, gpus: float) -> list[dict]:

@@ -6,8 +6,11 @@ does not rerun are pulled from the DVC remote) and `dvc exp push` to the git rem
 remote (its outputs). The checkout is each node's PRIMER_CHECKOUT (the environment `ray start` ran in; several paths
 separated by ':' let one node run several trials in separate checkouts), else the sweep's --checkout.
 
-Only the standard library: the sweep ships this module to the nodes by value, so they need ray and the project's
-environment (dvc, the stages' packages), not this version of primer.
+Before it runs, a trial removes the temporary workspaces that dead trials left in its checkout
+(primer/dvc_temp_runs.py).
+
+Only the standard library and primer/dvc_temp_runs.py: the sweep ships both modules to the nodes by value, so they
+need ray and the project's environment (dvc, the stages' packages), not this version of primer.
 """
 
 from __future__ import annotations
@@ -21,6 +24,8 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
+
+from primer import dvc_temp_runs
 
 CHECKOUT_ENV = "PRIMER_CHECKOUT"
 PROBE_TIMEOUT_S = 20  # one git or dvc command of the node check
@@ -136,10 +141,12 @@ class TrialFailed(Exception):
     """A step of a trial failed; its message is the sentence the sweep reports."""
 
 
-def step(argv: list[str], cwd: str, log, what: str, env: dict | None = None, timeout: float | None = None) -> None:
+def step(argv: list[str], cwd: str, log, what: str, env: dict | None = None, timeout: float | None = None,
+         pass_fds: tuple[int, ...] = ()) -> None:
     """Run one command of the trial, its output appended to the log; raise TrialFailed naming `what` if it fails.
     Cancelled (the sweep's Ctrl-C), the command's whole process group gets SIGINT, as a Ctrl-C in a terminal: the
-    stage ends its MLflow run KILLED, and `dvc exp run --temp` then removes its temporary workspace."""
+    stage ends its MLflow run KILLED, and `dvc exp run --temp` then removes its temporary workspace. The command
+    inherits the open files `pass_fds` (and the locks on them)."""
     log.write(f"$ {shlex.join(argv)}\n")
     log.flush()
     # Ray starts its processes with SIGINT blocked, and a child inherits the mask: unblocked for the command alone, so
@@ -147,7 +154,7 @@ def step(argv: list[str], cwd: str, log, what: str, env: dict | None = None, tim
     blocked = signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     try:
         proc = subprocess.Popen(argv, cwd=cwd, env=env or tool_env(), stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+                                stdin=subprocess.DEVNULL, start_new_session=True, pass_fds=pass_fds)
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
     deadline = None if timeout is None else time.monotonic() + timeout
@@ -252,8 +259,12 @@ def run_trial(spec: dict) -> dict:
     remote = spec.get("dvc_remote")
     log_file = Path(path) / ".dvc" / "tmp" / "sweep" / f"{name}.log"
     log_file.parent.mkdir(parents=True, exist_ok=True)
+    removed = dvc_temp_runs.remove_dead_trials(path)  # before this trial's lock: an earlier attempt of it may be one
     try:
-        with open(log_file, "w") as log, at_commit(path, spec["commit"], spec["git_remote"], log):
+        with open(log_file, "w") as log, dvc_temp_runs.trial_lock(path, name) as held, \
+                at_commit(path, spec["commit"], spec["git_remote"], log):
+            for gone in removed:
+                log.write(f"removed the temporary workspace of {gone}, a trial whose run died in this checkout\n")
             forget_existing(path, name)
             run = dvc("--wait-for-lock", "exp", "run", "--temp", "-n", name)
             if remote:  # `--pull` pulls from the default remote only
@@ -263,7 +274,7 @@ def run_trial(spec: dict) -> dict:
                 run.append("--pull")
             for override in spec["overrides"]:
                 run += ["-S", override]
-            step(run + list(spec["targets"]), path, log, "dvc exp run", env)
+            step(run + list(spec["targets"]), path, log, "dvc exp run", env, pass_fds=(held.fileno(),))
             push = dvc("--wait-for-lock", "exp", "push", *(["-r", remote] if remote else []), spec["git_remote"], name)
             step(push, path, log, f"dvc exp push {spec['git_remote']}", env)
         outcome["ok"] = True

@@ -484,3 +484,65 @@ def test_ctrl_c_stops_the_trials_and_leaves_no_workspace_and_no_running_run(tmp_
     logged = local_runs(laptop)
     assert ("cc-1", "KILLED") in logged and not [s for _, s in logged if s == "RUNNING"], logged
     print(f"interrupted sweep stopped in {took:.1f} s:\n{err}")
+
+
+def lose_the_host(sweeping: subprocess.Popen, ray_tmp: Path, checkout: Path) -> None:
+    """SIGKILL the sweep, its Ray instance and the trials' `dvc exp run` (in their own sessions) with everything they
+    started, as a power loss would stop them: no process gets to clean up."""
+    runs_of_dvc = []  # `dvc exp run --temp` in the checkout, its stages in the temporary workspace
+    for proc in psutil.process_iter():
+        try:
+            if proc.pid != os.getpid() and Path(proc.cwd()).is_relative_to(checkout):
+                runs_of_dvc.append(proc)
+        except psutil.Error:
+            continue
+    os.killpg(sweeping.pid, signal.SIGKILL)
+    for proc in runs_of_dvc:
+        try:
+            proc.send_signal(signal.SIGKILL)
+        except psutil.Error:
+            pass
+    psutil.wait_procs(runs_of_dvc, timeout=10)
+    assert not kill_ray(ray_tmp) and not ray_processes(ray_tmp, set())
+
+
+def test_a_later_trial_removes_the_workspace_of_a_trial_whose_host_died(tmp_path):
+    """A trial SIGKILLed with its whole host leaves its temporary workspace, listed as running; the next trial that runs
+    in the same checkout removes both, and its stage closes the dead trial's MLflow run as KILLED."""
+    ray_tmp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))
+    env = {**venv_env(tmp_path), **GIT_ID, "HOME": str(tmp_path / "home"), "TQDM_DISABLE": "1",
+           "RAY_TMPDIR": str(ray_tmp)}
+    origin, dvc_remote = team(tmp_path, env)
+    laptop = clone(origin, tmp_path / "laptop", env, dvc_remote)
+    sweeping = subprocess.Popen([sys.executable, "-m", "primer.sweep", "-S", "train_lm.epochs=400", "--name", "dead",
+                                 TARGET], cwd=laptop, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and sweeping.poll() is None and not (
+                temp_workspaces(laptop) and ("dead-1", "RUNNING") in local_runs(laptop)):
+            time.sleep(0.3)
+        assert temp_workspaces(laptop), f"no trial trains; the sweep said:\n{sweeping.stderr.read()}"
+    finally:
+        lose_the_host(sweeping, ray_tmp, laptop)
+    left = temp_workspaces(laptop)
+    assert left and running_experiments(laptop, env) == ["dead-1"], left
+    shown_run = [e for b in json.loads(run(laptop, env, "dvc", "exp", "show", "--json").stdout)
+                 for e in b.get("experiments") or [] if e.get("name") == "dead-1"]
+    assert shown_run and shown_run[0]["executor"]["local"] is None, "DVC now gives a --temp run's process or " \
+        f"folder in `dvc exp show --json` ({shown_run}): use it in primer/dvc_temp_runs.py instead of DVC's own files"
+
+    ray_tmp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))
+    try:
+        done = sweep(laptop, {**env, "RAY_TMPDIR": str(ray_tmp)}, "-S", "train_lm.batch_size=8", "--name", "next",
+                     TARGET, timeout=240)
+    finally:
+        assert not kill_ray(ray_tmp)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert temp_workspaces(laptop) == [], temp_workspaces(laptop)
+    assert running_experiments(laptop, env) == [], run(laptop, env, "dvc", "exp", "show").stdout
+    log = (laptop / ".dvc/tmp/sweep/next-1.log").read_text()
+    assert "removed the temporary workspace of dead-1, a trial whose run died in this checkout" in log, log
+    logged = local_runs(laptop)
+    assert ("dead-1", "KILLED") in logged and ("next-1", "FINISHED") in logged, logged
+    assert not [s for _, s in logged if s == "RUNNING"], logged

@@ -58,6 +58,42 @@ def test_cutout_equals_the_primer_with_the_same_random_draws():
     assert np.array_equal(ours, expected) and (ours == 0).any()
 
 
+def test_the_previews_policy_column_is_the_training_path():
+    from primer.vision.batch_augment import MEAN, STD, augment_batch
+    from primer.vision.preview import as_trained
+
+    images = np.random.default_rng(1).integers(0, 255, size=(3, 150, 150, 3), dtype=np.uint8)
+    policy = AugmentPolicy(vflip=0.5, blur_kernel=5, cutout_size=30, cutout_count=2)
+    shown = torch.from_numpy(as_trained(images, policy, seed=4)).permute(0, 3, 1, 2).float() / 255
+    trained = augment_batch(torch.from_numpy(images), policy, torch.Generator().manual_seed(4))
+    mean, std = torch.tensor(MEAN).view(3, 1, 1), torch.tensor(STD).view(3, 1, 1)
+    assert torch.allclose((shown - mean) / std, trained.clamp((0 - mean) / std, (1 - mean) / std),
+                          atol=0.51 / 255 / min(STD))
+
+
+def stated_policies() -> list[dict]:
+    """The two policies docs/training.md states, each as its `key: value` list before "every other step 0"."""
+    import re
+
+    from conftest import REPO
+
+    text = " ".join((REPO / "docs" / "training.md").read_text().split())
+    return [{k: float(v) for k, v in re.findall(r"`(\w+): ([\d.]+)`", listed)}
+            for listed in re.findall(r"\((`\w+: [\d.]+`(?:, `\w+: [\d.]+`)*), every other step 0\)", text)]
+
+
+def test_the_docs_state_the_policies_of_params_yaml_and_of_augment_policy():
+    import yaml
+
+    from conftest import REPO
+
+    in_file, in_python = stated_policies()
+    written = yaml.safe_load((REPO / "params.yaml").read_text())["augment"]["policy"]
+    for stated, policy in ((in_file, written), (in_python, AugmentPolicy().model_dump())):
+        steps = {k: v for k, v in policy.items() if not k.startswith("blur_sigma")}  # a blur's range, not a step
+        assert steps == {k: stated.get(k, 0) for k in steps}, (stated, steps)
+
+
 def test_preview_is_written(tmp_path):
     images = np.random.default_rng(0).integers(0, 255, size=(2, 150, 150, 3), dtype=np.uint8)
     policy = AugmentPolicy(vflip=0.5, blur_kernel=5, cutout_size=30, cutout_count=2)

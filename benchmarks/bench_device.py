@@ -2,7 +2,7 @@
 
 On CUDA the host queues kernels and runs ahead of the GPU, so a clock read only means something after
 `torch.cuda.synchronize()`: every read that starts or ends a timed region goes through `clock`. The
-host syncs of one training step are counted with primer.host_sync, outside the timed region (the
+host syncs of one training step are counted with host_sync_probe.py, outside the timed region (the
 dispatch mode slows every op down). Imported by the scripts beside it (`python benchmarks/X.py` puts
 this folder on the path).
 """
@@ -15,10 +15,10 @@ import time
 from typing import Callable, Iterable, Iterator
 
 import torch
+from host_sync_probe import HostSyncs
 
 from primer.devices import configure_device, pick_device
 from primer.errors import PrimerError
-from primer.host_sync import HostSyncs
 from primer.training.fit_params import COMPILE_MODES
 
 COMPILE_WARMUP = 3  # untimed steps at least, with torch.compile: compiling, recompiling, CUDA-graph capture
@@ -76,7 +76,7 @@ def timed_batches(batches: Iterable, warmup: int, steps: int, device: torch.devi
 
 
 def syncs_per_step(step: Callable[[], None]) -> int:
-    """How many host syncs (primer.host_sync.HostSyncs) one call of `step` makes."""
+    """How many host syncs (host_sync_probe.HostSyncs) one call of `step` makes."""
     with HostSyncs() as syncs:
         step()
     return sum(syncs.found.values())

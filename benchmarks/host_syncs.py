@@ -2,11 +2,11 @@
 
 Each family trains through primer.training.loop.fit on its stage's own batch source (CNN with every
 augmentation step on; fused and scratch LSTM with random and sequential sampling; the Transformer),
-tiny sizes, on the CPU, seeded. `primer.host_sync.HostSyncs` counts, from the second step to the end
+tiny sizes, on the CPU, seeded. `host_sync_probe.HostSyncs` counts, from the second step to the end
 of the epoch's last step, the calls that make the host wait for a GPU (see that module). Adam is built
 fused, as on CUDA. The table gives the counts by op and each run's 2 epoch losses (to compare two
 versions of the code: the same seed must give the same losses). To count an older checkout, copy
-primer/host_sync.py and this script into it and run it there.
+host_sync_probe.py and this script into its benchmarks/ and run it there.
 
     python benchmarks/host_syncs.py
 """
@@ -18,8 +18,8 @@ import sys
 from pathlib import Path
 
 import torch
+from host_sync_probe import HostSyncs
 
-from primer.host_sync import HostSyncs
 from primer.models.cnn import build_cnn
 from primer.models.rnn import RNNLM
 from primer.models.transformer import Seq2SeqTransformer

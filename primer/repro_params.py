@@ -20,14 +20,15 @@ from primer.atomic import remove, write_text
 from primer.errors import PrimerError
 from primer.params import flatten
 from primer.params_file import read_yaml
-from primer.processes import parent_pid, process_alive, process_start
+from primer.processes import has_variable, parent_pid, process_alive, process_start
 
 PREFIX = "primer-params-"
 
 
 def dvc_process() -> int | None:
     """The pid of the DVC process running this stage: DVC names the stage in DVC_STAGE for the command
-    it starts, so it is the nearest ancestor whose own environment lacks it. None outside DVC or /proc."""
+    it starts, so it is the nearest ancestor whose own environment lacks it. None outside DVC, or where
+    an ancestor's environment cannot be read."""
     if "DVC_STAGE" not in os.environ:
         return None
     pid = os.getpid()
@@ -35,11 +36,10 @@ def dvc_process() -> int | None:
         ppid = parent_pid(pid)
         if ppid is None:
             return None
-        try:
-            environ = Path(f"/proc/{ppid}/environ").read_bytes().split(b"\0")
-        except OSError:
+        has = has_variable(ppid, "DVC_STAGE")
+        if has is None:
             return None
-        if not any(entry.startswith(b"DVC_STAGE=") for entry in environ):
+        if not has:
             return ppid
         pid = ppid
     return None

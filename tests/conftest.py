@@ -76,6 +76,19 @@ def tiny_images(tmp_path) -> Path:
     return write_class_folders(tmp_path / "images")
 
 
+def probe(name: str):
+    """The module benchmarks/NAME.py (the host-sync probe), loaded once by its path: the tests and benchmarks may
+    probe deeper than primer's own code does."""
+    import importlib.util
+
+    if f"benchmarks.{name}" not in sys.modules:
+        spec = importlib.util.spec_from_file_location(f"benchmarks.{name}", REPO / "benchmarks" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        sys.modules[f"benchmarks.{name}"] = module
+    return sys.modules[f"benchmarks.{name}"]
+
+
 def shared_datasets() -> Path:
     if not SHARED_DATASETS.is_dir():
         pytest.skip("../shared/datasets is absent")

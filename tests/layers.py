@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 LAYERS = {  # name: (rank, the modules or packages it holds)
     "plumbing": (0, ["primer.errors", "primer.atomic", "primer.processes", "primer.params", "primer.params_file",
-                     "primer.devices", "primer.distributed", "primer.host_sync", "primer.limits"]),
+                     "primer.devices", "primer.distributed", "primer.limits"]),
     "data": (1, ["primer.data"]),
     "vision": (2, ["primer.vision"]),
     "text": (2, ["primer.text"]),
@@ -25,15 +25,15 @@ LAYERS = {  # name: (rank, the modules or packages it holds)
     "serving": (6, ["primer.serving"]),
     "stage plumbing": (7, ["primer.tracking", "primer.stage", "primer.report", "primer.demo", "primer.doctor",
                            "primer.cli", "primer.params_check", "primer.repro_params", "primer.remote_check",
-                           "primer.sweep", "primer.sweep_node", "primer.ray_login"]),
+                           "primer.sweep", "primer.sweep_node", "primer.ray_login", "primer.dvc_temp_runs"]),
     "stages": (8, ["stages"]),
 }
 
 # What no stage lists in its dvc.yaml deps (and the deps walk does not follow): errors, atomic writes,
-# params reading, the host-sync probe and the MLflow plumbing cannot change what a stage writes, and
+# params reading and the MLflow plumbing cannot change what a stage writes, and
 # leaving them out keeps a change to logging from redoing the pipeline.
 NOT_DEPS = {"primer.errors", "primer.atomic", "primer.processes", "primer.params", "primer.params_file",
-            "primer.host_sync", "primer.tracking", "primer.stage", "primer.repro_params"}
+            "primer.tracking", "primer.stage", "primer.repro_params"}
 
 
 def dvc_stages() -> dict:

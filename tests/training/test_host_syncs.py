@@ -1,7 +1,7 @@
 """A training step of each model family makes the host wait for nothing (issue 14).
 
 Each family trains for a few steps through `primer.training.loop.fit` on its stage's own batches, on the CPU,
-with `primer.host_sync.HostSyncs` recording from the second step on (the first makes the per-device
+with `benchmarks/host_sync_probe.py`'s `HostSyncs` recording from the second step on (the first makes the per-device
 constants) to the end of the epoch's last step: any `.item()` / Python value of a tensor, data-dependent
 shape, tensor made from Python data or copy between devices fails the test. Logging windows and epoch
 ends may read values back: `log_every` is set past the epoch here. Adam is built fused, as on CUDA
@@ -14,7 +14,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from primer.host_sync import HostSyncs
 from primer.models.cnn import build_cnn
 from primer.models.rnn import RNNLM
 from primer.models.transformer import Seq2SeqTransformer
@@ -24,6 +23,9 @@ from primer.training.loop import FitConfig, fit, make_optimizer
 from primer.vision.augment_policy import AugmentPolicy
 from primer.vision.image_batches import train_batches
 
+from conftest import probe
+
+HostSyncs = probe("host_sync_probe").HostSyncs
 CPU = torch.device("cpu")
 EVERY = dict(crop_size=48, hflip=0.5, vflip=0.3, rotate_deg=15, brightness=0.5, contrast=0.3, saturation=0.4, hue=0.1,
              perspective=0.3, perspective_p=0.5, blur_kernel=5, cutout_size=8, cutout_count=2)

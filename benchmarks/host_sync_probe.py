@@ -12,19 +12,23 @@ the ones inside composite ops), the calls that do that on CUDA:
 - a copy between devices (`aten::_to_copy`, `aten::copy_` across devices), except a non-blocking one from
   pinned host memory, which the GPU runs on its own.
 Code that works on host tensors only, by design (deciding from host-drawn random numbers which samples
-take which augmentation), says so with `host_only()`; the recording pauses there.
+take which augmentation), says so with `primer.vision.batch_augment.host_only()`; the recording pauses there.
 On the CPU these are cheap, which is why they creep in; counting them there keeps a training step
 clean for the GPU. (On CUDA, `torch.cuda.set_sync_debug_mode("error")` is the ground truth.)
+
+A probe for the tests and benchmarks: it stands on torch's dispatch modes, which are not public
+(`torch.utils._python_dispatch`), so primer itself never imports it.
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from contextlib import contextmanager
 from typing import Callable, Iterable, Iterator
 
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from primer.vision import batch_augment
 
 DATA_DEPENDENT = {"aten::nonzero", "aten::masked_select", "aten::unique_dim", "aten::_unique2", "aten::_unique",
                   "aten::unique_consecutive", "aten::equal", "aten::is_nonzero", "aten::_local_scalar_dense"}
@@ -49,13 +53,6 @@ def _crosses_devices(name: str, args, kwargs) -> bool:
     return False
 
 
-@contextmanager
-def host_only() -> Iterator[None]:
-    """A block that touches host tensors only: not a synchronisation on any device, so not recorded."""
-    with _disable_current_modes():
-        yield
-
-
 class HostSyncs(TorchDispatchMode):
     """`with HostSyncs() as syncs: ...`, then `syncs.found`: a Counter of the offending ops by name."""
 
@@ -78,6 +75,8 @@ class HostSyncs(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if batch_augment.HOST_ONLY.get():  # host tensors only, by design: not a synchronisation on any device
+            return func(*args, **kwargs)
         name = func._schema.name
         if (name in DATA_DEPENDENT or name in FROM_HOST or _crosses_devices(name, args, kwargs)
                 or (name == "aten::repeat_interleave" and isinstance(args[0], torch.Tensor) and len(args) == 1)):

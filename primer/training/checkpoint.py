@@ -51,11 +51,15 @@ def _why_unreadable(path: Path, exc: Exception) -> str:
     untrusted file with weights_only=False."""
     if path.stat().st_size == 0:
         return "an empty file"
-    if "Unsupported global" in str(exc):  # a class or function that weights_only refuses to import
-        return "holds objects other than tensors and plain data"
     with open(path, "rb") as f:
         is_zip = f.read(4) == b"PK\x03\x04"  # what torch.save writes since PyTorch 1.6
-    return "truncated or corrupt" if is_zip else "not a PyTorch file"
+    if not is_zip:
+        return "not a PyTorch file"
+    try:  # classes or functions that weights_only refuses to import
+        unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # anything it cannot read: the archive itself is broken
+        return "truncated or corrupt"
+    return "holds objects other than tensors and plain data" if unsafe else "truncated or corrupt"
 
 
 def _load(path: Path):

@@ -35,7 +35,6 @@ import mlflow.pyfunc
 import numpy as np
 import pandas as pd
 import torch
-from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 from mlflow.types import ColSpec, Schema
 from mlflow.types.schema import AnyType
@@ -44,6 +43,7 @@ from PIL import Image
 from primer.data.images import PILLOW_MAX_PIXELS
 from primer.errors import PrimerError
 from primer.limits import MAX_BEAM_SIZE, MAX_LENGTH, MAX_PHOTOS, MAX_REQUEST_BYTES
+from primer.serving.mlflow_messages import OwnMessage
 
 PACKAGE = Path(__file__).resolve().parents[1]  # the whole primer package
 PREDICT_BATCH = 16  # photos decoded and run through the CNN at once (the CNN at 128 px holds ~2.6 MB a photo)
@@ -61,24 +61,13 @@ PHOTO_INPUT = Schema([ColSpec(AnyType(), "image", required=False)])
 WANTED = "where a photo is wanted: an image file's bytes, base64-encoded in JSON"
 
 
-class ServedInputError(PrimerError, MlflowException):
-    """A request a served model refuses, in one sentence; `mlflow models serve` answers it with 400.
-
-    `reasons` maps each bad row to what is wrong with it. The scoring server prepends the whole
-    input's repr to an MlflowException's `message`; this one keeps its sentence instead.
-    """
+class ServedInputError(PrimerError, OwnMessage):
+    """A request a served model refuses, in one sentence; `mlflow models serve` answers it with 400,
+    with that sentence alone (`OwnMessage`). `reasons` maps each bad row to what is wrong with it."""
 
     def __init__(self, sentence: str, reasons: dict[int, str] | None = None) -> None:
-        self.sentence, self.reasons = sentence, reasons or {}
+        self.reasons = reasons or {}
         super().__init__(sentence, error_code=INVALID_PARAMETER_VALUE)
-
-    @property
-    def message(self) -> str:
-        return self.sentence
-
-    @message.setter
-    def message(self, value: str) -> None:  # the server's prefix ("Failed to predict data ...") is dropped
-        pass
 
 
 def refuse_rows(reasons: dict[int, str], rows: int, held_by: dict[int, str] | None = None) -> None:

@@ -217,9 +217,22 @@ def transformer_default(pairs: Path, steps: int, device: str, budget: Budget, li
 
 # (c) the pipeline
 
+def tests_helpers():
+    """tests/helpers/, the package the tests build their tiny repo with, imported as pytest imports it: with tests/
+    on sys.path (pyproject.toml's pythonpath)."""
+    if str(REPO / "tests") not in sys.path:
+        sys.path.insert(0, str(REPO / "tests"))
+    import helpers.environment
+    import helpers.images
+    import helpers.repo
+
+    return helpers
+
+
 @functools.cache
 def tests_module(name: str):
-    """tests/NAME.py, loaded by path (tests/ is not a package; test_pipeline imports `conftest` by name)."""
+    """tests/NAME.py, loaded by path (tests/ is not a package; test_pipeline imports `helpers` from tests/)."""
+    tests_helpers()
     found = sorted((REPO / "tests").rglob(f"{name}.py"))  # tests/ mirrors the package: e2e/test_pipeline.py
     if len(found) != 1:
         raise FileNotFoundError(f"tests/ holds {len(found)} files named {name}.py, not one")
@@ -246,8 +259,8 @@ def pipeline_env(env: dict, repo: Path, tracking: bool) -> dict:
 
 def pipeline(tmp: Path, device: str, tracking: bool, budget: Budget, stage_limit: float) -> list[Row]:
     """Every stage, one `dvc repro -s` at a time, in a copy of the repo with test_pipeline's tiny params."""
-    conftest, e2e = tests_module("conftest"), tests_module("test_pipeline")
-    repo, sources = conftest.copy_repo(tmp / "repo"), e2e.tiny_sources(tmp)
+    helpers, e2e = tests_helpers(), tests_module("test_pipeline")
+    repo, sources = helpers.repo.copy_repo(tmp / "repo"), e2e.tiny_sources(tmp)
 
     def tiny(p):  # the sizes of test_pipeline's `pipeline` fixture: seconds per stage
         p["fetch"].update(sources=sources)
@@ -264,7 +277,7 @@ def pipeline(tmp: Path, device: str, tracking: bool, budget: Budget, stage_limit
         set_devices(p, device)
 
     e2e.set_params(repo, tiny)
-    env = pipeline_env(conftest.venv_env(tmp), repo, tracking)
+    env = pipeline_env(helpers.environment.venv_env(tmp), repo, tracking)
     rows = []
     for stage in ["check_params", *e2e.STAGES]:  # every stage needs the check's output
         cmd = [sys.executable, "-m", "dvc", "repro", "-s", stage]
@@ -311,7 +324,7 @@ def benchmark_data(tmp: Path, photos_needed: int, tiny: bool) -> tuple[Path, Pat
     enough_photos = pets.is_dir() and sum(1 for p in pets.glob("*/*")) >= photos_needed
     if not tiny and enough_photos and text.is_file() and fra.is_file():
         return pets, text, fra, f"real data from {DATASETS}"
-    photo = tests_module("conftest").photo
+    photo = tests_helpers().images.photo
     return (photos(tmp / "photos", photos_needed, photo), corpus(tmp / "timemachine.txt", 60_000),
             sentence_pairs(tmp / "fra.txt", 2_000), "synthetic data")
 

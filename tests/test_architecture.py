@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from layers import LAYERS, REPO, dvc_stages, modules
+from helpers.layers import LAYERS, REPO, dvc_stages, modules
 
 DOC = REPO / "docs" / "architecture.md"
 TOP_LEVEL_NODES = {"plumbing", "stage_plumbing"}  # nodes of modules directly in primer/

@@ -25,8 +25,8 @@ from primer.params import (
     section_of,
 )
 
-from conftest import REPO
-from layers import dvc_stages
+from helpers.layers import dvc_stages
+from helpers.repo import REPO
 
 PROFILE_ENTRIES = re.compile(r"^(profile|quick\..+)$")  # the quick profile's own rule: tests/test_profile.py
 

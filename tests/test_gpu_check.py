@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from helpers.repo import REPO
 
 BENCHMARKS = REPO / "benchmarks"
 IMPORT_D2L = {"lm_throughput.py", "transformer_throughput.py"}  # d2l: benchmarks/requirements.txt
@@ -125,7 +125,7 @@ def test_the_pipeline_rows_keep_the_packages_pythonpath_already_had(tmp_path):
 def test_a_checkout_without_git_copies_the_code_alone(tmp_path):
     """gpu_check's tiny repo from a checkout with no .git (a tarball, an rsync to a GPU host): the files git
     tracks, and none of the data, environments or caches beside them."""
-    from conftest import code_files, copy_repo
+    from helpers.repo import code_files, copy_repo
 
     tracked = code_files(REPO)
     bare = tmp_path / "no-git"
@@ -144,9 +144,12 @@ def test_a_checkout_without_git_copies_the_code_alone(tmp_path):
 
 
 def test_the_pipeline_rows_find_the_tiny_repo_helpers_where_the_tests_keep_them():
-    """gpu_check builds its tiny repo with tests/conftest.py and tests/e2e/test_pipeline.py (run without d2l)."""
+    """gpu_check builds its tiny repo with tests/helpers/ and tests/e2e/test_pipeline.py (run without d2l)."""
     gpu_check = load_gpu_check()
     e2e = gpu_check.tests_module("test_pipeline")
     assert Path(e2e.__file__) == REPO / "tests" / "e2e" / "test_pipeline.py"
     assert callable(e2e.tiny_sources) and callable(e2e.set_params) and "train_transformer" in e2e.STAGES
-    assert callable(gpu_check.tests_module("conftest").copy_repo)
+    helpers = gpu_check.tests_helpers()
+    assert Path(helpers.repo.__file__) == REPO / "tests" / "helpers" / "repo.py"
+    assert callable(helpers.repo.copy_repo) and callable(helpers.environment.venv_env)
+    assert callable(helpers.images.photo)

@@ -7,7 +7,7 @@ import textwrap
 
 import pytest
 
-from layers import LAYERS, NOT_DEPS, REPO, back_imports, dvc_stages, modules, stage_deps
+from helpers.layers import LAYERS, NOT_DEPS, REPO, back_imports, dvc_stages, modules, stage_deps
 
 
 def test_no_module_imports_from_a_later_layer():
@@ -48,8 +48,8 @@ def test_the_check_finds_an_import_that_runs_back(tmp_path, source, found):
 
 def test_a_module_in_no_layer_is_reported(tmp_path):
     write_tree(tmp_path, {"primer/__init__.py": "", "primer/helpers.py": "", "stages/__init__.py": ""})
-    assert back_imports(tmp_path) == ["primer/helpers.py is in no layer: add it to LAYERS in tests/layers.py and to "
-                                      "docs/architecture.md"]
+    assert back_imports(tmp_path) == ["primer/helpers.py is in no layer: add it to LAYERS in tests/helpers/layers.py "
+                                      "and to docs/architecture.md"]
 
 
 @pytest.mark.parametrize("stage", sorted(dvc_stages()))

@@ -14,7 +14,7 @@ from primer.errors import PrimerError
 from primer.params import Name, Section, Sections, flatten, load_params
 from primer.vision.augment_policy import AugmentPolicy
 
-from conftest import REPO
+from helpers.repo import REPO
 
 
 class Split(Section):

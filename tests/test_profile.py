@@ -16,7 +16,7 @@ from primer.errors import PrimerError
 from primer.params import Section, Sections, load_params
 from primer.params_file import QUICK_SECTIONS, apply_profile, parse_yaml
 
-from conftest import REPO
+from helpers.repo import REPO
 
 
 class TrainCnn(Section):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from layers import REPO, modules
+from helpers.layers import REPO, modules
 
 ADAPTERS = {  # module: the private names it may import, where its docstring says why and which test ends it
     "primer.ray_login": {"ray._raylet", "ray._raylet.GcsClient"},

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, venv_env
+from helpers.environment import venv_env
+from helpers.repo import REPO
 
 STAGE = textwrap.dedent('''
     """A stage that writes params a.x; with `hold`, it waits for the file `go` before writing."""

@@ -12,7 +12,7 @@ import pytest
 from primer.errors import PrimerError
 from primer.sweep import INSTALL, check_keys, check_targets, grid, parse_set, parser
 
-from conftest import REPO
+from helpers.repo import REPO
 
 
 def test_several_sets_multiply_into_a_grid():

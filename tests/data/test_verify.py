@@ -12,7 +12,7 @@ from PIL import Image
 from primer.data.verify import summarize, verify_images
 from primer.errors import PrimerError
 
-from conftest import photo, png_bomb
+from helpers.images import photo, png_bomb
 
 
 def jpeg_bytes(img: Image.Image, **kw) -> bytes:

@@ -1,5 +1,5 @@
 """The container for real: the project's Dockerfile and docker-compose.yml, unchanged, built and run with
-podman (tests/podman_stack.py) from stand-in base images made of Debian's packages.
+podman (tests/helpers/podman_stack.py) from stand-in base images made of Debian's packages.
 
 It builds the image; checks the image runs as non-root (`primer.doctor`, `dvc --version`) and writes a
 user-owned checkout as its owner; brings up `db`, the object store `store`, its one-shot `store-bucket`
@@ -31,9 +31,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import copy_repo, require_tool
-from podman_stack import STANDIN_IMAGES, Podman, disk_shortfall, make_standin_bases
-from s3_store import S3Store
+from helpers.environment import require_tool
+from helpers.podman_stack import STANDIN_IMAGES, Podman, disk_shortfall, make_standin_bases
+from helpers.repo import copy_repo
+from helpers.s3_store import S3Store
 from test_pipeline import tiny_sources
 
 pytestmark = pytest.mark.container

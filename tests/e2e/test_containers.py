@@ -17,7 +17,8 @@ from pathlib import Path
 
 import torch
 
-from conftest import REPO, dockerignore_rules, excluded, require_tool
+from helpers.environment import require_tool
+from helpers.repo import REPO, dockerignore_rules, excluded
 
 VENV_BIN = Path(sys.executable).parent
 
@@ -229,7 +230,7 @@ def test_doctor_checks_torch_against_primers_floor():
 
 
 def test_the_container_test_says_before_building_when_its_disk_is_too_small(tmp_path):
-    from podman_stack import disk_shortfall
+    from helpers.podman_stack import disk_shortfall
 
     free = shutil.disk_usage(tmp_path).free
     assert disk_shortfall(tmp_path, need=free // 2) is None

@@ -20,7 +20,9 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO, copy_repo, photo, venv_env
+from helpers.environment import venv_env
+from helpers.images import photo
+from helpers.repo import REPO, copy_repo
 
 pytestmark = pytest.mark.slow
 STAGES = ["fetch", "verify", "split", "augment", "train_cnn", "train_lm@lstm", "train_lm@gru", "train_transformer",

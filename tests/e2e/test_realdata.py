@@ -6,7 +6,7 @@ import pytest
 
 from primer.data.verify import summarize, verify_images
 
-from conftest import shared_datasets
+from helpers.repo import shared_datasets
 
 pytestmark = pytest.mark.realdata
 

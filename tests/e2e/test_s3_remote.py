@@ -1,4 +1,4 @@
-"""A DVC remote on a real S3 bucket (SeaweedFS on 127.0.0.1, tests/s3_store.py), set up as docs/team.md says:
+"""A DVC remote on a real S3 bucket (SeaweedFS on 127.0.0.1, tests/helpers/s3_store.py), set up as docs/team.md says:
 `dvc remote add -d` in .dvc/config, the endpoint and keys with `--local` in .dvc/config.local; `dvc push`, then
 `dvc pull` into an empty cache gives the same bytes."""
 
@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, venv_env
-from s3_store import S3Store, running_store
+from helpers.environment import venv_env
+from helpers.repo import REPO
+from helpers.s3_store import S3Store, running_store
 
 pytestmark = pytest.mark.slow
 

@@ -23,8 +23,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO, require_tool, venv_env, write_class_folders
-from s3_store import ACCESS_KEY, SECRET_KEY, S3Store, running_store
+from helpers.environment import require_tool, venv_env
+from helpers.images import write_class_folders
+from helpers.repo import REPO
+from helpers.s3_store import ACCESS_KEY, SECRET_KEY, S3Store, running_store
 
 pytestmark = pytest.mark.slow
 BEFORE_RESTART = ["fetch", "verify", "split"]

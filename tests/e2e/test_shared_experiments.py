@@ -1,7 +1,7 @@
 """Experiments shared between machines (docs/team.md, "Experiments shared between machines"), with real parts on
-127.0.0.1: a bare git repository as the team's git remote, a SeaweedFS S3 bucket (tests/s3_store.py) holding the DVC
-remote and MLflow's artifacts, and one `mlflow server` whose S3 keys only it holds. Hosts A and B, two clones, each
-run a tiny `dvc exp run` of train_lm@lstm and `dvc exp push` it; host C, a third clone, pulls both, finds their
+127.0.0.1: a bare git repository as the team's git remote, a SeaweedFS S3 bucket (tests/helpers/s3_store.py) holding
+the DVC remote and MLflow's artifacts, and one `mlflow server` whose S3 keys only it holds. Hosts A and B, two clones,
+each run a tiny `dvc exp run` of train_lm@lstm and `dvc exp push` it; host C, a third clone, pulls both, finds their
 metrics in `dvc exp show`, applies B's and gets B's model byte for byte. The server holds both runs, tagged with their
 experiment names, their artifacts in the bucket, and the registry's champion rule picks the better of the two.
 A's first push, with a wrong key for the bucket, fails and leaves the experiment half pushed; C's pull says so."""
@@ -16,8 +16,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import copy_repo, dvc_experiments, venv_env
-from s3_store import S3Store, running_store
+from helpers.environment import venv_env
+from helpers.pipeline import dvc_experiments
+from helpers.repo import copy_repo
+from helpers.s3_store import S3Store, running_store
 from test_pipeline import set_params, tiny_sources
 from test_team_server import start_team_server
 

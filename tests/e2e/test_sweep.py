@@ -28,7 +28,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import copy_repo, dvc_experiments, require_tool, venv_env
+from helpers.environment import require_tool, venv_env
+from helpers.pipeline import dvc_experiments
+from helpers.repo import copy_repo
 from test_pipeline import set_params, tiny_sources
 from test_server_topology import MlflowServer, free_port
 

@@ -1,6 +1,6 @@
 """A team's MLflow server for real, on 127.0.0.1: `mlflow server` (SQLite in tmp_path) keeping artifacts in an S3
-bucket (SeaweedFS, tests/s3_store.py) whose keys only the server holds, and with MLflow's basic-auth login. A stage
-(train_basics, ~1 s) logs to it through primer/tracking.py with the login the server expects, or fails in seconds
+bucket (SeaweedFS, tests/helpers/s3_store.py) whose keys only the server holds, and with MLflow's basic-auth login. A
+stage (train_basics, ~1 s) logs to it through primer/tracking.py with the login the server expects, or fails in seconds
 with one sentence when the login is wrong or missing."""
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, venv_env
-from s3_store import S3Store, running_store
+from helpers.environment import venv_env
+from helpers.repo import REPO
+from helpers.s3_store import S3Store, running_store
 from test_server_topology import MlflowServer, compose_service, free_port, interpolate
 
 pytestmark = pytest.mark.slow

@@ -21,7 +21,9 @@ from primer.text.corpus import Vocab
 from primer.text.sentence_pairs import build_vocab, preprocess_nmt
 from primer.vision.binary_metrics import binary_report, confusion, roc_auc
 
-from conftest import REPO, venv_env, write_tiny_arrays
+from helpers.environment import venv_env
+from helpers.repo import REPO
+from helpers.tiny_cnn import write_tiny_arrays
 
 
 def brute_force_auc(labels, scores):

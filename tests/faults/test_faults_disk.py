@@ -18,7 +18,8 @@ from primer.data.fetch import copy_folder
 from primer.errors import PrimerError
 from primer.training.checkpoint import save
 
-from conftest import REPO, venv_env
+from helpers.environment import venv_env
+from helpers.repo import REPO
 from test_faults_outputs import augment_inputs
 
 

@@ -12,7 +12,8 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import copy_repo, venv_env
+from helpers.environment import venv_env
+from helpers.repo import copy_repo
 from test_pipeline import set_params, tiny_sources
 
 pytestmark = pytest.mark.slow

@@ -18,7 +18,9 @@ from primer.models.rnn import RNNLM
 from primer.training.checkpoint import load_matching
 from primer.vision.image_batches import load_arrays
 
-from conftest import REPO, tiny_cnn_params, venv_env, write_tiny_arrays
+from helpers.environment import venv_env
+from helpers.repo import REPO
+from helpers.tiny_cnn import tiny_cnn_params, write_tiny_arrays
 
 
 def _truncate(path, keep: float = 0.5):

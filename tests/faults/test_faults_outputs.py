@@ -16,7 +16,8 @@ import yaml
 
 from primer.atomic import outputs_together
 
-from conftest import REPO, write_class_folders
+from helpers.images import write_class_folders
+from helpers.repo import REPO
 
 DIE_AFTER_FIRST_ARRAY = textwrap.dedent("""
     import os, signal, sys

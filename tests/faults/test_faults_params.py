@@ -14,7 +14,7 @@ from primer.errors import PrimerError
 from primer.params import Section, Sections, load_params
 from primer.stage import cli
 
-from conftest import REPO
+from helpers.repo import REPO
 
 
 class Lr(Section):

@@ -26,7 +26,9 @@ from primer.errors import PrimerError
 from primer.stage import cli
 from primer.tracking import repo_root, stage_run
 
-from conftest import REPO, tiny_cnn_params, venv_env, write_tiny_arrays
+from helpers.environment import venv_env
+from helpers.repo import REPO
+from helpers.tiny_cnn import tiny_cnn_params, write_tiny_arrays
 
 OPEN_A_RUN = textwrap.dedent("""
     import os, signal, sys, time

@@ -16,7 +16,9 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO, photo, venv_env
+from helpers.environment import venv_env
+from helpers.images import photo
+from helpers.repo import REPO
 
 pytestmark = pytest.mark.slow  # each runs a stage process (15-40 s)
 

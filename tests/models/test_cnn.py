@@ -20,7 +20,9 @@ from primer.training.loop import FitConfig, fit, make_optimizer
 from primer.vision.augment_policy import AugmentPolicy
 from primer.vision.image_batches import eval_batches, evaluate_binary, load_arrays, train_batches
 
-from conftest import REPO, tiny_cnn_params, venv_env, write_tiny_arrays
+from helpers.environment import venv_env
+from helpers.repo import REPO
+from helpers.tiny_cnn import tiny_cnn_params, write_tiny_arrays
 
 
 def primer_cnnmodel() -> nn.Sequential:

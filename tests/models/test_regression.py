@@ -15,7 +15,8 @@ import yaml
 from primer.models import regression as rg
 from primer.params import load_params
 
-from conftest import REPO, venv_env
+from helpers.environment import venv_env
+from helpers.repo import REPO
 
 
 def random_data(seed: int, n: int = 40, d: int = 2):

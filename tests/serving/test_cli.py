@@ -25,7 +25,8 @@ from primer.text.corpus import Vocab
 from primer.vision.batch_augment import eval_batch
 from primer.vision.image_arrays import resized_array
 
-from conftest import REPO, photo, png_bomb
+from helpers.images import photo, png_bomb
+from helpers.repo import REPO
 from test_evaluate import TEXT, save_tiny_translator
 
 PRIMER = shutil.which("primer", path=str(Path(sys.executable).parent))

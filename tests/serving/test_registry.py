@@ -16,7 +16,7 @@ from primer.serving.registry import CHAMPION, check_family, register
 from primer.serving.served_models import PhotoClassifier, log_served_model
 from primer.vision.image_arrays import png_bytes
 
-from conftest import venv_env
+from helpers.environment import venv_env
 from test_faults_tracking import free_port, start_server, stop
 
 

@@ -26,7 +26,7 @@ from primer.text.corpus import Vocab
 from primer.vision.batch_augment import eval_batch
 from primer.vision.image_arrays import photo_array, resized_array
 
-from conftest import photo, png_bomb
+from helpers.images import photo, png_bomb
 from test_evaluate import TEXT, save_tiny_translator
 
 EVAL_SIZE = 32

@@ -25,7 +25,9 @@ from primer.serving.registry import register
 from primer.serving.served_models import PhotoClassifier, Translator, log_served_model
 from primer.vision.image_arrays import png_bytes
 
-from conftest import SHARED_DATASETS, photo, png_bomb, venv_env
+from helpers.environment import venv_env
+from helpers.images import photo, png_bomb
+from helpers.repo import SHARED_DATASETS
 from test_evaluate import save_tiny_translator
 
 pytestmark = pytest.mark.slow

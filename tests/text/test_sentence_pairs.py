@@ -22,7 +22,7 @@ from primer.text.sentence_pairs import (
     valid_lengths,
 )
 
-from conftest import shared_datasets
+from helpers.repo import shared_datasets
 
 
 def test_preprocess_matches_d2l_rules():

@@ -22,7 +22,8 @@ from urllib.parse import urlparse
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO, require_tool, venv_env
+from helpers.environment import require_tool, venv_env
+from helpers.repo import REPO
 from test_train_lm import TINY_TEXT, tiny_params
 
 CHROMIUM = "/usr/bin/chromium"

@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 from primer.errors import PrimerError
 from primer.tracking import stage_run
 
-from conftest import REPO
+from helpers.repo import REPO
 
 
 @pytest.fixture

@@ -19,7 +19,9 @@ from primer.training.checkpoint import Checkpoint
 from primer.training.loop import FitConfig, fit
 from primer.training.schedule import lr_factor
 
-from conftest import REPO, tiny_cnn_params, venv_env, write_tiny_arrays
+from helpers.environment import venv_env
+from helpers.repo import REPO
+from helpers.tiny_cnn import tiny_cnn_params, write_tiny_arrays
 
 
 class Toy(torch.nn.Module):

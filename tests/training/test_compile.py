@@ -16,7 +16,7 @@ from primer.training.lm_training import check_lm_params
 from primer.training.loop import FitConfig, compile_model, fit, make_optimizer
 from stages import train_cnn, train_lm, train_transformer
 
-from conftest import REPO
+from helpers.repo import REPO
 
 
 @pytest.mark.parametrize("stage", [train_cnn, train_lm, train_transformer])

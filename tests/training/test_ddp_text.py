@@ -16,7 +16,8 @@ import torch
 import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import REPO, venv_env
+from helpers.environment import venv_env
+from helpers.repo import REPO
 from test_train_lm import TINY_TEXT
 from test_train_transformer import PAIRS
 

@@ -23,7 +23,7 @@ from primer.training.loop import FitConfig, fit, make_optimizer
 from primer.vision.augment_policy import AugmentPolicy
 from primer.vision.image_batches import train_batches
 
-from conftest import probe
+from helpers.probes import probe
 
 HostSyncs = probe("host_sync_probe").HostSyncs
 CPU = torch.device("cpu")

@@ -12,7 +12,8 @@ import yaml
 
 from primer.models.rnn import RNNLM
 
-from conftest import REPO, venv_env
+from helpers.environment import venv_env
+from helpers.repo import REPO
 
 TINY_TEXT = ("The Time Traveller (for so it will be convenient to speak of him) was expounding a recondite matter "
              "to us.\n") * 12

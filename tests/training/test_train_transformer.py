@@ -18,7 +18,8 @@ from primer.text.sentence_pairs import BOS, EOS, PAD, build_vocab, ids_to_senten
 from primer.training.checkpoint import Checkpoint, fingerprint
 from primer.training.loop import FitConfig, fit, make_optimizer
 
-from conftest import REPO, venv_env
+from helpers.environment import venv_env
+from helpers.repo import REPO
 
 PAIRS = """Go.\tVa !
 Hi.\tSalut !

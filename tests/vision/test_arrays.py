@@ -12,7 +12,8 @@ from torchvision.transforms.v2 import functional as TF
 from primer.data.images import open_rgb
 from primer.vision.image_arrays import jpeg_header, photo_array, resize_chw, resized_array, write_image_array
 
-from conftest import photo, shared_datasets
+from helpers.images import photo
+from helpers.repo import shared_datasets
 
 
 def primer_resize(path, size: int) -> np.ndarray:

@@ -75,7 +75,7 @@ def stated_policies() -> list[dict]:
     """The two policies docs/training.md states, each as its `key: value` list before "every other step 0"."""
     import re
 
-    from conftest import REPO
+    from helpers.repo import REPO
 
     text = " ".join((REPO / "docs" / "training.md").read_text().split())
     return [{k: float(v) for k, v in re.findall(r"`(\w+): ([\d.]+)`", listed)}
@@ -85,7 +85,7 @@ def stated_policies() -> list[dict]:
 def test_the_docs_state_the_policies_of_params_yaml_and_of_augment_policy():
     import yaml
 
-    from conftest import REPO
+    from helpers.repo import REPO
 
     in_file, in_python = stated_policies()
     written = yaml.safe_load((REPO / "params.yaml").read_text())["augment"]["policy"]

@@ -26,7 +26,7 @@ from typing import Iterator
 
 import pytest
 
-from conftest import require_tool
+from helpers.environment import require_tool
 
 BUCKET = "primer"
 ACCESS_KEY = "primer-test-key"

@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-STANDINS = Path(__file__).resolve().parent / "standin_bases"
+STANDINS = Path(__file__).resolve().parents[1] / "standin_bases"
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 DEBIAN_BASE = "localhost/primer-standin-debian:bookworm"
 PYTHON_BASE = "docker.io/library/python:3.11-slim-bookworm"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 LAYERS = {  # name: (rank, the modules or packages it holds)
     "plumbing": (0, ["primer.errors", "primer.atomic", "primer.processes", "primer.params", "primer.params_file",
@@ -81,7 +81,7 @@ def back_imports(root: Path = REPO) -> list[str]:
             continue
         mine = layer_of(module)
         if mine is None:
-            found.append(f"{path.relative_to(root)} is in no layer: add it to LAYERS in tests/layers.py and to "
+            found.append(f"{path.relative_to(root)} is in no layer: add it to LAYERS in tests/helpers/layers.py and to "
                          "docs/architecture.md")
             continue
         for target in sorted(imports(path, known)):

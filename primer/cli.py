@@ -41,13 +41,15 @@ def params_file(*sections: str) -> dict:
     """params.yaml after its `profile`, checked to hold `sections` as mappings: its shape, checked before a
     command imports the torch modules whose definitions check each key (torch takes seconds to load), so a
     missing, empty or malformed file is refused at once, in one sentence naming it."""
+    from ruamel.yaml import YAMLError
+
     from primer.params_file import apply_profile, parse_yaml, read_yaml
 
     if not PARAMS.is_file():
         raise PrimerError(f"'{PARAMS}' not found; run primer from the repository root, or give --model.")
     try:
         empty = parse_yaml(PARAMS.read_text(encoding="utf-8"), str(PARAMS)) is None
-    except yaml.YAMLError:
+    except YAMLError:
         empty = False  # read_yaml names the line
     if empty:
         raise PrimerError(f"'{PARAMS}' is empty; restore it from git (`git checkout {PARAMS}`), or give --model.")

@@ -1,56 +1,30 @@
-"""Read a params file as YAML 1.2 numbers, refuse a key written twice, and lay the quick profile over it.
+"""Read a params file as DVC reads it, refuse a key written twice, and lay the quick profile over it.
 
-PyYAML resolves YAML 1.1, where `5e-05` (what `dvc exp run -S` writes) and `1e-3` are strings; here they
-are numbers. A key written twice in one mapping, which YAML would settle silently by keeping the last, is
-one sentence naming the key and both lines.
+The file is read by ruamel.yaml's safe loader, as DVC reads params.yaml, so primer and DVC see the same values:
+YAML 1.2, where `5e-05` (what `dvc exp run -S` writes) is a number and `yes` is a string. A key written twice in one
+mapping is one sentence naming the key and both lines (from the parsed nodes' marks).
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
-import yaml
+from ruamel.yaml import YAML, YAMLError
+from ruamel.yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from primer.errors import PrimerError
 
-# YAML 1.2 numbers: PyYAML resolves YAML 1.1, where `5e-05` (what `dvc exp run -S` writes) and `1e-3`
-# are strings because 1.1 wants a dot and a signed exponent. A float is digits with a dot, an exponent,
-# or both; plain integers stay ints.
-_FLOAT = re.compile(
-    r"""^(?:[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?
-    |\.[0-9][0-9_]*(?:[eE][-+]?[0-9]+)?
-    |[0-9][0-9_]*[eE][-+]?[0-9]+)
-    |[-+]?\.(?:inf|Inf|INF)
-    |\.(?:nan|NaN|NAN))$""",
-    re.X,
-)
-_FLOAT_TAG = "tag:yaml.org,2002:float"
 
-
-class ParamsLoader(yaml.SafeLoader):
-    """PyYAML's safe loader with YAML 1.2 floats (tried before ints and everything else)."""
-
-    yaml_implicit_resolvers = {
-        char: [(tag, regexp) for tag, regexp in resolvers if tag != _FLOAT_TAG]
-        for char, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-    }
-
-
-for _char in "-+0123456789.":
-    ParamsLoader.yaml_implicit_resolvers.setdefault(_char, []).insert(0, (_FLOAT_TAG, _FLOAT))
-
-
-def _refuse_duplicate_keys(node: yaml.Node, where: str, file: str) -> None:
-    """A key written twice in one mapping is an error (YAML would silently keep the last one)."""
-    if isinstance(node, yaml.SequenceNode):
+def _refuse_duplicate_keys(node: Node, where: str, file: str) -> None:
+    """A key written twice in one mapping is an error, named with both lines."""
+    if isinstance(node, SequenceNode):
         for i, item in enumerate(node.value):
             _refuse_duplicate_keys(item, f"{where}[{i}]", file)
-    if not isinstance(node, yaml.MappingNode):
+    if not isinstance(node, MappingNode):
         return
     lines: dict = {}
     for key_node, value_node in node.value:
-        key = key_node.value if isinstance(key_node, yaml.ScalarNode) else str(key_node.start_mark)
+        key = key_node.value if isinstance(key_node, ScalarNode) else str(key_node.start_mark)
         name = f"{where}.{key}" if where else key
         line = key_node.start_mark.line + 1
         if key in lines:
@@ -61,16 +35,13 @@ def _refuse_duplicate_keys(node: yaml.Node, where: str, file: str) -> None:
 
 
 def parse_yaml(text: str, file: str):
-    """YAML text -> Python data, with YAML 1.2 numbers and duplicate keys refused (`file` names it in errors)."""
-    loader = ParamsLoader(text)
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            return None
-        _refuse_duplicate_keys(node, "", file)
-        return loader.construct_document(node)
-    finally:
-        loader.dispose()
+    """YAML text -> Python data as DVC reads it, with duplicate keys refused (`file` names it in errors)."""
+    yaml = YAML(typ="safe")
+    node = yaml.compose(text)
+    if node is None:
+        return None
+    _refuse_duplicate_keys(node, "", file)
+    return yaml.load(text)
 
 
 def read_yaml(path: Path) -> dict:
@@ -80,7 +51,7 @@ def read_yaml(path: Path) -> dict:
         raise PrimerError(f"params file '{path}' not found; run from the repository root or pass --params PATH.")
     try:
         data = parse_yaml(path.read_text(encoding="utf-8"), str(path))
-    except yaml.YAMLError as exc:
+    except YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         line = f" at line {where.line + 1}" if where is not None else ""
         raise PrimerError(f"params file '{path}' is not valid YAML{line}: {getattr(exc, 'problem', exc)}.") from None

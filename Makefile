@@ -3,7 +3,7 @@
 #   make test    set up .venv from requirements.lock + requirements-dev.lock and run the test suite
 #   make test-cluster  the tests acting as several ranks or hosts: DDP, torchrun agents, Ray (~5 min)
 #   make test-container  build and run the image with podman (tests/e2e/test_container_run.py, ~10 min, root)
-#   make lint    set up .venv like make test and run `ruff check .` and deptry (rules in pyproject.toml)
+#   make lint    set up .venv like make test and run `ruff check .`, deptry and mypy (rules in pyproject.toml)
 #   make demo    set up .venv and run every stage once with the quick profile (about 15 min on 2 cores)
 #   make remote-store  the DVC remote `store` on docker-compose.yml's object store, keys from .env (docs/team.md)
 #   make host-install  install primer into a Python that already has torch (HOST_PY=...; docs/hosts.md)
@@ -40,6 +40,7 @@ test-container: $(VENV)/.dev-installed
 lint: $(VENV)/.dev-installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/deptry primer stages
+	$(VENV)/bin/mypy
 
 repro: setup
 	$(PY) -m primer.params_check

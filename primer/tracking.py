@@ -17,9 +17,9 @@ import json
 import logging
 import operator
 import os
-import re
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -31,8 +31,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from urllib3.exceptions import MaxRetryError, ReadTimeoutError, ResponseError
+
 from primer.atomic import DISK_FULL
 from primer.errors import PrimerError
+from primer.mlflow_http import exhausted_status
 from primer.params import flatten
 from primer.processes import process_alive, process_start
 
@@ -130,15 +133,14 @@ class StageRun:
 
     def _disk_full(self, exc: BaseException) -> str | None:
         """The artifact store's disk is full (a local `mlartifacts/`, or a mounted folder): name the folder."""
-        while exc is not None:
-            if isinstance(exc, OSError) and exc.errno in DISK_FULL:
-                where = Path(exc.filename).parent if exc.filename else None
+        for found in _chain(exc):
+            if isinstance(found, OSError) and found.errno in DISK_FULL:
+                where = Path(found.filename).parent if found.filename else None
                 if where is None and self.run_id:
                     where = self._mlflow.MlflowClient().get_run(self.run_id).info.artifact_uri
-                return (f"the disk of MLflow's artifact store at {where} is full ({os.strerror(exc.errno)}); free "
+                return (f"the disk of MLflow's artifact store at {where} is full ({os.strerror(found.errno)}); free "
                         "space there (or point the store elsewhere) and rerun the stage (training resumes from "
                         "its last checkpoint).")
-            exc = exc.__cause__ or exc.__context__
         return None
 
     def _lost_message(self, reason: str) -> str:
@@ -235,22 +237,24 @@ def _server_message(answer: urllib.error.HTTPError) -> str:
 
 
 def _error_answer(uri: str, exc: BaseException) -> str | None:
-    """For an MLflow request the server kept answering with an HTTP error until the retries ran out
-    (urllib3's "too many 500 error responses"): "HTTP 500 (the server's message)", asked once more;
+    """For an MLflow request the server kept answering with an HTTP error until the retries ran out (urllib3's
+    `MaxRetryError` for a `ResponseError`, in `exc`'s chain): "HTTP 500 (the server's message)", asked once more;
     None for any other failure."""
-    found = re.search(r"with url: (\S+) \(Caused by ResponseError\('too many (\d{3}) error responses", str(exc))
-    if not found:
+    gave_up = next((e for e in _chain(exc) if isinstance(e, MaxRetryError) and isinstance(e.reason, ResponseError)),
+                   None)
+    if gave_up is None:
         return None
-    path, code = found.groups()
     parts = urllib.parse.urlsplit(uri)
     try:
-        with urllib.request.urlopen(f"{parts.scheme}://{parts.netloc}{path}", timeout=PROBE_TIMEOUT_S):
+        with urllib.request.urlopen(urllib.parse.urljoin(f"{parts.scheme}://{parts.netloc}/", gave_up.url),
+                                    timeout=PROBE_TIMEOUT_S):
             pass
     except urllib.error.HTTPError as answer:
         return f"HTTP {answer.code} ({_server_message(answer)})"
     except (urllib.error.URLError, OSError):
         pass
-    return f"HTTP {code}"
+    status = exhausted_status(gave_up)
+    return f"HTTP {status}" if status else None
 
 
 def _login_refused(uri: str, exc: BaseException) -> str | None:
@@ -354,13 +358,35 @@ def close_orphans(mlflow, experiment_id: str, stage: str) -> None:
         print(f"{stage}: closed orphaned MLflow run {found.info.run_id} as KILLED ({why})", file=sys.stderr)
 
 
+def _chain(exc: BaseException | None) -> Iterator[BaseException]:
+    """`exc` and what it wraps, outermost first, each once: its cause and context (MLflow raises its own exception
+    while handling requests', requests its own while handling urllib3's) and a `MaxRetryError`'s `reason`."""
+    seen, todo = set(), [exc]
+    while todo:
+        found = todo.pop(0)
+        if found is None or id(found) in seen:
+            continue
+        seen.add(id(found))
+        yield found
+        todo += [found.__cause__, found.__context__, found.reason if isinstance(found, MaxRetryError) else None]
+
+
 def _short_reason(exc: BaseException) -> str:
     """The root cause in a few words ("[Errno 111] Connection refused", "Read timed out"), not the chain
-    of wrappers requests and MLflow put around it."""
+    of wrappers requests and MLflow put around it: the first, from the outside in, of urllib3's retries that
+    ran out on error answers (its own words, "too many 500 error responses"), a read that timed out, an OS error
+    with its number, or the SQLite driver's own sentence ("database is locked"); else the first line of `exc`."""
+    for found in _chain(exc):
+        if isinstance(found, ResponseError):
+            return str(found)
+        if isinstance(found, ReadTimeoutError):  # requests' ReadTimeout and ConnectionError are raised over it
+            return "Read timed out"
+        if isinstance(found, OSError) and found.errno is not None:
+            return f"[Errno {found.errno}] {found.strerror}"
+        if isinstance(found, sqlite3.Error):
+            return _first_line(found)
     text = _first_line(exc)
-    found = re.search(r"\[Errno -?\d+\] [^\"')(]+|Read timed out|too many \d{3} error responses|database is locked"
-                      r"|no such table: \w+", text)
-    return found.group(0).strip().rstrip(".") if found else (text if len(text) <= 160 else text[:157] + "...")
+    return text if len(text) <= 160 else text[:157] + "..."
 
 
 def _first_line(exc: BaseException) -> str:

@@ -25,7 +25,8 @@ LAYERS = {  # name: (rank, the modules or packages it holds)
     "serving": (6, ["primer.serving"]),
     "stage plumbing": (7, ["primer.tracking", "primer.stage", "primer.report", "primer.demo", "primer.doctor",
                            "primer.cli", "primer.params_check", "primer.repro_params", "primer.remote_check",
-                           "primer.sweep", "primer.sweep_node", "primer.ray_login", "primer.dvc_temp_runs"]),
+                           "primer.sweep", "primer.sweep_node", "primer.ray_login", "primer.dvc_temp_runs",
+                           "primer.mlflow_http"]),
     "stages": (8, ["stages"]),
 }
 
@@ -33,7 +34,7 @@ LAYERS = {  # name: (rank, the modules or packages it holds)
 # params reading and the MLflow plumbing cannot change what a stage writes, and
 # leaving them out keeps a change to logging from redoing the pipeline.
 NOT_DEPS = {"primer.errors", "primer.atomic", "primer.processes", "primer.params", "primer.params_file",
-            "primer.tracking", "primer.stage", "primer.repro_params"}
+            "primer.tracking", "primer.mlflow_http", "primer.stage", "primer.repro_params"}
 
 
 def dvc_stages() -> dict:

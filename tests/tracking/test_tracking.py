@@ -209,8 +209,8 @@ def test_a_failed_queued_write_is_one_sentence_at_the_next_call(store, monkeypat
     real = Client.log_batch
 
     def refuse(self, run_id, metrics=(), **kwargs):
-        if metrics:
-            raise ConnectionError("[Errno 111] Connection refused")
+        if metrics:  # a real refusal: a connection to a port nothing listens on
+            socket.create_connection(("127.0.0.1", free_port()), timeout=5).close()
         return real(self, run_id, metrics=metrics, **kwargs)
 
     monkeypatch.setattr(Client, "log_batch", refuse)

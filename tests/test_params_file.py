@@ -36,9 +36,8 @@ def test_params_read_as_dvc_reads_them(tmp_path):
 
 
 def test_a_yes_where_true_or_false_is_wanted_is_one_sentence(tmp_path):
-    from stages.check_params import READERS, SWITCHES
-
     from primer.params import check_whole_file
+    from stages.check_params import READERS, SWITCHES
 
     text = (Path(__file__).resolve().parents[1] / "params.yaml").read_text()
     changed, found = re.subn(r"^(\s+bf16:) (true|false)", r"\1 yes", text, count=1, flags=re.M)

@@ -29,7 +29,7 @@ $(VENV)/.dev-installed: $(VENV)/.installed requirements-dev.lock requirements-cl
 setup: $(VENV)/.installed
 
 test: $(VENV)/.dev-installed
-	$(PY) -m pytest
+	$(PY) -m pytest --durations=30
 
 test-cluster: $(VENV)/.dev-installed
 	$(PY) -m pytest -m cluster --durations=0

@@ -9,7 +9,7 @@ part that fails or hangs:
       and transformer_throughput --size default (the train_transformer stage's own training path at
       params.yaml's size): ms/step, target tok/s and the step's share of the fp32 GEMM rate;
   (c) a tiny `dvc repro` of every stage in a temporary copy of the repo, on tiny synthetic data
-      (as tests/e2e/test_pipeline.py builds it) with every `device` param set to --device: one
+      (tests/helpers/pipeline.py, as tests/e2e/test_pipeline.py uses it) with every `device` param set to --device: one
       `dvc repro -s STAGE` at a time, with its wall seconds (MLflow tracking on, as in the tests; off
       with --tiny, where it would take half the time).
 Prints ONE markdown table at the end (a failed part reads FAIL, its output's tail goes to stderr);
@@ -25,8 +25,6 @@ full benchmarks.
 from __future__ import annotations
 
 import argparse
-import functools
-import importlib.util
 import os
 import random
 import re
@@ -224,22 +222,10 @@ def tests_helpers():
         sys.path.insert(0, str(REPO / "tests"))
     import helpers.environment
     import helpers.images
+    import helpers.pipeline
     import helpers.repo
 
     return helpers
-
-
-@functools.cache
-def tests_module(name: str):
-    """tests/NAME.py, loaded by path (tests/ is not a package; test_pipeline imports `helpers` from tests/)."""
-    tests_helpers()
-    found = sorted((REPO / "tests").rglob(f"{name}.py"))  # tests/ mirrors the package: e2e/test_pipeline.py
-    if len(found) != 1:
-        raise FileNotFoundError(f"tests/ holds {len(found)} files named {name}.py, not one")
-    spec = importlib.util.spec_from_file_location(name, found[0])
-    module = sys.modules[name] = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def set_devices(section, device: str) -> None:
@@ -259,8 +245,8 @@ def pipeline_env(env: dict, repo: Path, tracking: bool) -> dict:
 
 def pipeline(tmp: Path, device: str, tracking: bool, budget: Budget, stage_limit: float) -> list[Row]:
     """Every stage, one `dvc repro -s` at a time, in a copy of the repo with test_pipeline's tiny params."""
-    helpers, e2e = tests_helpers(), tests_module("test_pipeline")
-    repo, sources = helpers.repo.copy_repo(tmp / "repo"), e2e.tiny_sources(tmp)
+    helpers = tests_helpers()
+    repo, sources = helpers.repo.copy_repo(tmp / "repo"), helpers.pipeline.tiny_sources(tmp)
 
     def tiny(p):  # the sizes of test_pipeline's `pipeline` fixture: seconds per stage
         p["fetch"].update(sources=sources)
@@ -276,10 +262,10 @@ def pipeline(tmp: Path, device: str, tracking: bool, budget: Budget, stage_limit
         }
         set_devices(p, device)
 
-    e2e.set_params(repo, tiny)
+    helpers.pipeline.set_params(repo, tiny)
     env = pipeline_env(helpers.environment.venv_env(tmp), repo, tracking)
     rows = []
-    for stage in ["check_params", *e2e.STAGES]:  # every stage needs the check's output
+    for stage in ["check_params", *helpers.pipeline.STAGES]:  # every stage needs the check's output
         cmd = [sys.executable, "-m", "dvc", "repro", "-s", stage]
         code, out, seconds = run(cmd, budget.timeout(stage_limit), repo, env)
         ran = f"Running stage '{stage}'" in out

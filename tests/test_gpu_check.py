@@ -144,12 +144,12 @@ def test_a_checkout_without_git_copies_the_code_alone(tmp_path):
 
 
 def test_the_pipeline_rows_find_the_tiny_repo_helpers_where_the_tests_keep_them():
-    """gpu_check builds its tiny repo with tests/helpers/ and tests/e2e/test_pipeline.py (run without d2l)."""
+    """gpu_check builds its tiny repo with tests/helpers/, as tests/e2e/test_pipeline.py does (run without d2l)."""
     gpu_check = load_gpu_check()
-    e2e = gpu_check.tests_module("test_pipeline")
-    assert Path(e2e.__file__) == REPO / "tests" / "e2e" / "test_pipeline.py"
-    assert callable(e2e.tiny_sources) and callable(e2e.set_params) and "train_transformer" in e2e.STAGES
     helpers = gpu_check.tests_helpers()
+    assert Path(helpers.pipeline.__file__) == REPO / "tests" / "helpers" / "pipeline.py"
+    assert callable(helpers.pipeline.tiny_sources) and callable(helpers.pipeline.set_params)
+    assert "train_transformer" in helpers.pipeline.STAGES
     assert Path(helpers.repo.__file__) == REPO / "tests" / "helpers" / "repo.py"
     assert callable(helpers.repo.copy_repo) and callable(helpers.environment.venv_env)
     assert callable(helpers.images.photo)

@@ -32,10 +32,10 @@ from pathlib import Path
 import pytest
 
 from helpers.environment import require_tool
+from helpers.pipeline import tiny_sources
 from helpers.podman_stack import STANDIN_IMAGES, Podman, disk_shortfall, make_standin_bases
 from helpers.repo import copy_repo
 from helpers.s3_store import S3Store
-from test_pipeline import tiny_sources
 
 pytestmark = pytest.mark.container
 

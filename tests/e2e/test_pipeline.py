@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-import zipfile
 from pathlib import Path
 
 import mlflow
@@ -17,45 +15,13 @@ import numpy as np
 import pandas as pd
 import psutil
 import pytest
-import yaml
 from mlflow.tracking import MlflowClient
 
 from helpers.environment import venv_env
-from helpers.images import photo
+from helpers.pipeline import STAGES, set_params, tiny_sources
 from helpers.repo import REPO, copy_repo
 
 pytestmark = pytest.mark.slow
-STAGES = ["fetch", "verify", "split", "augment", "train_cnn", "train_lm@lstm", "train_lm@gru", "train_transformer",
-          "train_basics", "evaluate"]
-
-
-def tiny_sources(root: Path) -> dict:
-    pets = root / "pets.zip"
-    with zipfile.ZipFile(pets, "w") as zf:
-        for c, name in enumerate(["Cat", "Dog"]):
-            for i in range(10):
-                img = root / f"{name}{i}.jpg"
-                photo(80 + i, 60, seed=c * 10 + i).save(img)
-                zf.write(img, f"PetImages/{name}/{i}.jpg")
-        zf.writestr("PetImages/Cat/Thumbs.db", b"\xd0\xcf\x11\xe0" + b"\0" * 100)
-        zf.writestr("PetImages/Dog/666.jpg", b"")
-    text = root / "timemachine.txt"
-    text.write_text("The Time Traveller (for so it will be convenient to speak of him) was expounding a matter.\n" * 12)
-    fra = root / "fra-eng.zip"
-    with zipfile.ZipFile(fra, "w") as zf:
-        zf.writestr("fra-eng/fra.txt", "".join(f"I see {i}.\tJe vois {i}.\nGo {i}!\tVa {i} !\n" for i in range(30)))
-    sha = lambda p: hashlib.sha1(p.read_bytes()).hexdigest()  # noqa: E731
-    return {
-        "petimages": {"url": str(pets), "sha1": sha(pets), "member": "PetImages"},
-        "timemachine": {"url": text.as_uri(), "sha1": sha(text), "member": ""},
-        "fra_eng": {"url": fra.as_uri(), "sha1": sha(fra), "member": "fra-eng"},
-    }
-
-
-def set_params(repo: Path, change) -> None:
-    params = yaml.safe_load((repo / "params.yaml").read_text())
-    change(params)
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
 
 def dvc(repo: Path, env: dict, *args: str) -> str:

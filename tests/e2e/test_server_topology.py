@@ -10,12 +10,9 @@ import pwd
 import re
 import shlex
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -23,41 +20,17 @@ from pathlib import Path
 import pytest
 import yaml
 
+from helpers.compose import PASSWORD, compose_service, interpolate
 from helpers.environment import require_tool, venv_env
 from helpers.images import write_class_folders
 from helpers.repo import REPO
 from helpers.s3_store import ACCESS_KEY, SECRET_KEY, S3Store, running_store
+from helpers.servers import MlflowServer, free_port
 
 pytestmark = pytest.mark.slow
 BEFORE_RESTART = ["fetch", "verify", "split"]
 AFTER_RESTART = ["augment", "train_cnn"]
 EPOCHS = 2
-PASSWORD = "local-test-password"
-VARIABLES = {"POSTGRES_PASSWORD": PASSWORD, "S3_ACCESS_KEY": ACCESS_KEY, "S3_SECRET_KEY": SECRET_KEY}  # .env's
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def interpolate(value: str, variables: dict = VARIABLES) -> str:
-    """Compose's `${NAME}`, `${NAME:?message}`, `${NAME:-default}` with `variables`, and `$$` as `$`."""
-    def one(m: re.Match) -> str:
-        name, default = m.group(1), m.group(2)
-        if not name:
-            return "$"
-        if variables.get(name):
-            return variables[name]
-        if default is None:
-            raise KeyError(f"docker-compose.yml needs {name}, which .env does not set here")
-        return default
-    return re.sub(r"\$\$|\$\{(\w+)(?::-([^}]*)|[^}]*)\}", one, value)
-
-
-def compose_service(name: str) -> dict:
-    return yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"][name]
 
 
 # --- PostgreSQL, as the db service ---------------------------------------------------------------
@@ -179,48 +152,6 @@ def mlflow_server_argv(pg_port: int, store: S3Store, port: int) -> tuple[list[st
     replace("--host", "127.0.0.1")
     replace("--port", str(port))
     return argv, env
-
-
-class MlflowServer:
-    def __init__(self, argv: list[str], env: dict, log: Path):
-        self.argv, self.env, self.log = argv, env, log
-        self.url = f"http://127.0.0.1:{argv[argv.index('--port') + 1]}"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, timeout: float = 90) -> None:
-        with open(self.log, "a") as log:
-            self.proc = subprocess.Popen(self.argv, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                         start_new_session=True)  # its own group: stop() ends its workers too
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                pytest.fail(f"mlflow server exited {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(self.url + "/health", timeout=2) as reply:
-                    if reply.status == 200:
-                        return
-            except OSError:
-                time.sleep(0.5)
-        pytest.fail(f"mlflow server did not answer /health in {timeout} s:\n{self.log.read_text()[-3000:]}")
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=20)
-
-    def api(self, path: str, body: dict | None = None, **query) -> dict:
-        url = f"{self.url}/api/2.0/mlflow/{path}"
-        if query:
-            url += "?" + urllib.parse.urlencode(query)
-        data = json.dumps(body).encode() if body is not None else None
-        request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=30) as reply:
-            return json.loads(reply.read() or b"{}")
 
 
 @pytest.fixture

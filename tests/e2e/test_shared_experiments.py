@@ -17,11 +17,10 @@ import pytest
 import yaml
 
 from helpers.environment import venv_env
-from helpers.pipeline import dvc_experiments
+from helpers.pipeline import dvc_experiments, set_params, tiny_sources
 from helpers.repo import copy_repo
 from helpers.s3_store import S3Store, running_store
-from test_pipeline import set_params, tiny_sources
-from test_team_server import start_team_server
+from helpers.servers import start_team_server
 
 pytestmark = pytest.mark.slow
 MODEL, METRICS = "models/lm/lstm.pt", "metrics/lm/lstm.json"

@@ -29,10 +29,9 @@ import psutil
 import pytest
 
 from helpers.environment import require_tool, venv_env
-from helpers.pipeline import dvc_experiments
+from helpers.pipeline import dvc_experiments, set_params, tiny_sources
 from helpers.repo import copy_repo
-from test_pipeline import set_params, tiny_sources
-from test_server_topology import MlflowServer, free_port
+from helpers.servers import MlflowServer, free_port
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 GIT_ID = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@t", "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@t"}

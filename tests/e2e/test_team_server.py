@@ -6,7 +6,6 @@ with one sentence when the login is wrong or missing."""
 from __future__ import annotations
 
 import base64
-import configparser
 import json
 import subprocess
 import sys
@@ -18,11 +17,10 @@ import pytest
 
 from helpers.environment import venv_env
 from helpers.repo import REPO
-from helpers.s3_store import S3Store, running_store
-from test_server_topology import MlflowServer, compose_service, free_port, interpolate
+from helpers.s3_store import running_store
+from helpers.servers import ADMIN, ADMIN_PASSWORD, MlflowServer, start_team_server
 
 pytestmark = pytest.mark.slow
-ADMIN, ADMIN_PASSWORD = "admin", "local-admin-password"
 USER, USER_PASSWORD = "alice", "local-alice-password"
 READER, READER_PASSWORD = "bob", "local-bob-password"  # default_permission READ: may read others' runs, not write
 
@@ -31,30 +29,6 @@ READER, READER_PASSWORD = "bob", "local-bob-password"  # default_permission READ
 def store(tmp_path):
     with running_store(tmp_path / "seaweedfs") as found:
         yield found
-
-
-def start_team_server(tmp_path: Path, store: S3Store, login: bool = False) -> MlflowServer:
-    """`mlflow server` proxying artifacts to s3://BUCKET/mlartifacts, the store's keys in its environment only;
-    with `login`, MLflow's basic-auth app, as the compose file's mlflow service runs it with the login on."""
-    argv = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-            "--serve-artifacts", "--artifacts-destination", f"s3://{store.bucket}/mlartifacts",
-            "--host", "127.0.0.1", "--port", str(free_port()), "--workers", "1"]
-    env = {**venv_env(tmp_path), **store.env(), "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    if login:  # as docker-compose.yml's mlflow service runs it with MLFLOW_APP=basic-auth: its app and ini file
-        service = compose_service("mlflow")
-        command = [interpolate(str(arg), {"MLFLOW_APP": "basic-auth"}) for arg in service["command"]]
-        argv += command[command.index("--app-name"):][:2]
-        ini = configparser.ConfigParser()
-        assert ini.read(REPO / service["environment"]["MLFLOW_AUTH_CONFIG_PATH"].removeprefix("/app/"))
-        ini["mlflow"]["database_uri"] = f"sqlite:///{tmp_path / 'auth.db'}"  # not the container's volume
-        with open(tmp_path / "basic_auth.ini", "w") as f:
-            ini.write(f)
-        env["MLFLOW_AUTH_CONFIG_PATH"] = str(tmp_path / "basic_auth.ini")
-        env["MLFLOW_AUTH_ADMIN_PASSWORD"] = ADMIN_PASSWORD  # .env's, in compose
-        env["MLFLOW_FLASK_SERVER_SECRET_KEY"] = "local-csrf-key"  # the login form's CSRF tokens; required
-    server = MlflowServer(argv, env, tmp_path / "mlflow-server.log")
-    server.start()
-    return server
 
 
 def client_env(tmp_path: Path, server: MlflowServer, **login: str) -> dict:

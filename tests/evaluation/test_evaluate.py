@@ -23,6 +23,7 @@ from primer.vision.binary_metrics import binary_report, confusion, roc_auc
 
 from helpers.environment import venv_env
 from helpers.repo import REPO
+from helpers.saved_models import PAIRS, TEXT
 from helpers.tiny_cnn import write_tiny_arrays
 
 
@@ -47,23 +48,6 @@ def test_binary_report_counts():
     assert report["accuracy"] == pytest.approx(5 / 7) and report["precision"] == pytest.approx(3 / 4)
     assert (report["recall"] == pytest.approx(3 / 4)
             and report["roc_auc"] == pytest.approx(brute_force_auc(labels, probs)))
-
-
-TEXT = "the time traveller for so it will be convenient to speak of him was expounding a recondite matter to us " * 8
-PAIRS = "".join(f"I see {i}.\tJe vois {i}.\nGo {i}!\tVa {i} !\n" for i in range(30))
-
-
-def save_tiny_translator(path) -> tuple:
-    """A tiny Transformer over PAIRS' vocabularies, saved as train_transformer saves it; (model, src, tgt)."""
-    lines = [preprocess_nmt(line).split("\t") for line in PAIRS.strip().split("\n")]
-    src, tgt = build_vocab([s.split() for s, _ in lines], 1), build_vocab([t.split() for _, t in lines], 1)
-    args = {"src_vocab_size": len(src), "tgt_vocab_size": len(tgt), "num_hiddens": 16, "num_heads": 2,
-            "ffn_num_hiddens": 16, "num_layers": 1, "dropout": 0.0, "label_smoothing": 0.0, "pad_id": 1, "bos_id": 2,
-            "eos_id": 3}
-    model = Seq2SeqTransformer(**args).eval()
-    torch.save({"model": model.state_dict(), "model_args": args, "src_vocab": src.idx_to_token,
-                "tgt_vocab": tgt.idx_to_token, "history": []}, path)
-    return model, src, tgt
 
 
 @pytest.fixture

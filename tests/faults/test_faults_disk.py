@@ -20,7 +20,7 @@ from primer.training.checkpoint import save
 
 from helpers.environment import venv_env
 from helpers.repo import REPO
-from test_faults_outputs import augment_inputs
+from helpers.tiny_cnn import augment_inputs
 
 
 @pytest.fixture

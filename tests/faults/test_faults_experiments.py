@@ -13,8 +13,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from helpers.environment import venv_env
+from helpers.pipeline import set_params, tiny_sources
 from helpers.repo import copy_repo
-from test_pipeline import set_params, tiny_sources
 
 pytestmark = pytest.mark.slow
 

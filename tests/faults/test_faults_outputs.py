@@ -12,12 +12,11 @@ import textwrap
 from pathlib import Path
 
 import pytest
-import yaml
 
 from primer.atomic import outputs_together
 
-from helpers.images import write_class_folders
 from helpers.repo import REPO
+from helpers.tiny_cnn import augment_inputs
 
 DIE_AFTER_FIRST_ARRAY = textwrap.dedent("""
     import os, signal, sys
@@ -31,19 +30,6 @@ DIE_AFTER_FIRST_ARRAY = textwrap.dedent("""
     augment.write_image_array = write_then_die
     sys.exit(cli(augment.main))
 """)
-
-
-def augment_inputs(tmp_path: Path) -> list[str]:
-    images = write_class_folders(tmp_path / "images", per_class=4)
-    rows = ["path,label,split"] + [f"{c}/{i}.jpg,{c},{s}"
-                                   for c in ("Cat", "Dog") for i, s in enumerate(["train", "train", "val", "test"])]
-    (tmp_path / "split.csv").write_text("\n".join(rows) + "\n")
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["augment"].update(train_size=40, eval_size=32, num_workers=1, preview_images=2)
-    params["augment"]["policy"].update(crop_size=32)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    return ["--params", str(tmp_path / "params.yaml"), "--images", str(images), "--split", str(tmp_path / "split.csv"),
-            "--out", str(tmp_path / "data" / "arrays"), "--preview", str(tmp_path / "data" / "preview.png")]
 
 
 def temps(folder: Path) -> list[Path]:

@@ -14,7 +14,6 @@ import sys
 import textwrap
 import threading
 import time
-import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from primer.tracking import repo_root, stage_run
 
 from helpers.environment import venv_env
 from helpers.repo import REPO
+from helpers.servers import free_port, start_server, stop
 from helpers.tiny_cnn import tiny_cnn_params, write_tiny_arrays
 
 OPEN_A_RUN = textwrap.dedent("""
@@ -100,37 +100,6 @@ def test_reused_pid_does_not_keep_an_orphan_open(tmp_path, monkeypatch):
     with stage_run("split", {}):
         pass
     assert runs_by_status(uri)[stale].info.status == "KILLED"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_server(tmp_path: Path, port: int, env: dict) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-           "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-           "--artifacts-destination", str(tmp_path / "artifacts")]
-    log = open(tmp_path / "server.log", "a")
-    server = subprocess.Popen(cmd, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline and server.poll() is None:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
-                return server
-        except OSError:
-            time.sleep(0.3)
-    stop(server)
-    pytest.fail(f"mlflow server did not start: {(tmp_path / 'server.log').read_text()[-2000:]}")
-
-
-def stop(server: subprocess.Popen, sig=signal.SIGKILL) -> None:
-    try:
-        os.killpg(server.pid, sig)
-    except ProcessLookupError:
-        pass
-    server.wait(timeout=30)
 
 
 @pytest.mark.slow

@@ -23,8 +23,7 @@ from primer.models.transformer import (
     padding_mask,
 )
 
-D, HEADS, FFN = 16, 4, 24
-PAD, BOS, EOS = 1, 2, 3
+from helpers.tiny_transformer import BOS, EOS, FFN, HEADS, PAD, D, small_model
 
 
 def random_ids(batch, steps, vocab, valid, seed=0):
@@ -34,11 +33,6 @@ def random_ids(batch, steps, vocab, valid, seed=0):
     for row, n in enumerate(valid):
         ids[row, n:] = PAD
     return ids
-
-
-def small_model(dropout=0.0, **kw):
-    torch.manual_seed(0)
-    return Seq2SeqTransformer(11, 13, D, HEADS, FFN, 2, dropout, pad_id=PAD, bos_id=BOS, eos_id=EOS, **kw).eval()
 
 
 def test_positional_encoding_is_the_sinusoid_table():

@@ -27,7 +27,7 @@ from primer.vision.image_arrays import resized_array
 
 from helpers.images import photo, png_bomb
 from helpers.repo import REPO
-from test_evaluate import TEXT, save_tiny_translator
+from helpers.saved_models import TEXT, save_tiny_translator
 
 PRIMER = shutil.which("primer", path=str(Path(sys.executable).parent))
 

@@ -17,7 +17,7 @@ from primer.serving.served_models import PhotoClassifier, log_served_model
 from primer.vision.image_arrays import png_bytes
 
 from helpers.environment import venv_env
-from test_faults_tracking import free_port, start_server, stop
+from helpers.servers import free_port, start_server, stop
 
 
 @pytest.fixture(params=["sqlite", "server"])

@@ -27,7 +27,7 @@ from primer.vision.batch_augment import eval_batch
 from primer.vision.image_arrays import photo_array, resized_array
 
 from helpers.images import photo, png_bomb
-from test_evaluate import TEXT, save_tiny_translator
+from helpers.saved_models import TEXT, save_tiny_translator
 
 EVAL_SIZE = 32
 CNN_CONFIG = {"eval_size": EVAL_SIZE, "draft_oversample": 2, "max_image_pixels": 89_478_485}  # as train_cnn logs it

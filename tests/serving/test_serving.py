@@ -28,7 +28,7 @@ from primer.vision.image_arrays import png_bytes
 from helpers.environment import venv_env
 from helpers.images import photo, png_bomb
 from helpers.repo import SHARED_DATASETS
-from test_evaluate import save_tiny_translator
+from helpers.saved_models import save_tiny_translator
 
 pytestmark = pytest.mark.slow
 

@@ -24,7 +24,7 @@ from mlflow.tracking import MlflowClient
 
 from helpers.environment import require_tool, venv_env
 from helpers.repo import REPO
-from test_train_lm import TINY_TEXT, tiny_params
+from helpers.tiny_lm import TINY_TEXT, tiny_params
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update"]

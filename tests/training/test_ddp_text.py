@@ -18,8 +18,8 @@ from mlflow.tracking import MlflowClient
 
 from helpers.environment import venv_env
 from helpers.repo import REPO
-from test_train_lm import TINY_TEXT
-from test_train_transformer import PAIRS
+from helpers.tiny_lm import TINY_TEXT
+from helpers.tiny_transformer import PAIRS
 
 pytestmark = pytest.mark.cluster  # several processes as the ranks and hosts of one job (make test-cluster)
 

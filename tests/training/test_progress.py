@@ -11,8 +11,8 @@ import torch
 from primer.models.decoding import translate
 from primer.training.loop import time_left
 
-from test_best_epoch import toy_fit
-from test_transformer import small_model
+from helpers.tiny_transformer import small_model
+from helpers.toy_fit import toy_fit
 
 
 @pytest.mark.parametrize("seconds, done, left, words", [

@@ -8,26 +8,12 @@ import sys
 
 import pytest
 import torch
-import yaml
 
 from primer.models.rnn import RNNLM
 
 from helpers.environment import venv_env
 from helpers.repo import REPO
-
-TINY_TEXT = ("The Time Traveller (for so it will be convenient to speak of him) was expounding a recondite matter "
-             "to us.\n") * 12
-
-
-def tiny_params(tmp_path, **changes):
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["train_lm"].update({"epochs": 2, "batch_size": 4, "num_steps": 8, "sample_every": 1, "sample_chars": 10,
-                               "log_every": 5, **changes})
-    for variant in params["train_lm"]["variants"].values():
-        variant["model"]["num_hiddens"] = 16
-    path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(params, sort_keys=False))
-    return path
+from helpers.tiny_lm import TINY_TEXT, tiny_params
 
 
 def run_variant(tmp_path, variant: str, params, corpus, tag: str = "out", env=None):

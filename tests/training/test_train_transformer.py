@@ -20,28 +20,7 @@ from primer.training.loop import FitConfig, fit, make_optimizer
 
 from helpers.environment import venv_env
 from helpers.repo import REPO
-
-PAIRS = """Go.\tVa !
-Hi.\tSalut !
-Run!\tCours !
-Wow!\tÇa alors !
-Fire!\tAu feu !
-Help!\tÀ l'aide !
-Stop!\tArrête-toi !
-Wait!\tAttends !
-I see.\tJe comprends.
-I try.\tJ'essaye.
-I won!\tJ'ai gagné !
-Oh no!\tOh non !
-Attack!\tAttaque !
-Cheers!\tSanté !
-Get up.\tLève-toi.
-Got it!\tJ'ai pigé !
-He ran.\tIl a couru.
-Hop in.\tMonte.
-Hug me.\tSerre-moi dans tes bras !
-I fell.\tJe suis tombé.
-"""
+from helpers.tiny_transformer import PAIRS
 
 
 def fit_pairs(tmp_path, epochs, checkpoint=None, hook=None, dropout=0.0):

@@ -25,10 +25,11 @@ DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 def size_text(n: float) -> str:
-    for unit in ("bytes", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
+    for unit in ("bytes", "KiB", "MiB"):
+        if n < 1024:
             return f"{n:,.0f} {unit}" if unit == "bytes" else f"{n:,.1f} {unit}"
         n /= 1024
+    return f"{n:,.1f} GiB"
 
 
 def free_bytes(folder: Path) -> int:
@@ -103,16 +104,16 @@ def outputs_together(targets: list[tuple[Path | str, bool]]) -> Iterator[list[Pa
     all, they replace their targets together, in the order given, and if any replacement fails the ones
     already made are undone. A stage whose body fails (or is killed) leaves every previous output as it was;
     put the output that tells "this run is done" (its metrics) last."""
-    targets = [(Path(t), is_dir) for t, is_dir in targets]
+    paths = [(Path(t), is_dir) for t, is_dir in targets]
     temps: list[Path] = []
     try:
-        for target, is_dir in targets:
+        for target, is_dir in paths:
             temps.append(_new_temp(target, is_dir))
-        free_at_start = {target: free_bytes(target.parent) for target, _ in targets}
+        free_at_start = {target: free_bytes(target.parent) for target, _ in paths}
         try:
             yield temps
         except Exception as exc:
-            full = [t for t, _ in targets if not in_temp(t) and is_disk_full(exc, t.parent)]
+            full = [t for t, _ in paths if not in_temp(t) and is_disk_full(exc, t.parent)]
             if isinstance(exc, PrimerError) or not full:
                 raise
             target = full[0]
@@ -121,7 +122,7 @@ def outputs_together(targets: list[tuple[Path | str, bool]]) -> Iterator[list[Pa
             raise PrimerError(f"the disk filled up while writing {target}: it had written {size_text(written)} of it, "
                               f"and {size_text(free_at_start[target])} were free when it started, so it needs more "
                               f"than that; free some space there and rerun (the {what}).") from None
-        _replace_all([target for target, _ in targets], temps)
+        _replace_all([target for target, _ in paths], temps)
     finally:
         for tmp in temps:
             if tmp.exists() or tmp.is_symlink():

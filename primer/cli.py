@@ -166,8 +166,8 @@ def classify(args) -> int:
     if rows:
         width = max(len(str(p)) for p, _, _ in rows)
         print(f"{'photo':<{width}}  p_dog   label")
-        for photo, p, label in rows:
-            print(f"{str(photo):<{width}}  {p:.4f}  {label}")
+        for photo, probability, label in rows:
+            print(f"{str(photo):<{width}}  {probability:.4f}  {label}")
     return 1 if failed else 0
 
 

@@ -20,7 +20,7 @@ import copy
 import difflib
 import typing
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Mapping
 
 from annotated_types import Ge, Le
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, create_model
@@ -51,7 +51,7 @@ Name = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_]+$")]  # a user-c
 def param(default: Any = ..., *, effect: str = "result", noun: str | None = None, **constraints) -> Any:
     """A field with its effect (see the module docstring); `noun` replaces its type's name in messages."""
     assert effect in EFFECTS, effect
-    extra = {"effect": effect} | ({"noun": noun} if noun else {})
+    extra: dict[str, Any] = {"effect": effect} | ({"noun": noun} if noun else {})
     return Field(default, json_schema_extra=extra, **constraints)
 
 
@@ -65,13 +65,19 @@ def run_only(default: Any = ..., **constraints) -> Any:
     return param(default, effect="run", **constraints)
 
 
+def _extra(field: FieldInfo) -> dict[str, Any]:
+    """What `param` adds to a field (its effect, its noun): always a dict here, never pydantic's callable form."""
+    extra = field.json_schema_extra
+    return extra if isinstance(extra, dict) else {}
+
+
 def effect(field: FieldInfo) -> str:
-    return (field.json_schema_extra or {}).get("effect", "result")
+    return _extra(field).get("effect", "result")
 
 
 def section_of(annotation: Any) -> type[Section] | None:
     """The Section class `annotation` is, or None for a scalar."""
-    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    return annotation if isinstance(annotation, type) and issubclass(annotation, Section) else None
 
 
 def named_sections_of(annotation: Any) -> type[Section] | None:
@@ -84,18 +90,19 @@ def named_sections_of(annotation: Any) -> type[Section] | None:
 def part_of(section: type[Section], *keys: str, output: tuple[str, ...] = ()) -> type[Section]:
     """The keys `keys` of a section another stage owns, with its definitions; `output` names the ones that
     change only this stage's outputs (e.g. a setting of the data that a served model repeats)."""
-    fields = {}
+    fields: dict[str, Any] = {}
     for key in (*keys, *output):
         field = copy.copy(section.model_fields[key])
         if key in output:
-            field.json_schema_extra = {**(field.json_schema_extra or {}), "effect": "output"}
+            field.json_schema_extra = {**_extra(field), "effect": "output"}
         fields[key] = (field.annotation, field)
     return create_model(f"{section.__name__}Part", __base__=Sections, __doc__=section.__doc__, **fields)
 
 
 def sections_of(**sections: type[Section]) -> type[Sections]:
     """A `Sections` model of these sections, for a reader that is not a stage (the `primer` command)."""
-    return create_model("Params", __base__=Sections, **{name: (section, ...) for name, section in sections.items()})
+    fields: dict[str, Any] = {name: (section, ...) for name, section in sections.items()}
+    return create_model("Params", __base__=Sections, **fields)
 
 
 def result_values(values: dict, section: type[Section]) -> dict:
@@ -111,14 +118,16 @@ def result_values(values: dict, section: type[Section]) -> dict:
     return out
 
 
+NOUNS: dict[Any, str] = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
 def describe(field: FieldInfo) -> str:
     """What a field allows, for messages: "an integer from 1 to 4096", "one of 'cpu', 'cuda'"."""
     if section_of(field.annotation) or named_sections_of(field.annotation):
         return "a section"
     if typing.get_origin(field.annotation) is Literal:
         return "one of " + ", ".join(repr(c) for c in typing.get_args(field.annotation))
-    noun = (field.json_schema_extra or {}).get("noun") or {
-        int: "an integer", float: "a number", str: "a string", bool: "true or false"}[field.annotation]
+    noun = _extra(field).get("noun") or NOUNS[field.annotation]
     low = next((m.ge for m in field.metadata if isinstance(m, Ge)), None)
     high = next((m.le for m in field.metadata if isinstance(m, Le)), None)
     if low is not None and high is not None:
@@ -132,7 +141,8 @@ def describe(field: FieldInfo) -> str:
 
 def _field_at(sections: type[Section], loc: tuple) -> tuple[FieldInfo | None, type[Section]]:
     """The field an error's location names, and the section that holds it."""
-    field, owner, node = None, sections, sections
+    field, owner = None, sections
+    node: Any = sections
     for part in loc:
         if section_of(node) is not None:
             owner = node
@@ -145,7 +155,7 @@ def _field_at(sections: type[Section], loc: tuple) -> tuple[FieldInfo | None, ty
     return field, owner
 
 
-def _sentence(error: dict, sections: type[Section], file: str) -> str:
+def _sentence(error: Mapping[str, Any], sections: type[Section], file: str) -> str:
     """One pydantic error as one sentence naming the file, the key, the value and what is allowed."""
     loc, kind, value = error["loc"], error["type"], error["input"]
     if loc and loc[-1] == "[key]":  # a user-chosen name that is not one
@@ -154,6 +164,7 @@ def _sentence(error: dict, sections: type[Section], file: str) -> str:
     name = ".".join(map(str, loc))
     field, owner = _field_at(sections, loc)
     if kind == "missing":
+        assert field is not None  # a missing key is one its section declares
         return f"{file}: key '{name}' is missing; add it ({describe(field)})."
     if kind == "extra_forbidden":
         where = ".".join(map(str, loc[:-1]))
@@ -176,7 +187,8 @@ def nearest(key: str, known) -> str:
 
 def _depth(sections: type[Section], loc: tuple) -> int:
     """How many parts of `loc` lead to the field it names (a mapping of names ends where its names start)."""
-    node, depth = sections, 0
+    node: Any = sections
+    depth = 0
     for part in loc:
         if section_of(node) is None or part not in node.model_fields:
             break

@@ -51,7 +51,8 @@ def check_login(ray, address: str) -> None:
     See the module's docstring for why this probes the cluster itself."""
     if address == "auto" or "://" in address:
         return
-    from ray._raylet import GcsClient  # private: the client `ray status` uses; see the docstring
+    # private: the client `ray status` uses; see the docstring
+    from ray._raylet import GcsClient  # type: ignore[attr-defined]  # ray's _raylet.pyi does not list it
 
     host, _, port = address.rpartition(":")
     try:

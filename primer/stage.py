@@ -28,7 +28,7 @@ def stage_parser(doc: str) -> argparse.ArgumentParser:
     return parser
 
 
-def load_checked(params_file: Path, sections: type[Sections], check: Callable[[dict], None] | None = None) -> dict:
+def load_checked(params_file: Path, sections: type[Sections], check: Callable[[dict], object] | None = None) -> dict:
     """The stage's params, validated key by key and then by `check(params)`, the stage's checks across
     keys (or against its inputs); a `PrimerError` from `check` is prefixed with the params file read.
     Under DVC, a file that changed since the repro's first stage is refused (`primer.repro_params`)."""
@@ -45,7 +45,7 @@ def load_checked(params_file: Path, sections: type[Sections], check: Callable[[d
 @contextmanager
 def open_stage(
     name: str, params_file: Path, sections: type[Sections], system_metrics: bool = False,
-    check: Callable[[dict], None] | None = None,
+    check: Callable[[dict], object] | None = None,
 ) -> Iterator[tuple[dict, StageRun]]:
     """Validate the stage's params (before any work, and before a tracking run exists to hold a
     failure), then open its tracking run. Under DVC, a params file that changed while the stage ran fails
@@ -67,7 +67,7 @@ def restore_hint(outputs_kept: bool) -> str:
             "those kept in DVC's cache, and the next run that succeeds writes them all)")
 
 
-def cli(main: Callable[[list[str] | None], None], argv: list[str] | None = None, outputs_kept: bool = False) -> int:
+def cli(main: Callable[[list[str] | None], object], argv: list[str] | None = None, outputs_kept: bool = False) -> int:
     """Run a stage's main(); user errors print one line and exit 1, interrupts exit 130/143. `outputs_kept`:
     the stage's outputs are `persist` in dvc.yaml (or it has none worth restoring), so DVC left them in place."""
     prog = Path(sys.argv[0]).stem

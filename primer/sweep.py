@@ -117,7 +117,8 @@ def check_keys(repo: Path, commit: str, sets: list[str]) -> None:
                 raise PrimerError(f"-S {text!r} names {file}, which commit {commit[:12]} does not have; name a "
                                   "params file of the repository (default: params.yaml).")
             texts[file] = yaml.safe_load(shown.stdout) or {}
-        node, path = texts[file], []
+        node = texts[file]
+        path: list[str] = []
         for part in key.split("."):
             if not isinstance(node, dict) or part not in node:
                 where = ".".join(path) or "its top level"
@@ -323,7 +324,8 @@ def lost(ray, name: str, exc: Exception, retries: int) -> dict:
     return {"name": name, "ok": False, "node": "", "reason": reason, "tail": "", "seconds": 0.0}
 
 
-def run_sweep(ray, trials: dict, spec: dict, cpus: float, gpus: float, retries: int, tracked: tuple) -> dict:
+def run_sweep(ray, trials: dict, spec: dict, cpus: float, gpus: float, retries: int,
+              tracked: tuple[str, str, dict]) -> dict:
     """Submit every trial, print progress as they end, and return their outcomes by name."""
     from primer import sweep_node
 

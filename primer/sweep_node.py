@@ -24,6 +24,7 @@ import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 from primer import dvc_temp_runs
 
@@ -118,7 +119,7 @@ def changed_files(path: str) -> list[str]:
 
 
 @contextmanager
-def at_commit(path: str, commit: str, git_remote: str, log) -> None:
+def at_commit(path: str, commit: str, git_remote: str, log) -> Iterator[None]:
     """Hold the checkout at `commit` while the block runs. Trials at one commit share it (a shared lock); bringing it
     to another commit takes the lock alone, so a checkout never moves under a running trial."""
     lock = Path(path) / ".dvc" / "tmp" / "sweep.lock"

@@ -119,8 +119,8 @@ def extract(archive: Path | str, target: Path | str, member: str = "") -> Path:
 def _extract_all(archive: Path, entries: list, target: Path, member: str, write) -> None:
     for entry, _ in entries:
         check_entry(entry, archive)
-    chosen = [(entry, info, _strip(entry.name, member)) for entry, info in entries]
-    chosen = [(e, i, rel) for e, i, rel in chosen if rel is not None and rel != "."]
+    stripped = [(entry, info, _strip(entry.name, member)) for entry, info in entries]
+    chosen = [(e, i, rel) for e, i, rel in stripped if rel is not None and rel != "."]
     if not chosen:
         raise PrimerError(f"archive {archive} has no folder '{member}'; check the member in params.yaml.")
     total = sum(e.size for e, _, _ in chosen)
@@ -164,5 +164,6 @@ def _zip_write(zf: zipfile.ZipFile, info: zipfile.ZipInfo, dest: Path) -> None:
 
 def _tar_write(tf: tarfile.TarFile, info: tarfile.TarInfo, dest: Path) -> None:
     src = tf.extractfile(info)
+    assert src is not None  # only regular files are written, and a regular file's member always has one
     with src, open(dest, "wb") as out:
         shutil.copyfileobj(src, out, 1 << 20)

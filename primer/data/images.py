@@ -10,7 +10,8 @@ from PIL import ExifTags, Image
 from primer.errors import PrimerError
 
 # Pillow's own decompression-bomb limit (89,478,485 pixels), the default of verify.max_image_pixels.
-PILLOW_MAX_PIXELS = Image.MAX_IMAGE_PIXELS
+assert Image.MAX_IMAGE_PIXELS is not None  # Pillow's default is a number; only a caller sets None
+PILLOW_MAX_PIXELS: int = Image.MAX_IMAGE_PIXELS
 
 SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I"}
 TRANSPOSE = {
@@ -63,11 +64,13 @@ def open_rgb(path, draft_size: int = 0, max_pixels: int = 0) -> Image.Image:
         if max_pixels:  # the header is checked below, against max_pixels, instead of Pillow's warning
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
         try:
-            img = Image.open(path)
+            img: Image.Image = Image.open(path)
         except Image.DecompressionBombError:  # over twice Pillow's limit, refused by Pillow's open itself
             if not max_pixels:
                 raise
-            raise PrimerError(f"the photo declares more than {2 * Image.MAX_IMAGE_PIXELS:,} pixels, over the limit of "
+            limit = Image.MAX_IMAGE_PIXELS
+            assert limit is not None  # Pillow raises DecompressionBombError only while it has a limit
+            raise PrimerError(f"the photo declares more than {2 * limit:,} pixels, over the limit of "
                               f"{max_pixels:,} (verify.max_image_pixels); it was not decoded: "
                               "send a smaller photo.") from None
     with img:

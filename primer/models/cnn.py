@@ -6,11 +6,14 @@ Sigmoid + BCELoss but numerically stable. Contract: `logits, loss = model(x, y=N
 
 from __future__ import annotations
 
+from typing import Literal, get_args
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-ARCHS = ("primer", "resnet")
+Arch = Literal["primer", "resnet"]
+ARCHS = get_args(Arch)
 
 
 def _binary_loss(logits: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor | None:

@@ -28,6 +28,8 @@ from primer.models.linear_cross_entropy import linear_cross_entropy
 class PositionalEncoding(nn.Module):
     """P[pos, 2i] = sin(pos / 10000^(2i/d)), P[pos, 2i+1] = cos(same), added to the input."""
 
+    table: torch.Tensor  # a buffer (register_buffer)
+
     def __init__(self, num_hiddens: int, dropout: float, max_len: int = 1000):
         super().__init__()
         self.dropout = Dropout(dropout)

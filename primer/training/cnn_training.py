@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING
 
 import torch
 from pydantic import Field
@@ -10,10 +10,10 @@ from pydantic import Field
 from primer.data.verify import Verify
 from primer.devices import Device, pick_device
 from primer.distributed import Launch, check_launch
-from primer.models.cnn import ARCHS
+from primer.models.cnn import Arch
 from primer.params import Section, Sections, Seed, part_of, run_only
 from primer.training.fit_params import CompileMode, FitParams, Patience, check_fit_params
-from primer.training.loop import OPTIMIZERS
+from primer.training.loop import Optimizer
 from primer.vision.augment_policy import Augment, AugmentPolicy, check_augment
 from primer.vision.image_batches import train_batches
 
@@ -22,13 +22,13 @@ class CnnModel(Section):
     """`build_cnn`'s arguments: 'primer' is the primer's CNNmodel (width 16: its 16-32-64-128 channels),
     'resnet' a stronger from-scratch residual net."""
 
-    arch: Literal[ARCHS]
+    arch: Arch
     width: int = Field(ge=1, le=512)
 
 
 class TrainCnn(FitParams, Launch):
     model: CnnModel
-    optimizer: Literal[OPTIMIZERS]
+    optimizer: Optimizer
     lr: float = Field(ge=1e-7, le=10)
     weight_decay: float = Field(ge=0, le=1)
     epochs: int = Field(ge=1, le=10_000)
@@ -47,8 +47,12 @@ class CnnParams(Sections):
     repeats of the data stages (the draft decode, the largest photo)."""
 
     seed: Seed
-    augment: part_of(Augment, "train_size", "eval_size", "policy", output=("draft_oversample",))
-    verify: part_of(Verify, output=("max_image_pixels",))
+    if TYPE_CHECKING:  # for mypy: a model that part_of builds when the module is imported is no static type
+        augment: Section
+        verify: Section
+    else:
+        augment: part_of(Augment, "train_size", "eval_size", "policy", output=("draft_oversample",))
+        verify: part_of(Verify, output=("max_image_pixels",))
     train_cnn: TrainCnn
 
 

@@ -16,7 +16,8 @@ class EarlyStopping:
         self.metric, self.higher_is_better = metric, higher_is_better
         self.min_delta, self.patience = min_delta, patience
         self.best: float | None = None
-        self.best_epoch, self.best_state, self.bad_epochs, self.stopped = 0, None, 0, False
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.best_epoch, self.bad_epochs, self.stopped = 0, 0, False
 
     def update(self, metrics: dict, epoch: int, model: torch.nn.Module) -> None:
         """After validating epoch `epoch` (from 1): keep its weights if it is the best so far."""

@@ -4,17 +4,19 @@ training section (evaluate reads a few of its keys) does not rerun when the trai
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import BeforeValidator, Field
 
 from primer.errors import PrimerError
 from primer.params import Section
 
-SCHEDULES = ("constant", "cosine", "onecycle")
-COMPILE_MODES = ("off", "default", "reduce-overhead")  # torch.compile modes; reduce-overhead adds CUDA graphs
+Schedule = Literal["constant", "cosine", "onecycle"]
+SCHEDULES = get_args(Schedule)
+CompileModeName = Literal["off", "default", "reduce-overhead"]  # torch.compile modes; reduce-overhead adds CUDA graphs
+COMPILE_MODES = get_args(CompileModeName)
 # YAML reads a bare `off` as false
-CompileMode = Annotated[Literal[COMPILE_MODES], BeforeValidator(lambda v: "off" if v is False else v)]
+CompileMode = Annotated[CompileModeName, BeforeValidator(lambda v: "off" if v is False else v)]
 Patience = Annotated[int, Field(ge=0, le=100_000)]  # epochs without a gain above min_delta; 0 = off
 
 
@@ -23,7 +25,7 @@ class FitParams(Section):
     schedule (`patience` is the stage's own: the language models set it per variant)."""
 
     min_delta: float = Field(ge=0, le=1e9)
-    schedule: Literal[SCHEDULES]
+    schedule: Schedule
     warmup_epochs: float = Field(ge=0, le=100_000)
 
 

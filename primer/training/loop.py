@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, fields
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Literal, TypeVar, get_args
 
 import torch
 from tqdm import tqdm
@@ -27,7 +27,8 @@ from primer.training.early_stopping import EarlyStopping
 from primer.training.fit_params import COMPILE_MODES
 from primer.training.schedule import ScheduledLr
 
-OPTIMIZERS = ("adam", "adamw", "sgd")
+Optimizer = Literal["adam", "adamw", "sgd"]
+OPTIMIZERS = get_args(Optimizer)
 
 
 def make_optimizer(model: torch.nn.Module, name: str, lr: float, weight_decay: float = 0.0, momentum: float = 0.0,
@@ -45,7 +46,10 @@ def make_optimizer(model: torch.nn.Module, name: str, lr: float, weight_decay: f
                                                                         fused=fused or None)
 
 
-def compile_model(model: torch.nn.Module, mode: str) -> torch.nn.Module:
+M = TypeVar("M", bound=torch.nn.Module)
+
+
+def compile_model(model: M, mode: str) -> M:
     """`model` with its forward compiled by torch.compile in place (`off`: unchanged). In place, so the
     state dict keeps its keys and checkpoints stay interchangeable with eager ones. `reduce-overhead`
     also captures CUDA graphs, worth it where every step has the same shapes (the language models)."""
@@ -175,6 +179,7 @@ def fit(
 
     saved = checkpoint.load() if checkpoint else None
     if saved is not None:
+        assert checkpoint is not None  # what was loaded came from it
         distributed.unwrap(model).load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         set_rng_state(saved["rng"])
@@ -184,6 +189,7 @@ def fit(
             print(f"{c.desc}: resumed from {checkpoint.path} after epoch {start}"
                   + (" (it had stopped early)" if keep.stopped else ""), flush=True)
     run_began = time.perf_counter()  # for the time left, from the epochs this process has run
+    seen: int | torch.Tensor  # images or tokens this epoch, a device tensor where `count` gives one
     for epoch in range(start, c.epochs):
         if keep.stopped:
             break

@@ -52,8 +52,8 @@ def bucketed_batches(src: torch.Tensor, tgt: torch.Tensor, batch_size: int, seed
             return iter(())
         sizes = [len(rows) for rows in groups]
         flat = torch.cat(groups)
-        widths = zip(src_len[flat].split(sizes), tgt_len[flat].split(sizes))
-        widths = [(max(int(s.max()), 1), max(int(t.max()), 1)) for s, t in widths]
+        lengths = zip(src_len[flat].split(sizes), tgt_len[flat].split(sizes))
+        widths = [(max(int(s.max()), 1), max(int(t.max()), 1)) for s, t in lengths]
         rows = flat.to(device).split(sizes)
         return ((on_device[0][r, :ws], on_device[1][r, :wt]) for r, (ws, wt) in zip(rows, widths))
 

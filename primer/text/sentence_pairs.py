@@ -51,7 +51,8 @@ def read_pairs(path: Path | str, num_pairs: int = 0) -> PairsFile:
     """
     path = Path(path)
     text = preprocess_nmt(read_text_file(path, "sentence-pair file", "the fra-eng text"))
-    pairs, skipped = [], Counter()
+    pairs: list[tuple[list[str], list[str]]] = []
+    skipped: Counter[str] = Counter()
     for line in text.split("\n"):
         if not line.strip():
             continue
@@ -82,7 +83,7 @@ def split_pairs(pairs: list, val_fraction: float, test_fraction: float, seed: in
     if val_fraction + test_fraction >= 1:
         raise PrimerError(
             f"val_fraction {val_fraction} + test_fraction {test_fraction} leaves no training pairs; lower them.")
-    splits = {"train": [], "val": [], "test": []}
+    splits: dict[str, list] = {"train": [], "val": [], "test": []}
     for pair in pairs:
         digest = hashlib.blake2b(f"{seed}\t{' '.join(pair[0])}".encode(), digest_size=8).digest()
         u = int.from_bytes(digest, "big") / 2**64  # uniform in [0, 1)

@@ -9,7 +9,7 @@ cutout) are off by default. params.yaml writes every key all the same (`primer.p
 from __future__ import annotations
 
 import random
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Callable
 
 import torch
 from pydantic import AfterValidator, Field, model_validator
@@ -55,14 +55,14 @@ class AugmentPolicy(Section):
             )
         return self
 
-    def steps(self, always: bool = False) -> list[tuple[str, object]]:
+    def steps(self, always: bool = False) -> list[tuple[str, Callable[[torch.Tensor], torch.Tensor]]]:
         """(name, torchvision transform on a uint8 CHW tensor) for each enabled step, in order.
 
         `always` applies the flips and perspective with probability 1 (to show them in a preview).
         """
         from torchvision.transforms import v2
 
-        steps: list[tuple[str, object]] = []
+        steps: list[tuple[str, Callable[[torch.Tensor], torch.Tensor]]] = []
         hflip, vflip, perspective_p = (1.0, 1.0, 1.0) if always else (self.hflip, self.vflip, self.perspective_p)
         if self.crop_size:
             steps.append((f"crop {self.crop_size}", v2.RandomCrop(self.crop_size)))

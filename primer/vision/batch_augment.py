@@ -244,10 +244,10 @@ def hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
 def jitter_steps(order: torch.Tensor, factors: list) -> list[tuple[int, np.ndarray]]:
     """The colour steps in the order they run, from a host (B, 4) op order: (op id, the samples doing that
     op in that slot), skipping ops that are off (`factors[op] is None`) and empty subsets."""
-    order, steps = order.cpu().numpy(), []
+    host, steps = order.cpu().numpy(), []
     for slot in range(4):
         for op_id, f in enumerate(factors):
-            idx = np.flatnonzero(order[:, slot] == op_id)
+            idx = np.flatnonzero(host[:, slot] == op_id)
             if f is not None and len(idx):
                 steps.append((op_id, idx))
     return steps

@@ -94,8 +94,8 @@ def resized_array(path: Path | str, size: int, draft_oversample: int = 2) -> np.
     return photo_array(Path(path).read_bytes(), size, draft_oversample)
 
 
-def photo_array(photo: bytes | np.ndarray, size: int, draft_oversample: int = 2, max_pixels: int = 0,
-                fast_jpeg: bool = True) -> np.ndarray:
+def photo_array(photo: bytes | bytearray | memoryview | np.ndarray, size: int, draft_oversample: int = 2,
+                max_pixels: int = 0, fast_jpeg: bool = True) -> np.ndarray:
     """A photo as the augment stage stores it: encoded bytes (as read from an image file) or a uint8
     array (H, W, 3) or (H, W) of any size, resized to a (size, size, 3) uint8 array. With
     `max_pixels` > 0, a photo that declares more pixels than that is a `PrimerError`, before decoding.

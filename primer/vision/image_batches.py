@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator, Literal
 
 import numpy as np
 import torch
@@ -30,7 +30,7 @@ def _read_meta(path: Path, splits) -> dict:
         kind = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}.get(type(meta), "a number")
         missing = f"it holds {kind}, not a JSON object"
     else:
-        counts = meta.get("counts") if isinstance(meta.get("counts"), dict) else {}
+        counts = found if isinstance(found := meta.get("counts"), dict) else {}
         lacks = [k for k in ("classes", "train_size", "eval_size") if k not in meta]
         lacks += [f"counts.{split}" for split in splits if split not in counts]
         missing = "it lacks " + ", ".join(lacks) if lacks else ""
@@ -39,7 +39,7 @@ def _read_meta(path: Path, splits) -> dict:
     return meta
 
 
-def _read_npy(path: Path, mmap_mode: str | None = None) -> np.ndarray:
+def _read_npy(path: Path, mmap_mode: Literal["r+", "r", "w+", "c"] | None = None) -> np.ndarray:
     try:
         return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)
     except FileNotFoundError:
@@ -82,7 +82,7 @@ def load_arrays(folder: Path | str, train_size: int, eval_size: int, splits=("tr
             f"{folder} was made with train_size {meta['train_size']} / eval_size {meta['eval_size']}, but the params "
             f"now say {train_size} / {eval_size}; rerun the augment stage (dvc repro augment)."
         )
-    data = {"meta": meta}
+    data: dict[str, Any] = {"meta": meta}
     for split in splits:
         images = _read_npy(folder / f"{split}_images.npy", mmap_mode="r")
         labels = _read_npy(folder / f"{split}_labels.npy")

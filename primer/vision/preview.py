@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -35,7 +36,7 @@ def augmentation_preview(images: np.ndarray, policy: AugmentPolicy, out: Path | 
     torch.manual_seed(seed)
     steps = policy.steps(always=True)  # each step shown at work
     trained = as_trained(images, policy, seed) if len(images) else images
-    columns = [("original", None)] + steps + [("policy, as training draws it", "trained")]
+    columns: list[tuple[str, Any]] = [("original", None)] + steps + [("policy, as training draws it", "trained")]
     rows = max(len(images), 1)
     fig, axes = plt.subplots(rows, len(columns), figsize=(2.2 * len(columns), 2.3 * rows), squeeze=False)
     for r, image in enumerate(images):

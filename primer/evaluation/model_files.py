@@ -4,6 +4,7 @@ rebuilt and loaded, and one sentence naming the file and the stage to rerun for 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Callable, Literal, overload
 
 import torch
 
@@ -13,11 +14,24 @@ from primer.models.rnn import RNNLM
 from primer.models.transformer import Seq2SeqTransformer
 from primer.training.checkpoint import load_torch_file
 
-MODEL_FILES = {  # kind: (keys its training stage saves and evaluate reads, the model's constructor, that stage)
+# kind: (keys its training stage saves and evaluate reads, the model's constructor, that stage)
+MODEL_FILES: dict[str, tuple[set[str], Callable[..., torch.nn.Module], str]] = {
     "CNN model": ({"model", "model_args", "classes"}, build_cnn, "train_cnn"),
     "language model": ({"model", "model_args", "vocab", "history", "best_epoch"}, RNNLM, "train_lm@{stem}"),
     "Transformer model": ({"model", "model_args", "src_vocab", "tgt_vocab"}, Seq2SeqTransformer, "train_transformer"),
 }
+
+
+@overload
+def load_model(path: Path, kind: Literal["CNN model"]) -> tuple[dict, torch.nn.Module]: ...
+
+
+@overload
+def load_model(path: Path, kind: Literal["language model"]) -> tuple[dict, RNNLM]: ...
+
+
+@overload
+def load_model(path: Path, kind: Literal["Transformer model"]) -> tuple[dict, Seq2SeqTransformer]: ...
 
 
 def load_model(path: Path, kind: str) -> tuple[dict, torch.nn.Module]:

@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 import torch
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.pyfunc import PythonModel  # not mlflow.pyfunc.PythonModel: mlflow's lazy `pyfunc` hides it from mypy
 from mlflow.types import ColSpec, Schema
 from mlflow.types.schema import AnyType
 from PIL import Image
@@ -111,7 +112,7 @@ def photo_values(model_input) -> Sequence:
     return values
 
 
-def photo_of(value) -> bytes | np.ndarray:
+def photo_of(value) -> bytes | bytearray | memoryview | np.ndarray:
     """A row's value as a photo for `photo_array`: image-file bytes (from base64 text, or as given) or an
     array; a value that cannot be one is a `PrimerError` saying what is wanted instead."""
     if isinstance(value, (bytes, bytearray, memoryview, np.ndarray)):
@@ -184,12 +185,12 @@ def column(model_input, name: str) -> list:
 
 with warnings.catch_warnings(record=True):  # swallowed: this class's own "add type hints" warning
 
-    class ServedModel(mlflow.pyfunc.PythonModel):
+    class ServedModel(PythonModel):
         """mlflow 3 warns at each PythonModel subclass whose `predict` has no type hints, inside its own
         `catch_warnings` (so no filter reaches it); ours take and return DataFrames, checked by the
         signature logged with them, so their subclasses' warnings are swallowed here."""
 
-        input_schema = None  # the signature's inputs; None: inferred from the input example
+        input_schema: Schema | None = None  # the signature's inputs; None: inferred from the input example
 
         def __init_subclass__(cls, **kwargs) -> None:
             with warnings.catch_warnings(record=True):
@@ -293,7 +294,7 @@ class Translator(ServedModel):
                                                                 self.num_steps, beam_size, self.device)})
 
 
-def served_signature(model_file: Path, python_model: mlflow.pyfunc.PythonModel, input_example: pd.DataFrame,
+def served_signature(model_file: Path, python_model: PythonModel, input_example: pd.DataFrame,
                      model_config: dict | None = None, params: dict | None = None):
     """The signature of `python_model` over `model_file`, inferred from running it on `input_example`
     (its inputs are the model's `input_schema` where it declares one)."""
@@ -308,7 +309,7 @@ def served_signature(model_file: Path, python_model: mlflow.pyfunc.PythonModel, 
     return ModelSignature(inputs=inputs, outputs=inferred.outputs, params=inferred.params)
 
 
-def log_model_args(model_file: Path, python_model: mlflow.pyfunc.PythonModel, input_example: pd.DataFrame,
+def log_model_args(model_file: Path, python_model: PythonModel, input_example: pd.DataFrame,
                    model_config: dict | None, signature, name: str = "model") -> dict:
     """Keyword arguments of `mlflow.pyfunc.log_model` for `python_model` over `model_file`: the model
     file as an artifact, this package as code, and the pinned torch and mlflow it ran with."""
@@ -320,7 +321,7 @@ def log_model_args(model_file: Path, python_model: mlflow.pyfunc.PythonModel, in
                                   f"torchvision=={torchvision.__version__.split('+')[0]}", "pandas", "pillow", "numpy"])
 
 
-def log_served_model(model_file: Path, python_model: mlflow.pyfunc.PythonModel, input_example: pd.DataFrame,
+def log_served_model(model_file: Path, python_model: PythonModel, input_example: pd.DataFrame,
                      model_config: dict | None = None, params: dict | None = None, name: str = "model"):
     """Log `python_model` over `model_file` to the active MLflow run; returns MLflow's ModelInfo."""
     signature = served_signature(model_file, python_model, input_example, model_config, params)

@@ -17,15 +17,16 @@ from __future__ import annotations
 from pathlib import Path
 
 from primer.atomic import write_text
-from primer.params import check_whole_file
+from primer.params import Sections, check_whole_file
 from primer.params_file import PROFILES
 from primer.stage import cli, stage_parser
 from stages import augment, evaluate, fetch, split, train_basics, train_cnn, train_lm, train_transformer, verify
 
 # Every stage of dvc.yaml but this one, by the definitions of the sections it reads (tested against dvc.yaml).
-READERS = {"fetch": fetch.Params, "verify": verify.Params, "split": split.Params, "augment": augment.Params,
-           "train_cnn": train_cnn.Params, "train_lm": train_lm.Params, "train_transformer": train_transformer.Params,
-           "train_basics": train_basics.Params, "evaluate": evaluate.Params}
+READERS: dict[str, type[Sections]] = {
+    "fetch": fetch.Params, "verify": verify.Params, "split": split.Params, "augment": augment.Params,
+    "train_cnn": train_cnn.Params, "train_lm": train_lm.Params, "train_transformer": train_transformer.Params,
+    "train_basics": train_basics.Params, "evaluate": evaluate.Params}
 SWITCHES = ("profile", "quick")  # top-level keys that are not a stage's section (primer.params_file)
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from pydantic import Field
@@ -53,10 +54,15 @@ class Params(Sections):
     """The keys of the training sections that shape what is evaluated, and this stage's own."""
 
     seed: Seed
-    augment: part_of(Augment, "train_size", "eval_size")
-    train_lm: part_of(TrainLm, "val_fraction", "num_steps", "prefix", "sample_chars")
-    train_transformer: part_of(TrainTransformer, "num_pairs", "val_fraction", "test_fraction", "num_steps",
-                               "beam_size", "attention_sentence")
+    if TYPE_CHECKING:  # for mypy: a model that part_of builds when the module is imported is no static type
+        augment: Section
+        train_lm: Section
+        train_transformer: Section
+    else:
+        augment: part_of(Augment, "train_size", "eval_size")
+        train_lm: part_of(TrainLm, "val_fraction", "num_steps", "prefix", "sample_chars")
+        train_transformer: part_of(TrainTransformer, "num_pairs", "val_fraction", "test_fraction", "num_steps",
+                                   "beam_size", "attention_sentence")
     evaluate: Evaluate
 
 

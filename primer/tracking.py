@@ -29,7 +29,7 @@ import urllib.request
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 from urllib3.exceptions import MaxRetryError, ReadTimeoutError, ResponseError
 
@@ -38,6 +38,9 @@ from primer.errors import PrimerError
 from primer.mlflow_http import exhausted_status
 from primer.params import flatten
 from primer.processes import process_alive, process_start
+
+if TYPE_CHECKING:  # mlflow is imported where it is used (see the docstring)
+    from mlflow import MlflowClient
 
 DEFAULT_EXPERIMENT = "primer"
 PROBE_TIMEOUT_S = 5
@@ -71,7 +74,7 @@ class StageRun:
         self._queue: ThreadPoolExecutor | None = None
         self._pending: list[Future] = []
         self._failure: str | None = None
-        self._client = None
+        self._client: MlflowClient | None = None
 
     @property
     def enabled(self) -> bool:
@@ -103,6 +106,7 @@ class StageRun:
             return
         from mlflow.entities import Metric
 
+        assert self.run_id is not None  # only a run that tracking started (an id and a module) queues metrics
         try:
             self._client = self._client or self._mlflow.MlflowClient()
             self._client.log_batch(self.run_id, [Metric(k, v, timestamp, step) for k, v in metrics.items()])

@@ -34,7 +34,7 @@ def has_variable(pid: int, name: str) -> bool | None:
 def process_alive(pid: int, started: str = "") -> bool:
     """True while `pid` runs (and, when `started` is known, is the same process that started then)."""
     try:
-        return not started or f"{psutil.Process(pid).create_time():.2f}" == started
+        return psutil.pid_exists(pid) and (not started or f"{psutil.Process(pid).create_time():.2f}" == started)
     except psutil.NoSuchProcess:
         return False
     except psutil.Error:  # exists, but hidden from this user: taken as the same process

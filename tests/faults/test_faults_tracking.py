@@ -12,7 +12,6 @@ import socket
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -27,7 +26,7 @@ from primer.tracking import repo_root, stage_run
 
 from helpers.environment import venv_env
 from helpers.repo import REPO
-from helpers.servers import free_port, start_server, stop
+from helpers.servers import free_port, http_server, start_server, stop
 from helpers.tiny_cnn import tiny_cnn_params, write_tiny_arrays
 
 OPEN_A_RUN = textwrap.dedent("""
@@ -214,15 +213,8 @@ def answering_500(health_ok: bool = False):
         def log_message(self, *args):
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with http_server(Handler) as url:
+        yield url
 
 
 def test_server_answering_500_everywhere_is_one_sentence_with_its_message_and_no_stage_work(tmp_path, monkeypatch,

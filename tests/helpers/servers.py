@@ -1,18 +1,23 @@
-"""Servers the tests start on 127.0.0.1: a free port, `mlflow server` as a process (plain, or the team's
-with its artifacts in an S3 bucket and, with `login`, MLflow's basic-auth app) and its stop."""
+"""Servers the tests start on 127.0.0.1: a free port, a plain HTTP handler in a thread, `mlflow server` as a
+process (plain, or the team's with its artifacts in an S3 bucket and, with `login`, MLflow's basic-auth app) and
+its stop."""
 
 from __future__ import annotations
 
 import configparser
+import http.server
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -69,6 +74,20 @@ class MlflowServer:
         request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=30) as reply:
             return json.loads(reply.read() or b"{}")
+
+
+@contextmanager
+def http_server(handler: type[http.server.BaseHTTPRequestHandler]) -> Iterator[str]:
+    """`handler` answering on a free port of 127.0.0.1 in a thread; its URL, while the block runs."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
 
 
 def start_server(tmp_path: Path, port: int, env: dict) -> subprocess.Popen:

@@ -10,7 +10,6 @@ import http.server
 import os
 import socket
 import sqlite3
-import threading
 from contextlib import contextmanager
 
 import pytest
@@ -19,13 +18,9 @@ from urllib3.exceptions import MaxRetryError, ResponseError
 
 from primer.tracking import TrackingLost, _chain, _error_answer, _short_reason, stage_run
 
+from helpers.servers import free_port, http_server
+
 SERVER_ERROR = b'{"error_code": "INTERNAL_ERROR", "message": "(sqlite3.OperationalError) disk I/O error"}'
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextmanager
@@ -44,15 +39,8 @@ def answering_500():
         def log_message(self, *args):
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with http_server(Handler) as url:
+        yield url
 
 
 @pytest.fixture

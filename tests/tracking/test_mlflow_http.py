@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import ast
 import http.server
-import threading
 from contextlib import contextmanager
 
 import pytest
@@ -17,6 +16,7 @@ from urllib3.exceptions import MaxRetryError, NewConnectionError
 from primer.mlflow_http import exhausted_status
 
 from helpers.repo import REPO
+from helpers.servers import http_server
 
 
 @contextmanager
@@ -31,15 +31,8 @@ def answering(status: int):
         def log_message(self, *args):
             pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with http_server(Handler) as url:
+        yield url
 
 
 def given_up(url: str) -> MaxRetryError:

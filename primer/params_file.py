@@ -41,7 +41,7 @@ def parse_yaml(text: str, file: str):
     if node is None:
         return None
     _refuse_duplicate_keys(node, "", file)
-    return yaml.load(text)
+    return yaml.constructor.construct_document(node)  # the nodes already parsed, not the text again
 
 
 def read_yaml(path: Path) -> dict:

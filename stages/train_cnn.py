@@ -66,8 +66,9 @@ def train(args, params: dict, run, device: torch.device) -> None:
     (train_x, train_y), (val_x, val_y) = data["train"], data["val"]
     if device.type == "cuda":  # uint8 on the GPU: 25,000 images take ~1.7 GB
         train_x, train_y, val_x, val_y = (t.to(device) for t in (train_x, train_y, val_x, val_y))
-    model = build_cnn(**p["model"]).to(  # type: ignore[call-overload]  # torch's stubs: no memory_format with device
-        device, memory_format=torch.channels_last if p["channels_last"] else None)
+    model = build_cnn(**p["model"]).to(device)
+    if p["channels_last"]:
+        model = model.to(memory_format=torch.channels_last)
     net = distributed.wrap(compile_model(model, p["compile"]), device)
     bf16 = use_bf16(device, p["bf16"])
     run.set_tags({"bf16": bf16, "world_size": distributed.world()})

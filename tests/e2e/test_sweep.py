@@ -451,6 +451,23 @@ def running_experiments(repo: Path, env: dict) -> list[str]:
     return found
 
 
+def long_local_sweep(laptop: Path, env: dict, name: str) -> subprocess.Popen:
+    """A sweep of one trial on this machine, long enough to stop mid-training, in a session of its own."""
+    return subprocess.Popen([sys.executable, "-m", "primer.sweep", "-S", "train_lm.epochs=400", "--name", name, TARGET],
+                            cwd=laptop, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+
+def wait_until_it_trains(sweeping: subprocess.Popen, laptop: Path, trial: str) -> None:
+    """Until the trial's temporary workspace exists and its stage's MLflow run is open (the store exists before a
+    workspace does)."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and sweeping.poll() is None and not (
+            temp_workspaces(laptop) and (trial, "RUNNING") in local_runs(laptop)):
+        time.sleep(0.3)
+    assert temp_workspaces(laptop), f"no trial trains; the sweep said:\n{sweeping.stderr.read()}"
+
+
 def test_ctrl_c_stops_the_trials_and_leaves_no_workspace_and_no_running_run(tmp_path):
     """Ctrl-C (SIGINT to the sweep's process group, as a terminal sends it) while a trial trains: the sweep stops within
     seconds and leaves no temporary workspace, no experiment that `dvc exp show` lists as running and no MLflow run
@@ -460,15 +477,9 @@ def test_ctrl_c_stops_the_trials_and_leaves_no_workspace_and_no_running_run(tmp_
            "RAY_TMPDIR": str(ray_tmp)}
     origin, dvc_remote = team(tmp_path, env)
     laptop = clone(origin, tmp_path / "laptop", env, dvc_remote)
-    sweeping = subprocess.Popen([sys.executable, "-m", "primer.sweep", "-S", "train_lm.epochs=400", "--name", "cc",
-                                 TARGET], cwd=laptop, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, start_new_session=True)
+    sweeping = long_local_sweep(laptop, env, "cc")
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and sweeping.poll() is None and not (  # the store exists before
-                temp_workspaces(laptop) and ("cc-1", "RUNNING") in local_runs(laptop)):  # a workspace does
-            time.sleep(0.3)
-        assert temp_workspaces(laptop), f"no trial trains; the sweep said:\n{sweeping.stderr.read()}"
+        wait_until_it_trains(sweeping, laptop, "cc-1")
         interrupted = time.monotonic()
         os.killpg(sweeping.pid, signal.SIGINT)
         out, err = sweeping.communicate(timeout=90)
@@ -515,15 +526,9 @@ def test_a_later_trial_removes_the_workspace_of_a_trial_whose_host_died(tmp_path
            "RAY_TMPDIR": str(ray_tmp)}
     origin, dvc_remote = team(tmp_path, env)
     laptop = clone(origin, tmp_path / "laptop", env, dvc_remote)
-    sweeping = subprocess.Popen([sys.executable, "-m", "primer.sweep", "-S", "train_lm.epochs=400", "--name", "dead",
-                                 TARGET], cwd=laptop, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, start_new_session=True)
+    sweeping = long_local_sweep(laptop, env, "dead")
     try:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and sweeping.poll() is None and not (
-                temp_workspaces(laptop) and ("dead-1", "RUNNING") in local_runs(laptop)):
-            time.sleep(0.3)
-        assert temp_workspaces(laptop), f"no trial trains; the sweep said:\n{sweeping.stderr.read()}"
+        wait_until_it_trains(sweeping, laptop, "dead-1")
     finally:
         lose_the_host(sweeping, ray_tmp, laptop)
     left = temp_workspaces(laptop)

@@ -249,14 +249,14 @@ def parser() -> argparse.ArgumentParser:
     t.set_defaults(run=translate)
 
     commands.add_parser("sweep", add_help=False, help="a grid of DVC experiments on a Ray cluster; `primer sweep "
-                        "--help` (primer/sweep.py) tells the rest")
+                        "--help` (primer/sweep/submit.py) tells the rest")
     return top
 
 
 def run(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["sweep"]:  # its own options and --help
-        from primer.sweep import run as sweep
+        from primer.sweep.submit import run as sweep
 
         return sweep(argv[1:])
     args = parser().parse_args(argv)

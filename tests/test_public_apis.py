@@ -14,7 +14,7 @@ import pytest
 from helpers.layers import REPO, modules
 
 ADAPTERS = {  # module: the private names it may import, where its docstring says why and which test ends it
-    "primer.ray_login": {"ray._raylet", "ray._raylet.GcsClient"},
+    "primer.sweep.ray_login": {"ray._raylet", "ray._raylet.GcsClient"},
 }
 
 

@@ -1,6 +1,6 @@
-"""primer/sweep.py before any Ray: the -S grid in `dvc exp run -S` syntax, its keys checked against params.yaml at the
-commit, --help, and the one sentence that says how to install Ray where it is missing. The sweep itself runs on a real
-two-node cluster in tests/e2e/test_sweep.py."""
+"""primer/sweep/submit.py before any Ray: the -S grid in `dvc exp run -S` syntax, its keys checked against params.yaml
+at the commit, --help, and the one sentence that says how to install Ray where it is missing. The sweep itself runs on
+a real two-node cluster in tests/e2e/test_sweep.py."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from primer.errors import PrimerError
-from primer.sweep import INSTALL, check_keys, check_targets, grid, parse_set, parser
+from primer.sweep.submit import INSTALL, check_keys, check_targets, grid, parse_set, parser
 
 from helpers.repo import REPO
 
@@ -60,8 +60,9 @@ def test_help_explains_the_sweep_and_its_one_sentence_refusals():
 
 
 def test_without_ray_the_sweep_says_how_to_install_it():
-    done = subprocess.run([sys.executable, "-c", "import sys; sys.modules['ray'] = None; import primer.sweep as s; "
-                           "sys.argv[0] = 'sweep'; sys.exit(s.main(['-S', 'train_cnn.lr=1,2']))"],
+    done = subprocess.run([sys.executable, "-c", "import sys; sys.modules['ray'] = None; "
+                           "import primer.sweep.submit as s; sys.argv[0] = 'sweep'; "
+                           "sys.exit(s.main(['-S', 'train_cnn.lr=1,2']))"],
                           cwd=REPO, capture_output=True, text=True, timeout=60)
     assert (done.returncode, done.stderr) == (1, f"sweep: error: {INSTALL}\n"), done.stderr
     assert "pip install -e '.[cluster]'" in INSTALL
@@ -76,7 +77,7 @@ def test_primer_sweep_is_the_same_command(capsys):
 
 
 def test_negative_resources_or_retries_are_one_sentence():
-    from primer.sweep import run
+    from primer.sweep.submit import run
 
     with pytest.raises(PrimerError, match=r"^--gpus -1 is negative; give 0 or more\.$"):
         run(["-S", "train_cnn.lr=1,2", "--gpus", "-1"])

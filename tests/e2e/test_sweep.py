@@ -288,8 +288,8 @@ def shared_token(tmp_path: Path, env: dict) -> dict:
 
 
 def ray_init_hides_a_refused_login(address: str, env: dict) -> bool:
-    """Why primer.ray_login.check_login probes the cluster itself: `ray.init` takes a refused token for a connection to
-    retry, and raises ConnectionError, not ray.exceptions.AuthenticationError. False once Ray raises
+    """Why primer.sweep.ray_login.check_login probes the cluster itself: `ray.init` takes a refused token for a
+    connection to retry, and raises ConnectionError, not ray.exceptions.AuthenticationError. False once Ray raises
     AuthenticationError: then check_login can go, and the sweep's catch of AuthenticationError around ray.init stays."""
     probe = ("import sys, ray\ntry:\n    ray.init(address=sys.argv[1], logging_level='ERROR')\n"
              "except Exception as exc:\n"
@@ -331,7 +331,7 @@ def test_a_grid_on_two_nodes_lands_every_trial_when_a_node_dies(tmp_path, cluste
                         "RAY_AUTH_MODE=token and give the cluster's token in RAY_AUTH_TOKEN_PATH (a copy of its token "
                         "file) or RAY_AUTH_TOKEN, as on its nodes (docs/cluster.md)."), said
     assert ray_init_hides_a_refused_login(head.address, env), "Ray now raises AuthenticationError on a refused " \
-        "token: remove primer.ray_login.check_login"
+        "token: remove primer.sweep.ray_login.check_login"
     submit = {**submit, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": login["token"]}
     said = refused(laptop, submit, *GRID, "--address", head.address, TARGET)
     assert f"has no checkout of the repository at {node_b}" in said, said
@@ -536,7 +536,8 @@ def test_a_later_trial_removes_the_workspace_of_a_trial_whose_host_died(tmp_path
     shown_run = [e for b in json.loads(run(laptop, env, "dvc", "exp", "show", "--json").stdout)
                  for e in b.get("experiments") or [] if e.get("name") == "dead-1"]
     assert shown_run and shown_run[0]["executor"]["local"] is None, "DVC now gives a --temp run's process or " \
-        f"folder in `dvc exp show --json` ({shown_run}): use it in primer/dvc_temp_runs.py instead of DVC's own files"
+        f"folder in `dvc exp show --json` ({shown_run}): use it in primer/sweep/dvc_temp_runs.py instead of DVC's " \
+        "own files"
 
     ray_tmp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))
     try:

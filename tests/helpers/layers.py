@@ -25,8 +25,7 @@ LAYERS = {  # name: (rank, the modules or packages it holds)
     "serving": (6, ["primer.serving"]),
     "stage plumbing": (7, ["primer.tracking", "primer.stage", "primer.report", "primer.demo", "primer.doctor",
                            "primer.cli", "primer.params_check", "primer.repro_params", "primer.remote_check",
-                           "primer.sweep", "primer.sweep_node", "primer.ray_login", "primer.dvc_temp_runs",
-                           "primer.mlflow_http"]),
+                           "primer.sweep", "primer.mlflow_http"]),
     "stages": (8, ["stages"]),
 }
 

@@ -11,7 +11,7 @@ both gone. What this module reads of DVC's own is where a `--temp` run records i
 never a run someone started by hand. `tests/e2e/test_sweep.py` fails once `dvc exp show --json` gives a `--temp`
 run's process or folder, the public way to do this.
 
-Only the standard library: the sweep ships this module to the nodes by value, as it ships primer/sweep_node.py.
+Only the standard library: the sweep ships this module to the nodes by value, as it ships primer/sweep/node.py.
 """
 
 from __future__ import annotations

@@ -39,9 +39,9 @@ from pathlib import Path
 
 import yaml
 
-from primer import ray_login
 from primer.errors import PrimerError
 from primer.stage import cli
+from primer.sweep import ray_login
 
 INSTALL = ("Ray is not installed in this environment; install it with `pip install -e '.[cluster]'` "
            "(or `pip install -r requirements-cluster.lock`).")
@@ -204,7 +204,8 @@ def connect(ray, address: str | None) -> None:
             raise PrimerError(ray_login.login_refused(address)) from None
     else:
         ray.init(address="local", include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
-    from primer import dvc_temp_runs, sweep_node
+    from primer.sweep import dvc_temp_runs
+    from primer.sweep import node as sweep_node
 
     for module in (sweep_node, dvc_temp_runs):  # the nodes run this version, not their own primer's
         ray.cloudpickle.register_pickle_by_value(module)
@@ -236,7 +237,7 @@ def check_nodes(ray, nodes: list[dict], checkout: str | None, git_remote: str, d
     """Each node's own check of its checkout (path, git remote, DVC remote, clean), all at once, bounded in time."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    from primer import sweep_node
+    from primer.sweep import node as sweep_node
 
     check = ray.remote(num_cpus=0, max_retries=0)(sweep_node.check_node)
     refs = {check.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
@@ -327,7 +328,7 @@ def lost(ray, name: str, exc: Exception, retries: int) -> dict:
 def run_sweep(ray, trials: dict, spec: dict, cpus: float, gpus: float, retries: int,
               tracked: tuple[str, str, dict]) -> dict:
     """Submit every trial, print progress as they end, and return their outcomes by name."""
-    from primer import sweep_node
+    from primer.sweep import node as sweep_node
 
     trial = ray.remote(sweep_node.run_trial)
     refs = {trial.options(num_cpus=cpus, num_gpus=gpus, max_retries=retries, name=f"trial {name}")

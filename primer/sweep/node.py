@@ -1,4 +1,4 @@
-"""What a sweep (primer/sweep.py) runs on each Ray node: the check of the node's checkout, and one trial.
+"""What a sweep (primer/sweep/submit.py) runs on each Ray node: the check of the node's checkout, and one trial.
 
 A trial brings the node's checkout to the submitter's commit (git fetch from the git remote, then a checkout of that
 commit, refused when the checkout has uncommitted changes), runs `dvc exp run --temp -n NAME -S ...` there (inputs it
@@ -7,9 +7,9 @@ remote (its outputs). The checkout is each node's PRIMER_CHECKOUT (the environme
 separated by ':' let one node run several trials in separate checkouts), else the sweep's --checkout.
 
 Before it runs, a trial removes the temporary workspaces that dead trials left in its checkout
-(primer/dvc_temp_runs.py).
+(primer/sweep/dvc_temp_runs.py).
 
-Only the standard library and primer/dvc_temp_runs.py: the sweep ships both modules to the nodes by value, so they
+Only the standard library and primer/sweep/dvc_temp_runs.py: the sweep ships both modules to the nodes by value, so they
 need ray and the project's environment (dvc, the stages' packages), not this version of primer.
 """
 
@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from primer import dvc_temp_runs
+from primer.sweep import dvc_temp_runs
 
 CHECKOUT_ENV = "PRIMER_CHECKOUT"
 PROBE_TIMEOUT_S = 20  # one git or dvc command of the node check

@@ -19,13 +19,15 @@ from host_sync_probe import HostSyncs
 
 from primer.devices import configure_device, pick_device
 from primer.errors import PrimerError
-from primer.training.fit_params import COMPILE_MODES
 
 COMPILE_WARMUP = 3  # untimed steps at least, with torch.compile: compiling, recompiling, CUDA-graph capture
 
 
 def add_device_args(parser: argparse.ArgumentParser) -> None:
     """--device auto|cpu|cuda and --compile off|default|reduce-overhead."""
+    # here, not at the top: a baseline row runs with an older checkout first on the path, which may not have it
+    from primer.training.fit_params import COMPILE_MODES
+
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                         help="auto: CUDA when there is one")
     parser.add_argument("--compile", choices=COMPILE_MODES, default="off",

@@ -60,9 +60,9 @@ def test_help_explains_the_sweep_and_its_one_sentence_refusals():
 
 
 def test_without_ray_the_sweep_says_how_to_install_it():
-    done = subprocess.run([sys.executable, "-c", "import sys; sys.modules['ray'] = None; "
-                           "import primer.sweep.submit as s; sys.argv[0] = 'sweep'; "
-                           "sys.exit(s.main(['-S', 'train_cnn.lr=1,2']))"],
+    done = subprocess.run([sys.executable, "-c", "import runpy, sys; sys.modules['ray'] = None; "
+                           "sys.argv = ['-m', '-S', 'train_cnn.lr=1,2']; "
+                           "runpy.run_module('primer.sweep', run_name='__main__', alter_sys=True)"],
                           cwd=REPO, capture_output=True, text=True, timeout=60)
     assert (done.returncode, done.stderr) == (1, f"sweep: error: {INSTALL}\n"), done.stderr
     assert "pip install -e '.[cluster]'" in INSTALL

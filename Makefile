@@ -44,6 +44,7 @@ lint: $(VENV)/.dev-installed
 
 repro: setup
 	$(PY) -m primer.params_check
+	$(PY) -m primer.repro_plan
 	PATH="$(abspath $(VENV))/bin:$$PATH" dvc repro
 
 demo: setup

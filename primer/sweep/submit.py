@@ -41,7 +41,7 @@ import yaml
 
 from primer.errors import PrimerError
 from primer.stage import cli
-from primer.sweep import ray_login
+from primer.sweep import ray_login, search
 
 INSTALL = ("Ray is not installed in this environment; install it with `pip install -e '.[cluster]'` "
            "(or `pip install -r requirements-cluster.lock`).")
@@ -112,11 +112,7 @@ def check_keys(repo: Path, commit: str, sets: list[str]) -> None:
     for text in sets:
         file, key, _ = parse_set(text)
         if file not in texts:
-            shown = git(repo, "show", f"{commit}:{file}")
-            if shown.returncode:
-                raise PrimerError(f"-S {text!r} names {file}, which commit {commit[:12]} does not have; name a "
-                                  "params file of the repository (default: params.yaml).")
-            texts[file] = yaml.safe_load(shown.stdout) or {}
+            texts[file] = params_at(repo, commit, file, f"-S {text!r} names {file}")
         node = texts[file]
         path: list[str] = []
         for part in key.split("."):
@@ -126,6 +122,16 @@ def check_keys(repo: Path, commit: str, sets: list[str]) -> None:
                 raise PrimerError(f"-S {text!r}: {file} has no key '{key}' ({where} has {has}); fix the key.")
             node = node[part]
             path.append(part)
+
+
+def params_at(repo: Path, commit: str, file: str, who: str) -> dict:
+    """The params file `file` as commit `commit` has it; `who` names what asks for it, in the sentence that says the
+    commit has no such file."""
+    shown = git(repo, "show", f"{commit}:{file}")
+    if shown.returncode:
+        raise PrimerError(f"{who}, which commit {commit[:12]} does not have; name a params file of the repository "
+                          "(default: params.yaml).")
+    return yaml.safe_load(shown.stdout) or {}
 
 
 def check_targets(repo: Path, commit: str, targets: list[str]) -> None:
@@ -305,15 +311,39 @@ def progress(total: int, outcomes: dict) -> str:
     return f"sweep: {done}/{total} done, {failed} failed, {total - len(outcomes)} running or waiting"
 
 
-def table(trials: dict, outcomes: dict) -> str:
-    rows = [("trial", "status", "node", "checkout", "seconds", "overrides")]
+def table(trials: dict, outcomes: dict, metric: str | None = None, values: dict | None = None) -> str:
+    """One row a trial; with `metric`, a column of its value (`values` by name) before the overrides."""
+    head = ("trial", "status", "node", "checkout", "seconds") + ((metric,) if metric else ())
+    rows = [head + ("overrides",)]
     for name, overrides in trials.items():
         o = outcomes.get(name, {})
         status = "done" if o.get("ok") else "failed" if o else "not run"
-        rows.append((name, status, o.get("node") or "-", o.get("checkout") or "-", f"{o.get('seconds', 0):.1f}",
-                     " ".join(overrides)))
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r[:5], widths)) + "  " + r[5] for r in rows)
+        row: tuple[str, ...] = (name, status, o.get("node") or "-", o.get("checkout") or "-",
+                                f"{o.get('seconds', 0):.1f}")
+        if metric:
+            row += (f"{values[name]:.6g}" if values and name in values else "-",)
+        rows.append(row + (" ".join(overrides),))
+    n = len(head)
+    widths = [max(len(r[i]) for r in rows) for i in range(n)]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r[:n], widths)) + "  " + r[n] for r in rows)
+
+
+class Grid:
+    """Every trial of a grid, asked all at once (Ray holds those that wait for a slot)."""
+
+    def __init__(self, trials: dict[str, list[str]]):
+        self.total = len(trials)
+        self.trials: dict[str, list[str]] = {}
+        self._left = iter(trials.items())
+
+    def ask(self) -> str | None:
+        name, overrides = next(self._left, (None, []))
+        if name is not None:
+            self.trials[name] = overrides
+        return name
+
+    def tell(self, name: str, outcome: dict) -> str | None:
+        return None
 
 
 def lost(ray, name: str, exc: Exception, retries: int) -> dict:
@@ -325,23 +355,30 @@ def lost(ray, name: str, exc: Exception, retries: int) -> dict:
     return {"name": name, "ok": False, "node": "", "reason": reason, "tail": "", "seconds": 0.0}
 
 
-def run_sweep(ray, trials: dict, spec: dict, cpus: float, gpus: float, retries: int,
+def run_sweep(ray, search, slots: int, spec: dict, cpus: float, gpus: float, retries: int,
               tracked: tuple[str, str, dict]) -> dict:
-    """Submit every trial, print progress as they end, and return their outcomes by name."""
+    """Keep up to `slots` trials of `search` running (Grid or search.TpeSearch: `ask` names the next trial, `tell`
+    hears how one ended), print progress as they end, and return their outcomes by name."""
     from primer.sweep import node as sweep_node
 
     trial = ray.remote(sweep_node.run_trial)
-    refs = {trial.options(num_cpus=cpus, num_gpus=gpus, max_retries=retries, name=f"trial {name}")
-            .remote({**spec, "name": name, "overrides": overrides}): name for name, overrides in trials.items()}
+    pending: dict = {}  # ref -> name
+
+    def fill() -> None:
+        while len(pending) < slots and (name := search.ask()) is not None:
+            ref = trial.options(num_cpus=cpus, num_gpus=gpus, max_retries=retries, name=f"trial {name}").remote(
+                {**spec, "name": name, "overrides": search.trials[name]})
+            pending[ref] = name
+
     outcomes: dict = {}
     names = {n["NodeID"]: node_name(n) for n in ray.nodes()}
-    print(progress(len(trials), outcomes), file=sys.stderr)
-    pending = list(refs)
+    print(progress(search.total, outcomes), file=sys.stderr)
     try:
+        fill()
         while pending:
-            ready, pending = ray.wait(pending, num_returns=1, timeout=2.0)
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=2.0)
             for ref in ready:
-                name = refs[ref]
+                name = pending.pop(ref)
                 try:
                     outcome = ray.get(ref)
                 except ray.exceptions.RayError as exc:  # the node died on every attempt, or the task was lost
@@ -353,7 +390,11 @@ def run_sweep(ray, trials: dict, spec: dict, cpus: float, gpus: float, retries: 
                         if outcome.get("tail") else "."
                     print(f"sweep: trial {name} failed on {outcome['node'] or 'a lost node'}: {outcome['reason']}"
                           f"{said}", file=sys.stderr)
-                print(progress(len(trials), outcomes), file=sys.stderr)
+                note = search.tell(name, outcome)
+                if note:
+                    print(f"sweep: {note}", file=sys.stderr)
+                print(progress(search.total, outcomes), file=sys.stderr)
+            fill()
     except KeyboardInterrupt:  # each running trial stops its commands as Ctrl-C would (sweep_node.step)
         print(f"sweep: interrupted; stopping {len(pending)} trials", file=sys.stderr)
         for ref in pending:
@@ -361,15 +402,24 @@ def run_sweep(ray, trials: dict, spec: dict, cpus: float, gpus: float, retries: 
         deadline = time.monotonic() + STOP_TIMEOUT_S
         # the trials end once DVC has removed their temporary workspaces and the stages closed their runs: ending
         # Ray before that would kill them half-way
-        ray.wait(pending, num_returns=len(pending), timeout=STOP_TIMEOUT_S)
+        ray.wait(list(pending), num_returns=len(pending), timeout=STOP_TIMEOUT_S)
         with contextlib.suppress(Exception):  # a store that went away: the close after this warns
-            while open_runs(*tracked[:2], set(trials)) and time.monotonic() < deadline:
+            while open_runs(*tracked[:2], set(search.trials)) and time.monotonic() < deadline:
                 time.sleep(1)
         raise
     return outcomes
 
 
-def sweep_on_ray(ray, args, trials: dict, repo: Path, commit: str, tracked: tuple[str, str, dict]) -> dict:
+def slots_of(nodes: list[dict], cpus: float, gpus: float) -> int:
+    """How many trials of `cpus` CPUs and `gpus` GPUs the nodes hold at once."""
+    def fits(node: dict) -> int:
+        have = node["Resources"]
+        counts = [int(have.get(kind, 0) // need) for kind, need in (("CPU", cpus), ("GPU", gpus)) if need > 0]
+        return min(counts) if counts else 1_000_000  # a trial that asks for nothing: no limit but the budget
+    return max(1, sum(fits(n) for n in nodes))
+
+
+def sweep_on_ray(ray, args, search, repo: Path, commit: str, tracked: tuple[str, str, dict]) -> dict:
     """Connect, check the nodes, run the trials and close their orphaned runs; the outcomes by name."""
     uri, experiment, env = tracked
     connect(ray, args.address)
@@ -379,14 +429,20 @@ def sweep_on_ray(ray, args, trials: dict, repo: Path, commit: str, tracked: tupl
         check_nodes(ray, nodes, checkout, args.git_remote, args.dvc_remote, commit)
         spec = {"commit": commit, "git_remote": args.git_remote, "dvc_remote": args.dvc_remote,
                 "targets": args.targets, "checkout": checkout, "env": env}
-        print(f"sweep: {len(trials)} trials of commit {commit[:12]} on {len(nodes)} nodes, each with "
+        if isinstance(search, Grid):  # every trial at once: Ray starts each as a slot frees
+            slots, what = search.total, f"{search.total} trials"
+        else:
+            slots = slots_of(nodes, args.cpus, args.gpus)
+            what = (f"up to {search.total} trials of a TPE search (seed {args.seed}, {search.goal.metric} of "
+                    f"{search.goal.stage} to {search.goal.direction}), {slots} at a time,")
+        print(f"sweep: {what} of commit {commit[:12]} on {len(nodes)} nodes, each with "
               f"{args.cpus:g} CPUs and {args.gpus:g} GPUs", file=sys.stderr)
         outcomes = {}
         try:
-            outcomes = run_sweep(ray, trials, spec, args.cpus, args.gpus, args.retries, tracked)
+            outcomes = run_sweep(ray, search, slots, spec, args.cpus, args.gpus, args.retries, tracked)
         finally:
             try:
-                for run_id in close_orphans(uri, experiment, set(trials)):
+                for run_id in close_orphans(uri, experiment, set(search.trials)):
                     print(f"sweep: closed MLflow run {run_id} as KILLED (its trial ended without closing it)",
                           file=sys.stderr)
             except Exception as exc:  # the store went away: each stage's next start closes its own
@@ -414,7 +470,87 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--dvc-remote", help="the DVC remote for inputs and outputs (default: each checkout's default)")
     p.add_argument("--name", help="experiment names are NAME-1, NAME-2, ... (default: sweep-COMMIT-HHMMSS)")
     p.add_argument("--retries", type=int, default=2, help="attempts more for a trial whose node dies (default: 2)")
+    s = p.add_argument_group("search", "--search tpe samples -S ranges, KEY=log-uniform(LOW,HIGH), "
+                             "KEY=uniform(LOW,HIGH) or KEY=int(LOW,HIGH); a list KEY=A,B,C is a choice among its "
+                             "values and a single value is fixed. Each trial is ranked by its training stage's metric, "
+                             "read from its MLflow run; at the end the sweep names the best trial and how to apply it.")
+    s.add_argument("--search", choices=("grid", "tpe"), default="grid",
+                   help="grid: every combination of the -S values (default); tpe: Optuna's TPE sampler picks each "
+                        "trial's values from the trials that ended")
+    s.add_argument("--trials", type=int, help="how many trials a search runs at most (required with --search tpe)")
+    s.add_argument("--time-limit", help="no new trial starts after this long (90s, 30m, 2h); running ones finish")
+    s.add_argument("--seed", type=int, help="the sampler's seed, so that a search reruns with the same values "
+                                            "(default: the params file's top-level seed)")
+    s.add_argument("--metric", help="the metric that ranks trials (default: the stage's own: val/acc of train_cnn, "
+                                    "higher is better; val/ppl of train_lm@NAME and val/loss of train_transformer, "
+                                    "lower is better)")
+    s.add_argument("--apply", action="store_true", help="bring the best trial into the workspace at the end "
+                                                        "(dvc exp pull, then dvc exp apply)")
     return p
+
+
+def check_search(args) -> None:
+    """The search options fit --search, before anything starts."""
+    if args.search == "grid":
+        given = [o for o, v in (("--trials", args.trials), ("--time-limit", args.time_limit), ("--seed", args.seed),
+                                ("--metric", args.metric), ("--apply", args.apply or None)) if v is not None]
+        if given:
+            raise PrimerError(f"{given[0]} belongs to a search; add --search tpe, or leave it out for a grid.")
+    elif args.trials is None or args.trials < 1:
+        shown = "no --trials" if args.trials is None else f"--trials {args.trials}"
+        raise PrimerError(f"--search tpe runs a budget of trials, and {shown} gives none; add --trials N (N >= 1).")
+
+
+def plan_search(args, repo: Path, commit: str, prefix: str, tracked: tuple[str, str, dict]) -> search.TpeSearch:
+    """The TPE search of the -S ranges, with its seed, metric and limits, each checked before any trial."""
+    sets = [(text, *key_of(text)) for text in args.sets]
+    searched, fixed = search.space(sets)
+    goal = search.objective(args.targets, args.metric)
+    time_limit = search.parse_duration(args.time_limit) if args.time_limit else None
+    if args.seed is None:
+        seed = params_at(repo, commit, PARAMS_FILE, f"--seed defaults to the seed in {PARAMS_FILE}").get("seed")
+        if not isinstance(seed, int):
+            raise PrimerError(f"{PARAMS_FILE} has no top-level integer seed at commit {commit[:12]}; give --seed N.")
+        args.seed = seed
+    uri, experiment, _ = tracked
+    study = search.tpe_study(args.seed, goal.direction, prefix)
+    return search.TpeSearch(study, searched, fixed, prefix, args.trials, goal,
+                            lambda name: search.read_metric(uri, experiment, name, goal), time_limit)
+
+
+def key_of(text: str) -> tuple[str, list[str]]:
+    """-S text -> ([FILE:]KEY as `dvc exp run -S` takes it, its values)."""
+    file, key, values = parse_set(text)
+    return ("" if file == PARAMS_FILE else f"{file}:") + key, values
+
+
+def apply_best(repo: Path, args, name: str) -> None:
+    """`dvc exp pull` the trial `name` and `dvc exp apply` it here."""
+    for argv in pull_and_apply(args, name):
+        done = subprocess.run([sys.executable, "-m", "dvc", *argv[1:]], cwd=repo, capture_output=True, text=True,
+                              stdin=subprocess.DEVNULL)
+        if done.returncode:
+            first = ((done.stderr or done.stdout).strip().splitlines() or ["no output"])[-1]
+            raise PrimerError(f"`{' '.join(argv)}` failed ({first}); run it yourself once that is fixed.")
+
+
+def pull_and_apply(args, name: str) -> list[list[str]]:
+    remote = ["-r", args.dvc_remote] if args.dvc_remote else []
+    return [["dvc", "exp", "pull", *remote, args.git_remote, name], ["dvc", "exp", "apply", name]]
+
+
+def report_best(repo: Path, args, tpe: search.TpeSearch) -> None:
+    """The line that names the best trial and how to bring it here; --apply brings it."""
+    best = tpe.best()
+    if best is None:
+        print(f"sweep: no trial has {tpe.goal.metric}, so there is no best one", file=sys.stderr)
+        return
+    steps = " && ".join(" ".join(argv) for argv in pull_and_apply(args, best))
+    print(f"best: {best} ({tpe.goal.metric} {tpe.values[best]:.6g}) with {' '.join(tpe.trials[best])}; bring it into "
+          f"the workspace with `{steps}`")
+    if args.apply:
+        apply_best(repo, args, best)
+        print(f"sweep: applied {best} to the workspace", file=sys.stderr)
 
 
 def run(argv: list[str] | None = None) -> None:
@@ -422,24 +558,42 @@ def run(argv: list[str] | None = None) -> None:
     for option, value in (("--cpus", args.cpus), ("--gpus", args.gpus), ("--retries", args.retries)):
         if value < 0:
             raise PrimerError(f"{option} {value:g} is negative; give 0 or more.")
+    check_search(args)
     ray = import_ray()
     repo = repo_root()
     commit = git(repo, "rev-parse", "HEAD").stdout.strip()
     check_keys(repo, commit, args.sets)
     check_targets(repo, commit, args.targets)
-    combos = grid(args.sets)
+    if args.search == "grid":
+        search.refuse_ranges([(text, *key_of(text)) for text in args.sets])
+        combos = grid(args.sets)
+    else:
+        search.import_optuna()
+        search.space([(text, *key_of(text)) for text in args.sets])
+        search.objective(args.targets, args.metric)
     if args.address and not os.environ.get("MLFLOW_TRACKING_URI"):
         raise PrimerError("MLFLOW_TRACKING_URI is not set; set it to the team's MLflow server (e.g. "
                           "http://HOST:5000) so that every node's trials log where you can see them.")
     commit = pushed_commit(repo, args.git_remote)
-    uri, experiment, passed = tracking(repo)
+    tracked = tracking(repo)
     prefix = args.name or f"sweep-{commit[:7]}-{time.strftime('%H%M%S')}"
-    trials = {f"{prefix}-{i}": overrides for i, overrides in enumerate(combos, 1)}
+    if args.search == "grid":
+        trials: Grid | search.TpeSearch = Grid({f"{prefix}-{i}": overrides for i, overrides in enumerate(combos, 1)})
+    else:
+        trials = plan_search(args, repo, commit, prefix, tracked)
     with contextlib.redirect_stdout(sys.stderr):  # Ray's own notes (a node died, a task is retried): not the table
-        outcomes = sweep_on_ray(ray, args, trials, repo, commit, (uri, experiment, passed))
-    print(table(trials, outcomes))
-    failed = [name for name in trials if not outcomes.get(name, {}).get("ok")]
-    print(f"sweep: {len(trials) - len(failed)} of {len(trials)} trials pushed to '{args.git_remote}'; see them with "
+        outcomes = sweep_on_ray(ray, args, trials, repo, commit, tracked)
+    asked = trials.trials
+    if isinstance(trials, search.TpeSearch):
+        print(table(asked, outcomes, trials.goal.metric, trials.values))
+        if len(asked) < trials.total and trials.out_of_time():
+            print(f"sweep: the time limit ({args.time_limit}) passed after {len(asked)} of {trials.total} trials",
+                  file=sys.stderr)
+        report_best(repo, args, trials)
+    else:
+        print(table(asked, outcomes))
+    failed = [name for name in asked if not outcomes.get(name, {}).get("ok")]
+    print(f"sweep: {len(asked) - len(failed)} of {len(asked)} trials pushed to '{args.git_remote}'; see them with "
           f"`dvc exp pull {args.git_remote}` and `dvc exp show`", file=sys.stderr)
     if failed:
         raise SystemExit(1)

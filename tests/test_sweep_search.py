@@ -1,0 +1,115 @@
+"""primer/sweep/search.py before any Ray: the -S ranges of `--search tpe`, the one-sentence refusals of bad ranges and
+options, the stage's metric and its direction, and the seeded TPE study that asks the same values twice. The search
+itself runs on a local Ray in tests/e2e/test_sweep.py."""
+
+from __future__ import annotations
+
+import pytest
+
+from primer.errors import PrimerError
+from primer.sweep import search
+from primer.sweep.submit import run
+
+optuna = pytest.importorskip("optuna")
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution  # noqa: E402
+from optuna.trial import TrialState  # noqa: E402
+
+SPACE = [("train_cnn.lr=log-uniform(1e-4,1e-2)", "train_cnn.lr", ["log-uniform(1e-4,1e-2)"]),
+         ("train_cnn.weight_decay=uniform(0,0.5)", "train_cnn.weight_decay", ["uniform(0,0.5)"]),
+         ("train_cnn.batch_size=int(16,128)", "train_cnn.batch_size", ["int(16,128)"]),
+         ("train_cnn.optimizer=adam,sgd", "train_cnn.optimizer", ["adam", "sgd"]),
+         ("train_cnn.epochs=3", "train_cnn.epochs", ["3"])]
+
+
+def test_ranges_lists_and_single_values_make_the_space():
+    searched, fixed = search.space(SPACE)
+    assert searched == {"train_cnn.lr": FloatDistribution(1e-4, 1e-2, log=True),
+                        "train_cnn.weight_decay": FloatDistribution(0, 0.5),
+                        "train_cnn.batch_size": IntDistribution(16, 128),
+                        "train_cnn.optimizer": CategoricalDistribution(["adam", "sgd"])}
+    assert fixed == ["train_cnn.epochs=3"]
+
+
+@pytest.mark.parametrize("value, says", [
+    ("loguniform(1,2)", "'loguniform' is not a kind of range; write log-uniform(LOW,HIGH)"),
+    ("uniform(1,0)", "the range uniform(1,0) is empty or inverted; give LOW < HIGH."),
+    ("int(4,4)", "the range int(4,4) is empty or inverted; give LOW < HIGH."),
+    ("log-uniform(0,1)", "the range log-uniform(0,1) starts at 0, and log-uniform() needs LOW > 0"),
+    ("int(1.5,4)", "int() takes two whole numbers, LOW and HIGH"),
+    ("uniform(1)", "uniform() takes two numbers, LOW and HIGH"),
+    ("uniform(0,1),0.5", "mixes a range with values"),
+])
+def test_a_bad_range_is_one_sentence(value, says):
+    text = f"train_cnn.lr={value}"
+    with pytest.raises(PrimerError) as caught:
+        search.space([(text, "train_cnn.lr", value.replace("),", ")|").split("|"))])
+    said = str(caught.value)
+    assert said.startswith(f"-S {text!r}") and says in said, said
+    assert said.endswith(".") and ". " not in said.replace("e.g. ", ""), said  # one sentence
+
+
+def test_the_stage_gives_the_metric_and_its_direction():
+    assert search.objective(["train_cnn"], None) == search.Objective("train_cnn", "val/acc", maximize=True)
+    assert search.objective(["dvc.yaml:train_lm@lstm"], None) == search.Objective("train_lm@lstm", "val/ppl", False)
+    assert search.objective(["train_transformer"], None).direction == "minimize"
+    assert search.objective(["train_cnn"], "val/loss") == search.Objective("train_cnn", "val/loss", maximize=False)
+    with pytest.raises(PrimerError, match=r"^--metric val/acc: train_lm@lstm does not log it; give one of val/ppl, "):
+        search.objective(["train_lm@lstm"], "val/acc")
+    with pytest.raises(PrimerError, match=r"one training stage among the targets .* and none is given; name exactly "):
+        search.objective(["verify"], None)
+    with pytest.raises(PrimerError, match=r"name the variant, e\.g\. train_lm@lstm\.$"):
+        search.objective(["train_lm"], None)
+
+
+def test_durations():
+    assert [search.parse_duration(t) for t in ("90s", "30m", "2h", "45")] == [90, 1800, 7200, 45]
+    with pytest.raises(PrimerError, match=r"^--time-limit '2 days' is not a duration; give it as 90s, 30m or 2h\.$"):
+        search.parse_duration("2 days")
+
+
+def ask_first(seed: int, n: int = 3) -> list[dict]:
+    study = search.tpe_study(seed, "maximize", "t")
+    searched, _ = search.space(SPACE)
+    return [study.ask(searched).params for _ in range(n)]
+
+
+def test_the_seeded_sampler_asks_the_same_values_twice():
+    assert ask_first(42) == ask_first(42)
+    assert ask_first(42) != ask_first(43)
+
+
+def test_the_search_keeps_to_its_budget_tells_failures_and_names_the_best():
+    values = {"s-1": 0.5, "s-2": 0.9, "s-3": None}
+    searched, fixed = search.space(SPACE)
+    tpe = search.TpeSearch(search.tpe_study(0, "maximize", "s"), searched, fixed, "s", 4,
+                           search.Objective("train_cnn", "val/acc", True), values.get)
+    names = [tpe.ask() for _ in range(4)]
+    assert names == ["s-1", "s-2", "s-3", "s-4"] and tpe.ask() is None
+    assert tpe.trials["s-1"][0] == "train_cnn.epochs=3" and tpe.trials["s-1"][1].startswith("train_cnn.lr=")
+    assert tpe.tell("s-1", {"ok": True}) is None and tpe.tell("s-2", {"ok": True}) is None
+    assert "s-3 landed, but its MLflow run of train_cnn has no finite val/acc" in tpe.tell("s-3", {"ok": True})
+    assert tpe.tell("s-4", {"ok": False}) is None
+    states = [t.state for t in tpe.study.trials]
+    assert states == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.FAIL, TrialState.FAIL]
+    assert tpe.best() == "s-2"
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["-S", "train_cnn.lr=uniform(0,1)", "train_cnn"],
+     "-S 'train_cnn.lr=uniform(0,1)' is a range, which a grid cannot run; list the values (KEY=V1,V2,...), or give "
+     "--search tpe --trials N to sample it."),
+    (["--search", "tpe", "-S", "train_cnn.lr=uniform(0,1)", "train_cnn"],
+     "--search tpe runs a budget of trials, and no --trials gives none; add --trials N (N >= 1)."),
+    (["--search", "tpe", "--trials", "0", "-S", "train_cnn.lr=uniform(0,1)", "train_cnn"],
+     "--search tpe runs a budget of trials, and --trials 0 gives none; add --trials N (N >= 1)."),
+    (["--trials", "3", "-S", "train_cnn.lr=1,2", "train_cnn"],
+     "--trials belongs to a search; add --search tpe, or leave it out for a grid."),
+    (["--search", "tpe", "--trials", "3", "-S", "train_cnn.lr=uniform(0,1)", "--metric", "val/ppl", "train_cnn"],
+     "--metric val/ppl: train_cnn does not log it; give one of val/acc, val/loss, train/epoch_loss."),
+    (["--search", "tpe", "--trials", "3", "-S", "train_cnn.lrr=uniform(0,1)", "train_cnn"],
+     "-S 'train_cnn.lrr=uniform(0,1)': params.yaml has no key 'train_cnn.lrr'"),
+])
+def test_bad_search_input_is_one_sentence_before_any_trial(argv, says):
+    with pytest.raises(PrimerError) as caught:
+        run(argv)
+    assert str(caught.value).startswith(says), caught.value

@@ -79,15 +79,16 @@ def test_the_seeded_sampler_asks_the_same_values_twice():
 
 
 def test_the_search_keeps_to_its_budget_tells_failures_and_names_the_best():
-    values = {"s-1": 0.5, "s-2": 0.9, "s-3": None}
+    values = {"s-1": (0.5, ""), "s-2": (0.9, "trial s-2 has the values of s-0"), "s-3": (None, "")}
     searched, fixed = search.space(SPACE)
     tpe = search.TpeSearch(search.tpe_study(0, "maximize", "s"), searched, fixed, "s", 4,
-                           search.Objective("train_cnn", "val/acc", True), values.get)
+                           search.Objective("train_cnn", "val/acc", True), lambda name, _: values[name])
     names = [tpe.ask() for _ in range(4)]
     assert names == ["s-1", "s-2", "s-3", "s-4"] and tpe.ask() is None
     assert tpe.trials["s-1"][0] == "train_cnn.epochs=3" and tpe.trials["s-1"][1].startswith("train_cnn.lr=")
-    assert tpe.tell("s-1", {"ok": True}) is None and tpe.tell("s-2", {"ok": True}) is None
-    assert "s-3 landed, but its MLflow run of train_cnn has no finite val/acc" in tpe.tell("s-3", {"ok": True})
+    assert tpe.tell("s-1", {"ok": True}) is None and tpe.tell("s-2", {"ok": True}) == values["s-2"][1]
+    assert tpe.tell("s-3", {"ok": True}) == ("trial s-3 landed, but no MLflow run of train_cnn has its val/acc (none "
+                                             "found); the search counts it as failed")
     assert tpe.tell("s-4", {"ok": False}) is None
     states = [t.state for t in tpe.study.trials]
     assert states == [TrialState.COMPLETE, TrialState.COMPLETE, TrialState.FAIL, TrialState.FAIL]
@@ -113,3 +114,32 @@ def test_bad_search_input_is_one_sentence_before_any_trial(argv, says):
     with pytest.raises(PrimerError) as caught:
         run(argv)
     assert str(caught.value).startswith(says), caught.value
+
+
+def test_the_metric_is_read_from_the_trials_run_or_from_the_earlier_run_dvc_restored(tmp_path):
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("primer")
+
+    def logged(name: str, lr: str, history: list[float], best: float | None, commit: str = "c1") -> None:
+        run = client.create_run(experiment, tags={"dvc.exp_name": name, "stage": "train_lm@lstm",
+                                                  "git.commit": commit})
+        client.log_param(run.info.run_id, "train_lm.variants.lstm.lr", lr)
+        for step, value in enumerate(history):
+            client.log_metric(run.info.run_id, "val/ppl", value, step=step)
+        if best is not None:
+            client.log_metric(run.info.run_id, "best/val_ppl", best)
+        client.set_terminated(run.info.run_id, "FINISHED")
+
+    logged("s-1", "0.5", [9.0, 7.0, 8.0], 7.0)
+    logged("s-2", "2.0", [12.0, 11.0], None)
+    goal = search.Objective("train_lm@lstm", "val/ppl", maximize=False)
+    assert search.read_metric(uri, "primer", "c1", "s-1", ["train_lm.variants.lstm.lr=0.5"], goal) == (7.0, "")
+    assert search.read_metric(uri, "primer", "c1", "s-2", ["train_lm.variants.lstm.lr=2.0"], goal) == (11.0, "")
+    assert search.read_metric(uri, "primer", "c1", "r-1", ["train_lm.variants.lstm.lr=0.5"], goal) == (
+        7.0, "trial r-1 has the values of s-1, so DVC restored train_lm@lstm's outputs from its run cache; its val/ppl "
+             "is that run's")
+    assert search.read_metric(uri, "primer", "c2", "r-1", ["train_lm.variants.lstm.lr=0.5"], goal) == (None, "")
+    assert search.read_metric(uri, "primer", "c1", "r-2", ["train_lm.variants.lstm.lr=1.0"], goal) == (None, "")

@@ -147,25 +147,38 @@ def objective(targets: list[str], metric: str | None) -> Objective:
     return Objective(stage, chosen, maximize=chosen.endswith("/acc"))
 
 
-def read_metric(uri: str, experiment: str, name: str, goal: Objective) -> float | None:
-    """The trial `name`'s value: the best `goal.metric` of its FINISHED MLflow run of `goal.stage` (the stage's own
-    `best/...` where it logs one); None without such a run or metric."""
+def read_metric(uri: str, experiment: str, commit: str, name: str, overrides: list[str],
+                goal: Objective) -> tuple[float | None, str]:
+    """The trial `name`'s value and, where it comes from another run, a note that says so: the best `goal.metric`
+    of its FINISHED MLflow run of `goal.stage` (the stage's own `best/...` where it logs one). A trial whose values an
+    earlier run of `commit` already trained has no run of its own (DVC restores the stage's outputs from its run
+    cache): that earlier run's value, found by its params. (None, '') without such a run or metric."""
     from mlflow import MlflowClient
 
     client = MlflowClient(uri)
     found = client.get_experiment_by_name(experiment)
     if found is None:
-        return None
-    runs = client.search_runs([found.experiment_id], f"tags.`dvc.exp_name` = '{name}' and tags.stage = "
-                              f"'{goal.stage}' and attributes.status = 'FINISHED'",
-                              order_by=["attributes.start_time DESC"], max_results=1)
+        return None, ""
+    where = f"tags.stage = '{goal.stage}' and attributes.status = 'FINISHED'"
+    latest = ["attributes.start_time DESC"]
+    runs = client.search_runs([found.experiment_id], f"{where} and tags.`dvc.exp_name` = '{name}'", order_by=latest,
+                              max_results=1)
+    note = ""
+    if not runs and not any(":" in o.partition("=")[0] for o in overrides):  # params of other files are not logged
+        same = " and ".join(f"params.`{key}` = '{value}'" for key, _, value in (o.partition("=") for o in overrides))
+        runs = client.search_runs([found.experiment_id], f"{where} and tags.`git.commit` = '{commit}' and {same}",
+                                  order_by=latest, max_results=1)
+        if runs:
+            earlier = runs[0].data.tags.get("dvc.exp_name") or runs[0].info.run_id
+            note = (f"trial {name} has the values of {earlier}, so DVC restored {goal.stage}'s outputs from its run "
+                    f"cache; its {goal.metric} is that run's")
     if not runs:
-        return None
+        return None, ""
     best = runs[0].data.metrics.get(f"best/{goal.metric.replace('/', '_')}")
-    if best is not None:
-        return best
-    values = [m.value for m in client.get_metric_history(runs[0].info.run_id, goal.metric)]
-    return (max if goal.maximize else min)(values) if values else None
+    if best is None:
+        values = [m.value for m in client.get_metric_history(runs[0].info.run_id, goal.metric)]
+        best = (max if goal.maximize else min)(values) if values else None
+    return best, note
 
 
 @dataclass
@@ -178,7 +191,7 @@ class TpeSearch:
     prefix: str
     budget: int
     goal: Objective
-    read: Callable[[str], float | None]  # a trial's name -> its metric
+    read: Callable[[str, list[str]], tuple[float | None, str]]  # a trial's name, overrides -> its metric, a note
     time_limit: float | None = None
     trials: dict[str, list[str]] = field(default_factory=dict)  # name -> overrides, of every trial asked
     values: dict[str, float] = field(default_factory=dict)
@@ -214,14 +227,14 @@ class TpeSearch:
         if not outcome["ok"]:
             self.study.tell(trial, state=TrialState.FAIL)
             return None
-        value = self.read(name)
+        value, note = self.read(name, self.trials[name])
         if value is None or not math.isfinite(value):
             self.study.tell(trial, state=TrialState.FAIL)
-            return (f"trial {name} landed, but its MLflow run of {self.goal.stage} has no finite {self.goal.metric}"
-                    f" ({value}); the search counts it as failed")
+            return (f"trial {name} landed, but no MLflow run of {self.goal.stage} has its {self.goal.metric} "
+                    f"({'none found' if value is None else value}); the search counts it as failed")
         self.values[name] = value
         self.study.tell(trial, value)
-        return None
+        return note or None
 
     def best(self) -> str | None:
         """The name of the trial with the best metric, or None where none has one."""

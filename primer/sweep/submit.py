@@ -515,7 +515,8 @@ def plan_search(args, repo: Path, commit: str, prefix: str, tracked: tuple[str, 
     uri, experiment, _ = tracked
     study = search.tpe_study(args.seed, goal.direction, prefix)
     return search.TpeSearch(study, searched, fixed, prefix, args.trials, goal,
-                            lambda name: search.read_metric(uri, experiment, name, goal), time_limit)
+                            lambda name, overrides: search.read_metric(uri, experiment, commit, name, overrides,
+                                                                       goal), time_limit)
 
 
 def key_of(text: str) -> tuple[str, list[str]]:

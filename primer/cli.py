@@ -17,12 +17,16 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TypeVar
 
 import yaml
 
 from primer.errors import PrimerError
 from primer.limits import MAX_BEAM_SIZE, MAX_LENGTH
+from primer.params import Sections
 from primer.stage import cli
+
+P = TypeVar("P", bound=Sections)
 
 DVC_YAML, PARAMS = Path("dvc.yaml"), Path("params.yaml")
 
@@ -62,9 +66,9 @@ def params_file(*sections: str) -> dict:
     return raw
 
 
-def params_of(sections) -> dict:
-    """The sections of params.yaml that `sections` (a `primer.params.Sections`) names, after its `profile`,
-    checked key by key as the stages check them (after `params_file` checked the file's shape)."""
+def params_of(sections: type[P]) -> P:
+    """The sections of params.yaml that `sections` names, after its `profile`, checked key by key as the stages
+    check them (after `params_file` checked the file's shape)."""
     from primer.params import load_params
 
     return load_params(PARAMS, sections)
@@ -141,14 +145,11 @@ def classify(args) -> int:
         predict = mlflow_model(args.model, "PhotoClassifier")
     else:
         params_file("augment", "verify")
-        from primer.data.verify import Verify
-        from primer.params import part_of, sections_of
-        from primer.training.cnn_training import classifier_config
-        from primer.vision.augment_policy import Augment
+        from primer.training.cnn_training import ClassifierParams, classifier_config
 
-        p = params_of(sections_of(augment=part_of(Augment, "eval_size", "draft_oversample"),
-                                  verify=part_of(Verify, "max_image_pixels")))
-        predict = local_model("PhotoClassifier", Path(dvc_paths()["cnn_model"]), "train_cnn", classifier_config(p))
+        p = params_of(ClassifierParams)
+        config = classifier_config(p.augment.eval_size, p.augment.draft_oversample, p.verify.max_image_pixels)
+        predict = local_model("PhotoClassifier", Path(dvc_paths()["cnn_model"]), "train_cnn", config)
     import pandas as pd
     from tqdm import tqdm
 
@@ -195,12 +196,11 @@ def translate(args) -> int:
         predict = mlflow_model(args.model, "Translator")
     else:
         params_file("train_transformer")
-        from primer.params import part_of, sections_of
-        from primer.training.translation_training import TrainTransformer
+        from primer.training.translation_training import TranslatorParams
 
-        p = params_of(sections_of(train_transformer=part_of(TrainTransformer, "num_steps", "beam_size")))
+        decoding = params_of(TranslatorParams).train_transformer
         predict = local_model("Translator", Path(dvc_paths()["transformer_model"]), "train_transformer",
-                              p["train_transformer"])
+                              decoding.model_dump())
     import pandas as pd
 
     for sentence, french in zip(sentences, predict(pd.DataFrame({"sentence": sentences}), params)["translation"]):

@@ -39,25 +39,25 @@ class Launch(Section):
     rdzv_timeout: int = run_only(ge=1, le=86_400)  # seconds to wait for every host to join
 
 
-def wanted(p: dict) -> bool:
+def wanted(p: Launch) -> bool:
     """Whether the section asks for more than one process."""
-    return p["nproc"] * p["nnodes"] > 1
+    return p.nproc * p.nnodes > 1
 
 
-def check_launch(p: dict, key: str) -> None:
+def check_launch(p: Launch, batch_size: int, key: str) -> None:
     """The launch keys against each other and against the batch they split, before any work."""
-    world = p["nproc"] * p["nnodes"]
-    if world > 1 and p["batch_size"] < world:
-        raise PrimerError(f"'{key}.batch_size' ({p['batch_size']}) is split across {world} processes "
+    world = p.nproc * p.nnodes
+    if world > 1 and batch_size < world:
+        raise PrimerError(f"'{key}.batch_size' ({batch_size}) is split across {world} processes "
                           f"('{key}.nproc' x '{key}.nnodes'); raise it to at least {world} or use fewer processes.")
-    if p["nnodes"] > 1:
-        host, _, port = p["rdzv_endpoint"].rpartition(":")
+    if p.nnodes > 1:
+        host, _, port = p.rdzv_endpoint.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65_536:
-            raise PrimerError(f"'{key}.rdzv_endpoint' is {p['rdzv_endpoint']!r}, but '{key}.nnodes' is "
-                              f"{p['nnodes']}; set it to the first host's HOST:PORT, e.g. node0:{RDZV_PORT}.")
+            raise PrimerError(f"'{key}.rdzv_endpoint' is {p.rdzv_endpoint!r}, but '{key}.nnodes' is "
+                              f"{p.nnodes}; set it to the first host's HOST:PORT, e.g. node0:{RDZV_PORT}.")
 
 
-def launch(script: str, p: dict, key: str) -> None:
+def launch(script: str, p: Launch, key: str) -> None:
     """Run `script` with this process's arguments as this node's share of the section's DDP job (what
     `torchrun` does), and return once every process here has ended well. A job on one host meets on a
     free local port; several hosts meet at `rdzv_endpoint`, waiting at most `rdzv_timeout` seconds for
@@ -69,11 +69,11 @@ def launch(script: str, p: dict, key: str) -> None:
     from torch.distributed.elastic.rendezvous.api import RendezvousConnectionError, RendezvousTimeoutError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
-    nproc, nnodes, timeout = p["nproc"], p["nnodes"], p["rdzv_timeout"]
+    nproc, nnodes, timeout = p.nproc, p.nnodes, p.rdzv_timeout
     if nnodes > 1:
         _quiet_agent(script)
-        _check_answers(p["rdzv_endpoint"], timeout, key)
-    endpoint = p["rdzv_endpoint"] if nnodes > 1 else "localhost:0"
+        _check_answers(p.rdzv_endpoint, timeout, key)
+    endpoint = p.rdzv_endpoint if nnodes > 1 else "localhost:0"
     # each process a share of the cores, unless set (torchrun gives each one thread)
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
     # the agent's log folder (torch makes /tmp/torchelastic_* and leaves it): ours, removed when the job ends
@@ -152,17 +152,18 @@ def _quiet_agent(script: str) -> None:
         os.environ.pop("TORCH_CPP_LOG_LEVEL", None)
 
 
-def start(script: str, p: dict, key: str) -> torch.device | None:
-    """This process's part in the section's job, once its params have been checked. The node's agent
+def start(script: str, p: Launch, device: str, key: str) -> torch.device | None:
+    """This process's part in the section's job on `device` (its `device` key), once its params have been
+    checked. The node's agent
     (the section asks for several processes, and no launcher started this one) runs them (`launch`) and
     gets None: its ranks have trained. Otherwise the device to train on, the process group joined when
     launched, and tracking on rank 0 alone; the stage calls `teardown` when done."""
     if wanted(p) and not launched():
         launch(script, p, key)
         return None
-    device = configure_device(setup(pick_device(p["device"], f"{key}.device")))
+    chosen = configure_device(setup(pick_device(device, f"{key}.device")))
     only_main_tracks()
-    return device
+    return chosen
 
 
 def launched() -> bool:

@@ -9,7 +9,9 @@ dvc.yaml `params:` list names exactly its result and output fields (tested), so 
 nothing, and a training checkpoint's fingerprint covers exactly its result fields (`result_values`).
 
 A stage reads the sections it needs through a `Sections` model (other sections belong to other
-stages); `part_of` takes a few keys of a section another stage owns, with that stage's definitions.
+stages), and the code reads the validated model's attributes (`params.train_cnn.lr`). A stage that reads a
+few keys of a section another stage owns declares them in a `Part`, each with that stage's definition
+(`field_of`).
 Every key is written in params.yaml: a missing one, an unknown one, a wrong type or an out-of-range
 value is one sentence naming the file, the key, the value and what is allowed.
 """
@@ -20,10 +22,10 @@ import copy
 import difflib
 import typing
 from pathlib import Path
-from typing import Annotated, Any, Literal, Mapping
+from typing import Annotated, Any, Literal, Mapping, TypeVar
 
 from annotated_types import Ge, Le
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StringConstraints, ValidationError
 from pydantic.fields import FieldInfo
 
 from primer.errors import PrimerError
@@ -42,6 +44,22 @@ class Sections(Section):
     """The sections of params.yaml one stage reads; the file's other sections are other stages' business."""
 
     model_config = ConfigDict(extra="ignore")
+    _profile: str | None = PrivateAttr(None)
+
+    @property
+    def profile(self) -> str | None:
+        """The file's `profile` (full, quick), or None for a file without one."""
+        return self._profile
+
+
+class Part(Section):
+    """The few keys of a section another stage owns that a stage reads; its other keys are that stage's."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+S = TypeVar("S", bound=Section)
+P = TypeVar("P", bound=Sections)
 
 
 Seed = Annotated[int, Field(ge=0)]
@@ -87,22 +105,14 @@ def named_sections_of(annotation: Any) -> type[Section] | None:
     return None
 
 
-def part_of(section: type[Section], *keys: str, output: tuple[str, ...] = ()) -> type[Section]:
-    """The keys `keys` of a section another stage owns, with its definitions; `output` names the ones that
-    change only this stage's outputs (e.g. a setting of the data that a served model repeats)."""
-    fields: dict[str, Any] = {}
-    for key in (*keys, *output):
-        field = copy.copy(section.model_fields[key])
-        if key in output:
-            field.json_schema_extra = {**_extra(field), "effect": "output"}
-        fields[key] = (field.annotation, field)
-    return create_model(f"{section.__name__}Part", __base__=Sections, __doc__=section.__doc__, **fields)
-
-
-def sections_of(**sections: type[Section]) -> type[Sections]:
-    """A `Sections` model of these sections, for a reader that is not a stage (the `primer` command)."""
-    fields: dict[str, Any] = {name: (section, ...) for name, section in sections.items()}
-    return create_model("Params", __base__=Sections, **fields)
+def field_of(section: type[Section], key: str, effect: str | None = None) -> Any:
+    """The definition of `section`'s key `key`, for a `Part` of it; `effect="output"` where the key changes only
+    the reading stage's outputs (e.g. a setting of the data that a served model repeats)."""
+    field = copy.copy(section.model_fields[key])
+    if effect is not None:
+        assert effect in EFFECTS, effect
+        field.json_schema_extra = {**_extra(field), "effect": effect}
+    return field
 
 
 def result_values(values: dict, section: type[Section]) -> dict:
@@ -219,28 +229,27 @@ def _first_unwritten(values: Any, section: type[Section], where: str) -> tuple[s
     return None
 
 
-def validate(values: Any, sections: type[Section], file: str) -> dict:
-    """`values` checked against `sections`, as plain dicts (floats for number fields, every key present)."""
+def validate(values: Any, sections: type[S], file: str) -> S:
+    """`values` checked against `sections`, as that model (floats for number fields, every key present)."""
     if not isinstance(values, dict):
         raise PrimerError(f"{file}: the top level must be a mapping of keys, not {values!r}.")
     if unwritten := _first_unwritten(values, sections, ""):
         name, field = unwritten
         raise PrimerError(f"{file}: key '{name}' is missing; add it ({describe(field)}).")
     try:
-        return sections.model_validate(values).model_dump()
+        return sections.model_validate(values)
     except ValidationError as exc:
         raise PrimerError(_sentence(exc.errors()[0], sections, file)) from None
     except PrimerError as exc:  # a section's own check across its keys
         raise PrimerError(f"{file}: {exc}") from None
 
 
-def load_params(path: Path | str, sections: type[Section]) -> dict:
+def load_params(path: Path | str, sections: type[P]) -> P:
     """Load the sections `sections` names from `path` (after its `profile`) and validate them.
-    A file that has a `profile` key gets it back too, for the stage's run to record."""
+    The file's `profile` is the model's `profile`, for the stage's run to record."""
     raw = apply_profile(read_yaml(Path(path)), str(path))
     params = validate(raw, sections, str(path))
-    if "profile" in raw:
-        params["profile"] = raw["profile"]
+    params._profile = raw.get("profile")
     return params
 
 

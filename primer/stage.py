@@ -8,7 +8,7 @@ import os
 import sys
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, TypeVar
 
 from primer.errors import PrimerError
 from primer.params import Sections, load_params
@@ -16,6 +16,7 @@ from primer.repro_params import check_unchanged_since_repro_began, check_unchang
 from primer.tracking import StageRun, Terminated, stage_run
 
 NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)  # a read-only or another user's checkout
+P = TypeVar("P", bound=Sections)
 
 
 def stage_parser(doc: str) -> argparse.ArgumentParser:
@@ -28,7 +29,7 @@ def stage_parser(doc: str) -> argparse.ArgumentParser:
     return parser
 
 
-def load_checked(params_file: Path, sections: type[Sections], check: Callable[[dict], object] | None = None) -> dict:
+def load_checked(params_file: Path, sections: type[P], check: Callable[[P], object] | None = None) -> P:
     """The stage's params, validated key by key and then by `check(params)`, the stage's checks across
     keys (or against its inputs); a `PrimerError` from `check` is prefixed with the params file read.
     Under DVC, a file that changed since the repro's first stage is refused (`primer.repro_params`)."""
@@ -44,15 +45,16 @@ def load_checked(params_file: Path, sections: type[Sections], check: Callable[[d
 
 @contextmanager
 def open_stage(
-    name: str, params_file: Path, sections: type[Sections], system_metrics: bool = False,
-    check: Callable[[dict], object] | None = None,
-) -> Iterator[tuple[dict, StageRun]]:
+    name: str, params_file: Path, sections: type[P], system_metrics: bool = False,
+    check: Callable[[P], object] | None = None,
+) -> Iterator[tuple[P, StageRun]]:
     """Validate the stage's params (before any work, and before a tracking run exists to hold a
     failure), then open its tracking run. Under DVC, a params file that changed while the stage ran fails
     it, so that DVC does not record values the stage did not use."""
     params = load_checked(params_file, sections, check)
     started = check_unchanged_since_repro_began(Path(params_file))
-    with stage_run(name, params, system_metrics, near=Path(params_file)) as run:
+    with stage_run(name, params.model_dump(), system_metrics, near=Path(params_file),
+                   profile=params.profile or "full") as run:
         yield params, run
         check_unchanged_since_stage_began(Path(params_file), started)
 

@@ -432,7 +432,7 @@ def _experiment_id(mlflow, name: str, artifact_location: str | None) -> str:
     raise MlflowException(f"experiment '{name}' could neither be found nor created")
 
 
-def _start(stage: str, params: dict, system_metrics: bool, near: Path | None = None):
+def _start(stage: str, params: dict, system_metrics: bool, near: Path | None, profile: str):
     import mlflow
 
     # Bounded retries: a server that dies mid-stage fails the stage in seconds, not minutes.
@@ -456,9 +456,9 @@ def _start(stage: str, params: dict, system_metrics: bool, near: Path | None = N
         # The system-metrics thread's start/stop notes are noise, and a lost server is reported once, by the stage.
         logging.getLogger("mlflow.system_metrics").setLevel(logging.ERROR)
         run = mlflow.start_run(experiment_id=experiment_id, run_name=stage,
-                               tags=run_tags(stage, params.get("profile", "full")),
+                               tags=run_tags(stage, profile),
                                log_system_metrics=system_metrics or None)
-        mlflow.log_params(flatten({k: v for k, v in params.items() if k != "profile"}))  # a tag, above
+        mlflow.log_params(flatten(params))
     except Exception as exc:  # MlflowException, or the database driver's own errors
         refused = _login_refused(uri, exc)
         if refused:
@@ -472,8 +472,10 @@ def _start(stage: str, params: dict, system_metrics: bool, near: Path | None = N
 
 
 @contextmanager
-def stage_run(stage: str, params: dict, system_metrics: bool = False, near: Path | None = None) -> Iterator[StageRun]:
-    """One MLflow run for one stage execution; ends FINISHED, FAILED or KILLED, never left RUNNING.
+def stage_run(stage: str, params: dict, system_metrics: bool = False, near: Path | None = None,
+              profile: str = "full") -> Iterator[StageRun]:
+    """One MLflow run for one stage execution, with `params` (a validated `Sections` model's dump) as its params
+    and `profile` as a tag; ends FINISHED, FAILED or KILLED, never left RUNNING.
 
     `system_metrics` samples CPU, memory (and GPU when present) into the run while it is open.
     A run whose store stops answering cannot be closed now; the stage's next start closes it.
@@ -483,7 +485,7 @@ def stage_run(stage: str, params: dict, system_metrics: bool = False, near: Path
         with _sigterm_raises():
             yield StageRun()
         return
-    mlflow, run_id, uri = _start(stage, params, system_metrics, near)
+    mlflow, run_id, uri = _start(stage, params, system_metrics, near, profile)
     status = "FAILED"
     tracked = StageRun(mlflow, run_id, uri)
     try:

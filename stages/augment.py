@@ -22,7 +22,7 @@ from primer.data.split import SPLITS
 from primer.data.table import read_table
 from primer.params import Sections, Seed
 from primer.stage import cli, open_stage, stage_parser
-from primer.vision.augment_policy import Augment, AugmentPolicy, check_augment
+from primer.vision.augment_policy import Augment, check_augment
 from primer.vision.image_arrays import write_image_array
 from primer.vision.preview import augmentation_preview
 
@@ -32,9 +32,10 @@ class Params(Sections):
     augment: Augment
 
 
-def write_split(images: Path, rows: list[dict], classes: list[str], size: int, out: Path, split: str, p: dict) -> None:
+def write_split(images: Path, rows: list[dict], classes: list[str], size: int, out: Path, split: str,
+                p: Augment) -> None:
     paths = [r["path"] for r in rows]
-    write_image_array(images, paths, size, out / f"{split}_images.npy", p["num_workers"], p["draft_oversample"], split)
+    write_image_array(images, paths, size, out / f"{split}_images.npy", p.num_workers, p.draft_oversample, split)
     labels = np.array([classes.index(r["label"]) for r in rows], dtype=np.int64)
     with open(out / f"{split}_labels.npy", "wb") as f:
         np.save(f, labels)
@@ -48,14 +49,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--preview", required=True, type=Path, help="augmentation preview PNG to write")
     args = parser.parse_args(argv)
     with open_stage("augment", args.params, Params,
-                    check=lambda params: check_augment(params["augment"])) as (params, run):
-        p = params["augment"]
-        policy = AugmentPolicy(**p["policy"])
+                    check=lambda params: check_augment(params.augment.policy, params.augment.train_size)) as (
+            params, run):
+        p = params.augment
+        policy = p.policy
         rows = read_table(args.split, ["path", "label", "split"], "split")
         classes = sorted({r["label"] for r in rows})
         counts = {}
         start = time.perf_counter()
-        sizes = {split: p["train_size"] if split == "train" else p["eval_size"] for split in SPLITS}
+        sizes = {split: p.train_size if split == "train" else p.eval_size for split in SPLITS}
         refuse_without_room(args.out, sum(sizes[r["split"]] ** 2 * 3 for r in rows if r["split"] in sizes))
         with atomic_path(args.out, is_dir=True) as tmp:
             for split in SPLITS:
@@ -63,12 +65,12 @@ def main(argv: list[str] | None = None) -> None:
                 write_split(args.images, chosen, classes, sizes[split], tmp, split, p)
                 counts[split] = len(chosen)
             seconds = time.perf_counter() - start
-            meta = {"classes": classes, "counts": counts, "train_size": p["train_size"], "eval_size": p["eval_size"]}
+            meta = {"classes": classes, "counts": counts, "train_size": p.train_size, "eval_size": p.eval_size}
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
         # The preview lives outside the arrays folder: redrawing it must not look like new training data.
         train = np.load(args.out / "train_images.npy", mmap_mode="r")
-        picks = sorted(random.Random(params["seed"]).sample(range(len(train)), min(p["preview_images"], len(train))))
-        augmentation_preview(train[picks], policy, args.preview, params["seed"])
+        picks = sorted(random.Random(params.seed).sample(range(len(train)), min(p.preview_images, len(train))))
+        augmentation_preview(train[picks], policy, args.preview, params.seed)
         run.log_artifact(args.preview)
         total = sum(counts.values())
         disk = sum(f.stat().st_size for f in args.out.iterdir())

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from pydantic import Field
@@ -29,7 +28,7 @@ from primer.errors import PrimerError
 from primer.evaluation.model_files import load_model
 from primer.evaluation.translation_eval import attention_maps, d2l_examples, test_bleu
 from primer.models.rnn import generate, perplexity
-from primer.params import Section, Sections, Seed, part_of, run_only
+from primer.params import Part, Section, Sections, Seed, field_of, run_only
 from primer.report import image, paragraph, table, write_report
 from primer.stage import cli, open_stage, stage_parser
 from primer.text.attention_plot import plot_attention_maps
@@ -50,28 +49,49 @@ class Evaluate(Section):
     device: Device = run_only()
 
 
+class Arrays(Part):
+    """The stored images' sizes (augment's)."""
+
+    train_size: int = field_of(Augment, "train_size")
+    eval_size: int = field_of(Augment, "eval_size")
+
+
+class LmTest(Part):
+    """What train_lm held out, how it reads text and how it samples (train_lm's)."""
+
+    val_fraction: float = field_of(TrainLm, "val_fraction")
+    num_steps: int = field_of(TrainLm, "num_steps")
+    prefix: str = field_of(TrainLm, "prefix")
+    sample_chars: int = field_of(TrainLm, "sample_chars")
+
+
+class TransformerTest(Part):
+    """What train_transformer held out and how it translates (train_transformer's)."""
+
+    num_pairs: int = field_of(TrainTransformer, "num_pairs")
+    val_fraction: float = field_of(TrainTransformer, "val_fraction")
+    test_fraction: float = field_of(TrainTransformer, "test_fraction")
+    num_steps: int = field_of(TrainTransformer, "num_steps")
+    beam_size: int = field_of(TrainTransformer, "beam_size")
+    attention_sentence: str = field_of(TrainTransformer, "attention_sentence")
+
+
 class Params(Sections):
     """The keys of the training sections that shape what is evaluated, and this stage's own."""
 
     seed: Seed
-    if TYPE_CHECKING:  # for mypy: a model that part_of builds when the module is imported is no static type
-        augment: Section
-        train_lm: Section
-        train_transformer: Section
-    else:
-        augment: part_of(Augment, "train_size", "eval_size")
-        train_lm: part_of(TrainLm, "val_fraction", "num_steps", "prefix", "sample_chars")
-        train_transformer: part_of(TrainTransformer, "num_pairs", "val_fraction", "test_fraction", "num_steps",
-                                   "beam_size", "attention_sentence")
+    augment: Arrays
+    train_lm: LmTest
+    train_transformer: TransformerTest
     evaluate: Evaluate
 
 
 @torch.no_grad()
-def evaluate_cnn(args, params: dict, device: torch.device, batch_size: int):
+def evaluate_cnn(args, aug: Arrays, device: torch.device, batch_size: int):
     """(report, test images, test labels, P(class 1) per image)."""
     saved, model = load_model(args.cnn_model, "CNN model")
     model.to(device)
-    data = load_arrays(args.arrays, params["augment"]["train_size"], params["augment"]["eval_size"], splits=("test",))
+    data = load_arrays(args.arrays, aug.train_size, aug.eval_size, splits=("test",))
     images, labels = data["test"]
     probabilities = torch.cat([torch.sigmoid(model(x)[0].float()).cpu()
                                for x, _ in eval_batches(images, labels, batch_size, device, channels_last=False)])
@@ -80,14 +100,14 @@ def evaluate_cnn(args, params: dict, device: torch.device, batch_size: int):
     return report, images, labels, probabilities
 
 
-def evaluate_lms(args, p: dict, device: torch.device) -> list[dict]:
+def evaluate_lms(args, p: LmTest, device: torch.device) -> list[dict]:
     corpus = load_corpus(args.corpus)
     rows = []
     for path in sorted(args.lm_models.glob("*.pt")):
         saved, model = load_model(path, "language model")
         vocab = Vocab.from_tokens(saved["vocab"])
         model.to(device)
-        _, heldout = split_tail(torch.tensor(vocab.encode(corpus)), p["val_fraction"])
+        _, heldout = split_tail(torch.tensor(vocab.encode(corpus)), p.val_fraction)
         history = saved["history"]
         best_epoch = saved["best_epoch"]
         kept = next(r for r in history if r["epoch"] == best_epoch)
@@ -95,24 +115,23 @@ def evaluate_lms(args, p: dict, device: torch.device) -> list[dict]:
                      "layers": saved["model_args"]["num_layers"],
                      "impl": saved["model_args"]["impl"], "epochs_run": history[-1]["epoch"], "kept_epoch": best_epoch,
                      "train_ppl": kept["train/ppl"], "kept_val_ppl": kept["val/ppl"],
-                     "test_ppl": perplexity(model, heldout, p["num_steps"], device),
-                     "sample": generate(model, vocab, p["prefix"], p["sample_chars"]),
+                     "test_ppl": perplexity(model, heldout, p.num_steps, device),
+                     "sample": generate(model, vocab, p.prefix, p.sample_chars),
                      "run_id": saved.get("mlflow_run_id", "")})
     if not rows:
         raise PrimerError(f"{args.lm_models} holds no language models (*.pt); run the train_lm stages first.")
     return rows
 
 
-def evaluate_transformer(args, p: dict, seed: int, device: torch.device, examples: int) -> dict:
+def evaluate_transformer(args, p: TransformerTest, seed: int, device: torch.device, examples: int) -> dict:
     saved, model = load_model(args.transformer_model, "Transformer model")
     model.to(device)
     src_vocab, tgt_vocab = Vocab.from_tokens(saved["src_vocab"]), Vocab.from_tokens(saved["tgt_vocab"])
-    test = split_pairs(read_pairs(args.pairs, p["num_pairs"]).pairs, p["val_fraction"], p["test_fraction"],
-                       seed)["test"]
-    bleu, rows = test_bleu(model, test, src_vocab, tgt_vocab, p["num_steps"], p["beam_size"], device)
-    maps = attention_maps(model, p["attention_sentence"], src_vocab, tgt_vocab, p["num_steps"], device)
+    test = split_pairs(read_pairs(args.pairs, p.num_pairs).pairs, p.val_fraction, p.test_fraction, seed)["test"]
+    bleu, rows = test_bleu(model, test, src_vocab, tgt_vocab, p.num_steps, p.beam_size, device)
+    maps = attention_maps(model, p.attention_sentence, src_vocab, tgt_vocab, p.num_steps, device)
     return {"bleu": bleu, "sentences": len(rows), "examples": rows[:examples], "maps": maps,
-            "d2l": d2l_examples(model, src_vocab, tgt_vocab, p["num_steps"], p["beam_size"], device),
+            "d2l": d2l_examples(model, src_vocab, tgt_vocab, p.num_steps, p.beam_size, device),
             "run_id": saved.get("mlflow_run_id", "")}
 
 
@@ -128,17 +147,17 @@ def main(argv: list[str] | None = None) -> None:
                        ("--plots", "folder for the PNGs this stage draws"), ("--report", "report HTML to write")]:
         parser.add_argument(flag, required=True, type=Path, help=what)
     args = parser.parse_args(argv)
-    check = lambda params: pick_device(params["evaluate"]["device"], "evaluate.device")  # noqa: E731
+    check = lambda params: pick_device(params.evaluate.device, "evaluate.device")  # noqa: E731
     with open_stage("evaluate", args.params, Params, check=check) as (params, run):
         evaluate(args, params, run)
 
 
-def evaluate(args, params: dict, run) -> None:
-    e = params["evaluate"]
-    device = pick_device(e["device"], "evaluate.device")
-    cnn, test_images, test_labels, probabilities = evaluate_cnn(args, params, device, e["batch_size"])
-    lms = evaluate_lms(args, params["train_lm"], device)
-    tf = evaluate_transformer(args, params["train_transformer"], params["seed"], device, e["examples"])
+def evaluate(args, params: Params, run) -> None:
+    e = params.evaluate
+    device = pick_device(e.device, "evaluate.device")
+    cnn, test_images, test_labels, probabilities = evaluate_cnn(args, params.augment, device, e.batch_size)
+    lms = evaluate_lms(args, params.train_lm, device)
+    tf = evaluate_transformer(args, params.train_transformer, params.seed, device, e.examples)
     classes = cnn["classes"]
     metrics = {"cnn/test_acc": cnn["accuracy"], "cnn/test_precision": cnn["precision"],
                "cnn/test_recall": cnn["recall"], "cnn/test_roc_auc": cnn["roc_auc"],
@@ -153,7 +172,7 @@ def evaluate(args, params: dict, run) -> None:
         write_table(confusion, [{"actual": classes[int(t)], "predicted": classes[int(p)]}
                                 for t, p in zip(test_labels, predicted)],
                     ["actual", "predicted"])  # one row per test image: DVC's confusion template counts them
-        grid = plot_misclassified(test_images, test_labels, probabilities, classes, e["misclassified"],
+        grid = plot_misclassified(test_images, test_labels, probabilities, classes, e.misclassified,
                                   plots / "misclassified.png")
         figures = plot_attention_maps(tf["maps"], plots, prefix="attention_")
         write_html(args, params, cnn, lms, tf, plots, report)
@@ -184,7 +203,7 @@ def register_models(run, cnn: dict, lms: list[dict], tf: dict) -> None:
             print(f"evaluate: {registered.sentence()}", flush=True)
 
 
-def write_html(args, params: dict, cnn: dict, lms: list[dict], tf: dict, plots: Path, report: Path) -> None:
+def write_html(args, params: Params, cnn: dict, lms: list[dict], tf: dict, plots: Path, report: Path) -> None:
     summary = json.loads(args.verify_summary.read_text()) if args.verify_summary.is_file() else {}
     (tn, fp), (fn, tp) = cnn["confusion"]
     c0, c1 = cnn["classes"]
@@ -202,12 +221,12 @@ def write_html(args, params: dict, cnn: dict, lms: list[dict], tf: dict, plots: 
          + table([{"variant": r["variant"], "sample": r["sample"]} for r in lms])
          + "".join(image(args.lm_plots / f"{r['variant']}.png", f"{r['variant']} perplexity") for r in lms)),
         ("Transformer", paragraph(f"Test BLEU {tf['bleu']:.2f} on {tf['sentences']} held-out English sentences "
-                                  f"(beam {params['train_transformer']['beam_size']}).")
+                                  f"(beam {params.train_transformer.beam_size}).")
          + table(tf["d2l"]) + table(tf["examples"])
          + image(plots / "attention_encoder.png", "encoder self-attention")
          + image(plots / "attention_cross.png", "decoder cross-attention")),
     ]
-    write_report(report, "primer: evaluation report", sections, banner=profile_banner(params.get("profile", "full")))
+    write_report(report, "primer: evaluation report", sections, banner=profile_banner(params.profile or "full"))
 
 
 def profile_banner(profile: str) -> str:

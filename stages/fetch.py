@@ -54,12 +54,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     targets = parse_targets(args.target, list(Sources.model_fields))
     with open_stage("fetch", args.params, Params) as (params, run):
-        p = params["fetch"]
-        for name, source in p["sources"].items():
+        p = params.fetch
+        for name, source in p.sources:  # a model iterates over its (key, value) pairs
             start = time.perf_counter()
             out = fetch_source(
-                f"fetch.sources.{name}", source["url"], source["sha1"], source["member"], targets[name],
-                downloads=Path(args.downloads), retries=p["retries"], timeout=p["timeout"],
+                f"fetch.sources.{name}", source.url, source.sha1, source.member, targets[name],
+                downloads=Path(args.downloads), retries=p.retries, timeout=p.timeout,
                 params_file=str(args.params),
             )
             files = [f for f in ([out] if out.is_file() else out.rglob("*")) if f.is_file()]

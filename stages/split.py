@@ -34,9 +34,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", required=True, help="split CSV to write")
     args = parser.parse_args(argv)
     with open_stage("split", args.params, Params,
-                    check=lambda params: check_fractions(**params["split"])) as (params, run):
+                    check=lambda params: check_fractions(params.split.val_fraction, params.split.test_fraction)) as (
+            params, run):
         rows = read_table(args.manifest, COLUMNS[:-1], "verify")
-        rows = stratified_split(rows, seed=params["seed"], **params["split"])
+        rows = stratified_split(rows, params.split.val_fraction, params.split.test_fraction, params.seed)
         write_table(args.out, rows, COLUMNS)
         counts = split_counts(rows)
         run.log_metrics(counts)

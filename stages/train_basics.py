@@ -48,10 +48,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--plot", required=True, type=Path, help="PNG of the three fits to write")
     args = parser.parse_args(argv)
     with open_stage("train_basics", args.params, Params, check=check_params) as (params, run):
-        p = params["train_basics"]
-        summary, plane_losses, logistic_losses = rg.fit_primer_tables(p["plane"], p["logistic"])
-        log_curve(run, "plane/loss", plane_losses, p["log_every"])
-        log_curve(run, "logistic/loss", logistic_losses, p["log_every"])
+        p = params.train_basics
+        summary, plane_losses, logistic_losses = rg.fit_primer_tables(p.plane.lr, p.plane.iterations, p.logistic.lr,
+                                                                      p.logistic.iterations)
+        log_curve(run, "plane/loss", plane_losses, p.log_every)
+        log_curve(run, "logistic/loss", logistic_losses, p.log_every)
         run.log_metrics(summary)
         write_text(args.metrics, json.dumps(summary, indent=2) + "\n")
         run.log_figure(plot_fits(summary, args.plot), "train_basics.png")
@@ -60,9 +61,9 @@ def main(argv: list[str] | None = None) -> None:
           f"{summary['plane/lstsq_loss']:.4g}); logistic accuracy {summary['logistic/accuracy']:.2f}", flush=True)
 
 
-def check_params(params: dict) -> None:
+def check_params(params: Params) -> None:
     """The plane's lr must be below the largest one that converges on the ice-cream table."""
-    lr, limit = params["train_basics"]["plane"]["lr"], rg.largest_stable_lr(rg.ICE_CREAM_FEATURES)
+    lr, limit = params.train_basics.plane.lr, rg.largest_stable_lr(rg.ICE_CREAM_FEATURES)
     if lr >= limit:
         raise PrimerError(f"'train_basics.plane.lr' is {lr:g}, which makes gradient descent diverge on the "
                           f"ice-cream table; use a value below {limit:.3g}.")

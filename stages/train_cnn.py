@@ -47,8 +47,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--arrays", required=True, type=Path, help="augment stage output folder")
     add_training_outputs(parser)
     args = parser.parse_args(argv)
-    p = load_checked(args.params, CnnParams, check_cnn_params)["train_cnn"]  # fail on bad params before any launch
-    device = distributed.start(__file__, p, "train_cnn")
+    p = load_checked(args.params, CnnParams, check_cnn_params).train_cnn  # fail on bad params before any launch
+    device = distributed.start(__file__, p, p.device, "train_cnn")
     if device is None:
         return  # this process was the node's agent: its ranks trained
     try:
@@ -59,36 +59,38 @@ def main(argv: list[str] | None = None) -> None:
         distributed.teardown()
 
 
-def train(args, params: dict, run, device: torch.device) -> None:
-    p, aug, seed = params["train_cnn"], params["augment"], params["seed"]
+def train(args, params: CnnParams, run, device: torch.device) -> None:
+    p, aug, seed = params.train_cnn, params.augment, params.seed
     seed_everything(seed)
-    data = load_arrays(args.arrays, aug["train_size"], aug["eval_size"])
+    data = load_arrays(args.arrays, aug.train_size, aug.eval_size)
     (train_x, train_y), (val_x, val_y) = data["train"], data["val"]
     if device.type == "cuda":  # uint8 on the GPU: 25,000 images take ~1.7 GB
         train_x, train_y, val_x, val_y = (t.to(device) for t in (train_x, train_y, val_x, val_y))
-    model = build_cnn(**p["model"]).to(device)
-    if p["channels_last"]:
+    model_args = p.model.model_dump()
+    model = build_cnn(**model_args).to(device)
+    if p.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    net = distributed.wrap(compile_model(model, p["compile"]), device)
-    bf16 = use_bf16(device, p["bf16"])
+    net = distributed.wrap(compile_model(model, p.compile), device)
+    bf16 = use_bf16(device, p.bf16)
     run.set_tags({"bf16": bf16, "world_size": distributed.world()})
     fitted = fit(
-        net, make_optimizer(net, p["optimizer"], p["lr"], p["weight_decay"]),
+        net, make_optimizer(net, p.optimizer, p.lr, p.weight_decay),
         epoch_batches(train_x, train_y, p, training_policy(aug), seed, device),
         lambda _model, _epoch: evaluate_binary(
-            model, eval_batches(val_x, val_y, p["batch_size"], device, p["channels_last"]), bf16, device),
-        FitConfig.from_params(p, bf16=bf16, best_metric="val/acc", higher_is_better=True, desc="train_cnn",
-                              steps_per_epoch=train_steps(len(train_x), p["batch_size"])),
-        Checkpoint(args.checkpoint, fingerprint(params=result_values(params, CnnParams), world=distributed.world(),
-                                                data=data_identity(args.arrays)), model_args=p["model"]),
+            model, eval_batches(val_x, val_y, p.batch_size, device, p.channels_last), bf16, device),
+        FitConfig.of(p, patience=p.patience, bf16=bf16, best_metric="val/acc", higher_is_better=True,
+                     desc="train_cnn", steps_per_epoch=train_steps(len(train_x), p.batch_size)),
+        Checkpoint(args.checkpoint, fingerprint(params=result_values(params.model_dump(), CnnParams),
+                                                world=distributed.world(), data=data_identity(args.arrays)),
+                   model_args=model_args),
         run,
     )
     if not distributed.is_main():
         return
     summary = fitted.summary("val/acc")
     TrainingOutputs.from_args(args).write(
-        run, model, p["model"], fitted, "val/acc", summary,
-        Curves(f"train_cnn ({p['model']['arch']})", "training_curves.png"),
+        run, model, model_args, fitted, "val/acc", summary,
+        Curves(f"train_cnn ({p.model.arch})", "training_curves.png"),
         served=served_classifier(params, png_bytes(val_x[0].cpu().numpy())), extra={"classes": data["meta"]["classes"]})
     print(f"train_cnn: kept epoch {fitted.best_epoch} of {summary['epochs']} (val/acc {fitted.best:.4f}) "
           f"-> {args.model}", flush=True)

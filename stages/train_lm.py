@@ -46,8 +46,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     corpus = load_corpus(args.corpus)
     check = partial(check_lm_params, args.variant, args.corpus, len(corpus))
-    p = load_checked(args.params, LmParams, check)["train_lm"]  # fail on bad params before any launch
-    device = distributed.start(__file__, p, "train_lm")
+    p = load_checked(args.params, LmParams, check).train_lm  # fail on bad params before any launch
+    device = distributed.start(__file__, p, p.device, "train_lm")
     if device is None:
         return  # this process was the node's agent: its ranks trained
     try:
@@ -58,37 +58,37 @@ def main(argv: list[str] | None = None) -> None:
         distributed.teardown()
 
 
-def train(args, params: dict, run, corpus: str, device: torch.device) -> None:
-    p, seed = params["train_lm"], params["seed"]
-    variant = p["variants"][args.variant]
+def train(args, params: LmParams, run, corpus: str, device: torch.device) -> None:
+    p, seed = params.train_lm, params.seed
+    variant = p.variants[args.variant]
     seed_everything(seed)
     vocab = Vocab(corpus)
     ids = torch.tensor(vocab.encode(corpus), dtype=torch.long)
-    train_ids, val_ids = split_tail(ids, p["val_fraction"])
-    model_args = {"vocab_size": len(vocab), **variant["model"]}
-    model = compile_model(RNNLM(**model_args).to(device), p["compile"])
+    train_ids, val_ids = split_tail(ids, p.val_fraction)
+    model_args = {"vocab_size": len(vocab), **variant.model.model_dump()}
+    model = compile_model(RNNLM(**model_args).to(device), p.compile)
     net = distributed.wrap(model, device)
-    optimizer = make_optimizer(net, "sgd", variant["lr"])
+    optimizer = make_optimizer(net, "sgd", variant.lr)
     run.set_tags({"variant": args.variant, "vocab_size": len(vocab), "train_chars": len(train_ids),
                   "val_chars": len(val_ids), "world_size": distributed.world()})
 
     def evaluate(_model, epoch: int) -> dict:  # every rank: the same weights and text give the same val/ppl
-        if distributed.is_main() and (epoch % p["sample_every"] == 0 or epoch == p["epochs"]):
-            sample = generate(model, vocab, p["prefix"], p["sample_chars"])
+        if distributed.is_main() and (epoch % p.sample_every == 0 or epoch == p.epochs):
+            sample = generate(model, vocab, p.prefix, p.sample_chars)
             run.log_text(sample + "\n", f"samples/epoch_{epoch:05d}.txt")
             print(f"train_lm@{args.variant} epoch {epoch}: {sample!r}", flush=True)
-        return {"val/ppl": perplexity(model, val_ids, p["num_steps"], device)}
+        return {"val/ppl": perplexity(model, val_ids, p.num_steps, device)}
 
     def log(metrics: dict, step: int) -> None:
         if "train/epoch_loss" in metrics:  # an epoch's summary: add its training perplexity
             metrics = {**metrics, "train/ppl": math.exp(metrics["train/epoch_loss"])}
         run.log_metrics(metrics, step)
 
-    steps = num_batches(len(train_ids), p["batch_size"], p["num_steps"], p["sampling"] == "sequential")
+    steps = num_batches(len(train_ids), p.batch_size, p.num_steps, p.sampling == "sequential")
     fitted = fit(
-        net, optimizer, epoch_batches(model, train_ids, p, seed, device), evaluate,
-        FitConfig.from_params(p, patience=variant["patience"], best_metric="val/ppl", steps_per_epoch=steps,
-                              unit="tok", desc=f"train_lm@{args.variant}"),
+        net, optimizer, epoch_batches(model, train_ids, p.sampling, p.batch_size, p.num_steps, seed, device), evaluate,
+        FitConfig.of(p, patience=variant.patience, best_metric="val/ppl", steps_per_epoch=steps, unit="tok",
+                     desc=f"train_lm@{args.variant}"),
         Checkpoint(args.checkpoint, lm_fingerprint(params, args.variant, model_args, vocab.idx_to_token, len(ids)),
                    model_args=model_args, extra={"vocab": vocab.idx_to_token}),
         SimpleNamespace(log_metrics=log, flush=run.flush), count=lambda x, y: x.numel(),
@@ -97,12 +97,12 @@ def train(args, params: dict, run, corpus: str, device: torch.device) -> None:
         return
     for row in fitted.history:
         row["train/ppl"] = math.exp(row["train/epoch_loss"])
-    sample = generate(model, vocab, p["prefix"], p["sample_chars"])
+    sample = generate(model, vocab, p.prefix, p.sample_chars)
     summary = {k: v for k, v in fitted.summary("val/ppl").items() if k in KEPT} | {"sample": sample}
     TrainingOutputs.from_args(args).write(
         run, model, model_args, fitted, "val/ppl", summary,
         Curves(f"train_lm@{args.variant}", "perplexity.png", {"perplexity": ["train/ppl", "val/ppl"]}),
-        served={"family": "TextGenerator", "input_example": {"prefix": [p["prefix"]], "length": [p["sample_chars"]]}},
+        served={"family": "TextGenerator", "input_example": {"prefix": [p.prefix], "length": [p.sample_chars]}},
         extra={"vocab": vocab.idx_to_token})
     print(f"train_lm@{args.variant}: kept epoch {fitted.best_epoch} of {summary['epochs']}: "
           f"train ppl {summary['train/ppl']:.2f}, val ppl {summary['val/ppl']:.2f}; {sample!r}", flush=True)

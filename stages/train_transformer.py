@@ -44,8 +44,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--translations", required=True, type=Path, help="CSV of example test translations to write")
     parser.add_argument("--attention", required=True, type=Path, help="folder for the attention heatmap PNGs")
     args = parser.parse_args(argv)
-    p = load_checked(args.params, TransformerParams, check_transformer_params)["train_transformer"]
-    device = distributed.start(__file__, p, "train_transformer")
+    p = load_checked(args.params, TransformerParams, check_transformer_params).train_transformer
+    device = distributed.start(__file__, p, p.device, "train_transformer")
     if device is None:
         return  # this process was the node's agent: its ranks trained
     try:
@@ -56,21 +56,20 @@ def main(argv: list[str] | None = None) -> None:
         distributed.teardown()
 
 
-def train(args, params: dict, run, device: torch.device) -> None:
-    p, seed = params["train_transformer"], params["seed"]
-    m = p["model"]
-    bf16 = use_bf16(device, p["bf16"])
+def train(args, params: TransformerParams, run, device: torch.device) -> None:
+    p, seed = params.train_transformer, params.seed
+    bf16 = use_bf16(device, p.bf16)
     seed_everything(seed)
-    data = load_translation_data(args.pairs, p["num_pairs"], p["val_fraction"], p["test_fraction"], p["min_freq"],
-                                 p["num_steps"], seed)
+    data = load_translation_data(args.pairs, p.num_pairs, p.val_fraction, p.test_fraction, p.min_freq, p.num_steps,
+                                 seed)
     run.log_metrics(data_sizes(data))
     print(f"train_transformer: {describe_data(data)}", flush=True)
     tgt = data.tgt_vocab
-    model_args = {"src_vocab_size": len(data.src_vocab), "tgt_vocab_size": len(tgt), **m,
+    model_args = {"src_vocab_size": len(data.src_vocab), "tgt_vocab_size": len(tgt), **p.model.model_dump(),
                   "pad_id": tgt[PAD], "bos_id": tgt[BOS], "eos_id": tgt[EOS]}
-    model = compile_model(Seq2SeqTransformer(**model_args).to(device), p["compile"])
+    model = compile_model(Seq2SeqTransformer(**model_args).to(device), p.compile)
     net = distributed.wrap(model, device)
-    optimizer = make_optimizer(net, "adam", p["lr"])
+    optimizer = make_optimizer(net, "adam", p.lr)
     run.set_tags({"bf16": bf16, "parameters": sum(t.numel() for t in model.parameters()),
                   "world_size": distributed.world()})
     train_src, train_tgt = data.arrays["train"]
@@ -80,16 +79,17 @@ def train(args, params: dict, run, device: torch.device) -> None:
     def evaluate(_model, _epoch: int) -> dict:  # every rank: the same weights and pairs give the same loss
         if not len(val_src):
             return {}
-        loss = mean_token_loss(model, val_src, val_tgt, p["batch_size"], device, bf16)
+        loss = mean_token_loss(model, val_src, val_tgt, p.batch_size, device, bf16)
         return {"val/loss": loss, "val/ppl": math.exp(min(loss, 50.0))}
 
     vocabs = {"src_vocab": data.src_vocab.idx_to_token, "tgt_vocab": tgt.idx_to_token}
     metric = "val/loss" if len(val_src) else "train/epoch_loss"
     fitted = fit(
-        net, optimizer, bucketed_batches(train_src, train_tgt, p["batch_size"], seed, device, pad), evaluate,
-        FitConfig.from_params(p, bf16=bf16, best_metric=metric, steps_per_epoch=-(-len(train_src) // p["batch_size"]),
-                              unit="tok", desc="train_transformer"),
-        Checkpoint(args.checkpoint, fingerprint(model=model_args, params=result_values(params, TransformerParams),
+        net, optimizer, bucketed_batches(train_src, train_tgt, p.batch_size, seed, device, pad), evaluate,
+        FitConfig.of(p, patience=p.patience, bf16=bf16, best_metric=metric, unit="tok", desc="train_transformer",
+                     steps_per_epoch=-(-len(train_src) // p.batch_size)),
+        Checkpoint(args.checkpoint, fingerprint(model=model_args, params=result_values(params.model_dump(),
+                                                                                       TransformerParams),
                                                 vocabs=vocabs, pairs=len(train_src), world=distributed.world()),
                    model_args=model_args, extra=vocabs),
         run, count=lambda x, y: (y != pad).sum(),

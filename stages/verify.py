@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--summary", required=True, help="JSON of counts to write (DVC metrics)")
     args = parser.parse_args(argv)
     with open_stage("verify", args.params, Params) as (params, run):
-        checked = verify_images(args.images, **params["verify"])
+        checked = verify_images(args.images, params.verify.num_workers, params.verify.max_image_pixels)
         write_table(args.manifest, [asdict(r) for r in checked if not r.reason], MANIFEST_COLUMNS)
         write_table(args.rejects, [asdict(r) for r in checked if r.reason], REJECT_COLUMNS)
         summary = summarize(checked)

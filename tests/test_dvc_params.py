@@ -13,13 +13,14 @@ import yaml
 from pydantic import Field
 
 from primer.params import (
+    Part,
     Section,
     Sections,
     effect,
+    field_of,
     flatten,
     named_sections_of,
     output_only,
-    part_of,
     result_values,
     run_only,
     section_of,
@@ -101,10 +102,13 @@ def test_the_comparison_fails_when_a_result_field_is_missing_or_a_run_field_is_l
         size: int = Field(ge=1)
         unread: int
 
+    class OtherSize(Part):
+        size: int = field_of(Other, "size")
+
     class Params(Sections):
         seed: int = Field(ge=0)
         train: Train
-        other: part_of(Other, "size")
+        other: OtherSize
 
     schema = Params
     params = {"seed": 0, "train": {"lr": 1, "device": 0, "examples": 2}, "other": {"size": 3, "unread": 4}}
@@ -128,9 +132,9 @@ def test_the_fingerprint_covers_exactly_the_result_fields():
     schema = Train
     values = {"lr": 1, "device": 0, "examples": 2, "model": {"width": 8, "compile": 1}}
     assert result_values(values, schema) == {"lr": 1, "model": {"width": 8}}
-    from primer.training.lm_training import shared_results
+    from primer.params import load_params
+    from primer.training.lm_training import LmParams, shared_results
 
-    p = yaml.safe_load((REPO / "params.yaml").read_text())["train_lm"]
-    shared = shared_results(p)
+    shared = shared_results(load_params(REPO / "params.yaml", LmParams).train_lm)
     assert "variants" not in shared and "device" not in shared and "compile" not in shared
     assert {"epochs", "batch_size", "val_every", "prefix"} & set(shared) == {"epochs", "batch_size", "val_every"}

@@ -36,7 +36,8 @@ def write(tmp_path: Path, data) -> Path:
 def test_valid_section_loads_and_ints_widen_to_floats(tmp_path):
     params = load_params(write(tmp_path, {"seed": 1, "split": {"val_fraction": 0, "test_fraction": 0.1}, "other": {}}),
                          Params)
-    assert params == {"seed": 1, "split": {"val_fraction": 0.0, "test_fraction": 0.1}}
+    assert params.model_dump() == {"seed": 1, "split": {"val_fraction": 0.0, "test_fraction": 0.1}}
+    assert params.split.val_fraction == 0.0 and params.seed == 1
 
 
 @pytest.mark.parametrize(
@@ -121,7 +122,7 @@ def test_named_variants_share_one_schema(tmp_path):
     schema = Variants
     ok = load_params(write(tmp_path, {"v": {"lstm": {"lr": 1, "layers": 1}, "deep_lstm": {"lr": 2, "layers": 2}}}),
                      schema)
-    assert ok == {"v": {"lstm": {"lr": 1.0, "layers": 1}, "deep_lstm": {"lr": 2.0, "layers": 2}}}
+    assert ok.model_dump() == {"v": {"lstm": {"lr": 1.0, "layers": 1}, "deep_lstm": {"lr": 2.0, "layers": 2}}}
     with pytest.raises(PrimerError, match="'v.deep.layers' is 9, but it must be an integer from 1 to 4"):
         load_params(write(tmp_path, {"v": {"deep": {"lr": 2, "layers": 9}}}), schema)
     with pytest.raises(PrimerError, match="has the name 'a b'"):
@@ -151,7 +152,7 @@ def test_docs_resnet_recipe_is_valid_train_cnn_params(tmp_path):
         section[last] = yaml.safe_load(value)
     loaded = load_params(write(tmp_path, params), train_cnn.Params)
     check_cnn_params(loaded)
-    assert loaded["train_cnn"]["model"] == {"arch": "resnet", "width": 32}
+    assert loaded.train_cnn.model.model_dump() == {"arch": "resnet", "width": 32}
 
 
 @pytest.mark.parametrize("change, message", [

@@ -10,12 +10,13 @@ from primer.evaluation.translation_eval import attention_maps, d2l_examples, tes
 from primer.models.transformer import Seq2SeqTransformer
 from primer.text.attention_plot import plot_attention_maps
 from primer.training.outputs import Curves, TrainingOutputs
+from primer.training.translation_training import TrainTransformer
 
 
-def report_translator(args, p: dict, model: Seq2SeqTransformer, model_args: dict, vocabs: dict, data, fitted,
-                      metric: str, device: torch.device, run) -> None:
+def report_translator(args, p: TrainTransformer, model: Seq2SeqTransformer, model_args: dict, vocabs: dict, data,
+                      fitted, metric: str, device: torch.device, run) -> None:
     """Test BLEU, d2l's four sentences, example translations, attention heatmaps; then the training outputs."""
-    steps, beam, history = p["num_steps"], p["beam_size"], fitted.history
+    steps, beam, history = p.num_steps, p.beam_size, fitted.history
     bleu, rows = test_bleu(model, data.splits["test"], data.src_vocab, data.tgt_vocab, steps, beam, device)
     examples = d2l_examples(model, data.src_vocab, data.tgt_vocab, steps, beam, device)
     kept = fitted.summary(metric)
@@ -27,18 +28,18 @@ def report_translator(args, p: dict, model: Seq2SeqTransformer, model_args: dict
         "beam_size": beam, "d2l_examples": examples,
     }
     run.log_metrics({"test/bleu": bleu, "d2l/bleu_k2_mean": summary["d2l/bleu_k2_mean"]}, kept["epochs"])
-    write_table(args.translations, rows[: p["examples"]], ["source", "translation", "references"])
+    write_table(args.translations, rows[: p.examples], ["source", "translation", "references"])
     run.log_artifact(args.translations)
     run.log_text("\n".join(f"{e['source']} => {e['translation']} (bleu {e['bleu_k2']:.3f})" for e in examples) + "\n",
                  "d2l_examples.txt")
-    maps = attention_maps(model, p["attention_sentence"], data.src_vocab, data.tgt_vocab, steps, device)
+    maps = attention_maps(model, p.attention_sentence, data.src_vocab, data.tgt_vocab, steps, device)
     for name, figure in plot_attention_maps(maps, args.attention).items():
         run.log_figure(figure, f"attention/{name}")
     TrainingOutputs.from_args(args).write(
         run, model, model_args, fitted, metric, summary,
         Curves("train_transformer", "curves.png",
                {"loss": [k for k in ("train/epoch_loss", "val/loss") if k in history[0]]}),
-        served={"family": "Translator", "input_example": {"sentence": [p["attention_sentence"]]},
+        served={"family": "Translator", "input_example": {"sentence": [p.attention_sentence]},
                 "model_config": {"num_steps": steps, "beam_size": beam}, "params": {"beam_size": beam}},
         extra=vocabs)
     for e in examples:

@@ -117,15 +117,17 @@ def accuracy(x: np.ndarray, y: np.ndarray, w: float, b: float) -> float:
     return float(np.mean((w * x + b >= 0) == (y == 1)))
 
 
-def fit_primer_tables(plane: dict, logistic: dict) -> tuple[dict, np.ndarray, np.ndarray]:
-    """Every fit on the primer's tables; returns the summary and the two per-iteration loss curves."""
+def fit_primer_tables(plane_lr: float, plane_iterations: int, logistic_lr: float,
+                      logistic_iterations: int) -> tuple[dict, np.ndarray, np.ndarray]:
+    """Every fit on the primer's tables (the plane's and the logistic regression's gradient descent with these
+    step sizes and counts); returns the summary and the two per-iteration loss curves."""
     temperature, sales = ICE_CREAM_FEATURES[:, 0], ICE_CREAM_SALES
     w0 = fit_line_through_origin(temperature, sales)
     w, b = fit_line(temperature, sales)
     design = with_intercept(ICE_CREAM_FEATURES)
     exact = least_squares(ICE_CREAM_FEATURES, sales)
-    descended, plane_losses = gradient_descent(ICE_CREAM_FEATURES, sales, **plane)
-    lw, lb, logistic_losses = fit_logistic(OUTING_TEMPERATURE, OUTING_GOES_OUT, **logistic)
+    descended, plane_losses = gradient_descent(ICE_CREAM_FEATURES, sales, plane_lr, plane_iterations)
+    lw, lb, logistic_losses = fit_logistic(OUTING_TEMPERATURE, OUTING_GOES_OUT, logistic_lr, logistic_iterations)
     summary = {
         "line/w_through_origin": w0, "line/mse_through_origin": float(np.mean((w0 * temperature - sales) ** 2)),
         "line/w": w, "line/b": b, "line/mse": float(np.mean((w * temperature + b - sales) ** 2)),
@@ -134,7 +136,7 @@ def fit_primer_tables(plane: dict, logistic: dict) -> tuple[dict, np.ndarray, np
         "plane/gd_loss": mse(design, sales, descended), "plane/lstsq_loss": mse(design, sales, exact),
         "plane/gd_distance": float(np.linalg.norm(descended - exact)),
         # the slowest direction's shrink factor per step: how far the primer's lr is from converging
-        "plane/slowest_rate": float(contraction_rates(ICE_CREAM_FEATURES, plane["lr"]).max()),
+        "plane/slowest_rate": float(contraction_rates(ICE_CREAM_FEATURES, plane_lr).max()),
         "logistic/w": lw, "logistic/b": lb,
         "logistic/loss": log_loss(OUTING_TEMPERATURE, OUTING_GOES_OUT, lw, lb),
         "logistic/accuracy": accuracy(OUTING_TEMPERATURE, OUTING_GOES_OUT, lw, lb),

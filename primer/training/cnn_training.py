@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from pydantic import Field
 
@@ -11,7 +9,7 @@ from primer.data.verify import Verify
 from primer.devices import Device, pick_device
 from primer.distributed import Launch, check_launch
 from primer.models.cnn import Arch
-from primer.params import Section, Sections, Seed, part_of, run_only
+from primer.params import Part, Section, Sections, Seed, field_of, run_only
 from primer.training.fit_params import CompileMode, FitParams, Patience, check_fit_params
 from primer.training.loop import Optimizer
 from primer.vision.augment_policy import Augment, AugmentPolicy, check_augment
@@ -33,13 +31,41 @@ class TrainCnn(FitParams, Launch):
     weight_decay: float = Field(ge=0, le=1)
     epochs: int = Field(ge=1, le=10_000)
     batch_size: int = Field(ge=1, le=65_536)
-    grad_clip: float = Field(ge=0, le=1e6)
     bf16: bool
     patience: Patience
     channels_last: bool = run_only()
-    log_every: int = run_only(ge=1)
     device: Device = run_only()
     compile: CompileMode = run_only()
+
+
+class CnnAugment(Part):
+    """The keys of `augment` that training reads: the stored images' sizes and the policy, and the draft decode
+    that the served model repeats."""
+
+    train_size: int = field_of(Augment, "train_size")
+    eval_size: int = field_of(Augment, "eval_size")
+    policy: AugmentPolicy = field_of(Augment, "policy")
+    draft_oversample: int = field_of(Augment, "draft_oversample", effect="output")
+
+
+class CnnVerify(Part):
+    """The largest photo verify allowed, which the served model repeats."""
+
+    max_image_pixels: int = field_of(Verify, "max_image_pixels", effect="output")
+
+
+class ServedPhotos(Part):
+    """How augment decoded and sized the photos, which the served classifier repeats."""
+
+    eval_size: int = field_of(Augment, "eval_size")
+    draft_oversample: int = field_of(Augment, "draft_oversample")
+
+
+class ClassifierParams(Sections):
+    """What the served classifier reads of params.yaml beside a model file (`primer classify`)."""
+
+    augment: ServedPhotos
+    verify: CnnVerify
 
 
 class CnnParams(Sections):
@@ -47,48 +73,43 @@ class CnnParams(Sections):
     repeats of the data stages (the draft decode, the largest photo)."""
 
     seed: Seed
-    if TYPE_CHECKING:  # for mypy: a model that part_of builds when the module is imported is no static type
-        augment: Section
-        verify: Section
-    else:
-        augment: part_of(Augment, "train_size", "eval_size", "policy", output=("draft_oversample",))
-        verify: part_of(Verify, output=("max_image_pixels",))
+    augment: CnnAugment
+    verify: CnnVerify
     train_cnn: TrainCnn
 
 
-def check_cnn_params(params: dict) -> None:
+def check_cnn_params(params: CnnParams) -> None:
     """The checks across keys, before any work."""
-    check_augment(params["augment"])
-    check_fit_params(params["train_cnn"], "train_cnn")
-    check_launch(params["train_cnn"], "train_cnn")
-    pick_device(params["train_cnn"]["device"], "train_cnn.device")
+    p = params.train_cnn
+    check_augment(params.augment.policy, params.augment.train_size)
+    check_fit_params(p, "train_cnn")
+    check_launch(p, p.batch_size, "train_cnn")
+    pick_device(p.device, "train_cnn.device")
 
 
-def training_policy(aug: dict) -> AugmentPolicy:
+def training_policy(aug: CnnAugment) -> AugmentPolicy:
     """The augmentation policy training draws from (with a note when its crops differ from evaluation's size)."""
-    policy = AugmentPolicy(**aug["policy"])
-    if policy.crop_size and policy.crop_size != aug["eval_size"]:
-        print(f"train_cnn: note: training crops are {policy.crop_size} px, evaluation images {aug['eval_size']} px",
+    policy = aug.policy
+    if policy.crop_size and policy.crop_size != aug.eval_size:
+        print(f"train_cnn: note: training crops are {policy.crop_size} px, evaluation images {aug.eval_size} px",
               flush=True)
     return policy
 
 
-def epoch_batches(images: torch.Tensor, labels: torch.Tensor, p: dict, policy: AugmentPolicy, seed: int,
+def epoch_batches(images: torch.Tensor, labels: torch.Tensor, p: TrainCnn, policy: AugmentPolicy, seed: int,
                   device: torch.device):
     """epoch -> that epoch's shuffled, augmented training batches on the device."""
-    return lambda epoch: train_batches(images, labels, p["batch_size"], policy, seed, epoch, device,
-                                       p["channels_last"])
+    return lambda epoch: train_batches(images, labels, p.batch_size, policy, seed, epoch, device, p.channels_last)
 
 
-def classifier_config(params: dict) -> dict:
-    """The served classifier's config: it decodes and sizes photos as augment did, and refuses photos larger
-    than verify allowed."""
-    aug = params["augment"]
-    return {"eval_size": aug["eval_size"], "draft_oversample": aug["draft_oversample"],
-            "max_image_pixels": params["verify"]["max_image_pixels"]}
+def classifier_config(eval_size: int, draft_oversample: int, max_image_pixels: int) -> dict:
+    """The served classifier's config: it decodes and sizes photos as augment did (`augment.eval_size`,
+    `augment.draft_oversample`), and refuses photos larger than verify allowed (`verify.max_image_pixels`)."""
+    return {"eval_size": eval_size, "draft_oversample": draft_oversample, "max_image_pixels": max_image_pixels}
 
 
-def served_classifier(params: dict, example_png: bytes) -> dict:
+def served_classifier(params: CnnParams, example_png: bytes) -> dict:
     """The served model's family, input example and config."""
+    aug = params.augment
     return {"family": "PhotoClassifier", "input_example": {"image": [example_png]},
-            "model_config": classifier_config(params)}
+            "model_config": classifier_config(aug.eval_size, aug.draft_oversample, params.verify.max_image_pixels)}

@@ -14,7 +14,7 @@ checkpoint is written, so nothing trained is lost and a rerun resumes.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Callable, Iterable, Literal, TypeVar, get_args
 
 import torch
@@ -24,7 +24,7 @@ from primer import distributed
 from primer.errors import PrimerError
 from primer.training.checkpoint import Checkpoint, rng_state, set_rng_state
 from primer.training.early_stopping import EarlyStopping
-from primer.training.fit_params import COMPILE_MODES
+from primer.training.fit_params import COMPILE_MODES, FitParams
 from primer.training.schedule import ScheduledLr
 
 Optimizer = Literal["adam", "adamw", "sgd"]
@@ -125,11 +125,13 @@ class FitConfig:
     desc: str = "train"
 
     @classmethod
-    def from_params(cls, section: dict, **settings) -> FitConfig:
-        """The fields a stage's params section holds under these names (epochs, grad_clip, schedule, ...),
-        then `settings`, which win (a resolved bf16, the selection metric, the stage's name)."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{**{k: v for k, v in section.items() if k in names}, **settings})
+    def of(cls, section: FitParams, **settings) -> FitConfig:
+        """The loop keys of a training section (`FitParams`), with the stage's own `settings` (patience, a
+        resolved bf16, the selection metric, the steps per epoch, the stage's name)."""
+        s = section
+        return cls(epochs=s.epochs, grad_clip=s.grad_clip, min_delta=s.min_delta, schedule=s.schedule,
+                   warmup_epochs=s.warmup_epochs, val_every=s.val_every, checkpoint_every=s.checkpoint_every,
+                   log_every=s.log_every, **settings)
 
 
 class NoTracking:

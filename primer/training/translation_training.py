@@ -9,7 +9,7 @@ from primer.devices import Device, pick_device
 from primer.distributed import Launch, check_launch
 from primer.errors import PrimerError
 from primer.limits import MAX_BEAM_SIZE
-from primer.params import Section, Sections, Seed, output_only, run_only
+from primer.params import Part, Section, Sections, Seed, field_of, output_only, run_only
 from primer.training.fit_params import CompileMode, FitParams, Patience, check_fit_params
 
 
@@ -31,9 +31,7 @@ class TrainTransformer(FitParams, Launch):
     min_freq: int = Field(ge=1)
     num_steps: int = Field(ge=2, le=1000)
     batch_size: int = Field(ge=1, le=65536)
-    epochs: int = Field(ge=1, le=100_000)
     lr: float = Field(ge=1e-7, le=10)
-    grad_clip: float = Field(ge=0, le=1e6)
     bf16: bool
     patience: Patience
     beam_size: int = output_only(ge=1, le=MAX_BEAM_SIZE)  # what it writes after training
@@ -41,7 +39,6 @@ class TrainTransformer(FitParams, Launch):
     attention_sentence: str = output_only()
     device: Device = run_only()
     compile: CompileMode = run_only()
-    log_every: int = run_only(ge=1)
     model: TransformerModel
 
 
@@ -50,16 +47,29 @@ class TransformerParams(Sections):
     train_transformer: TrainTransformer
 
 
-def check_transformer_params(params: dict) -> None:
+class Decoding(Part):
+    """How the served translator decodes: its longest sentence and its beam."""
+
+    num_steps: int = field_of(TrainTransformer, "num_steps")
+    beam_size: int = field_of(TrainTransformer, "beam_size")
+
+
+class TranslatorParams(Sections):
+    """What the served translator reads of params.yaml beside a model file (`primer translate`)."""
+
+    train_transformer: Decoding
+
+
+def check_transformer_params(params: TransformerParams) -> None:
     """The checks across keys, before any work."""
-    p = params["train_transformer"]
+    p = params.train_transformer
     check_fit_params(p, "train_transformer")
-    check_launch(p, "train_transformer")
-    m = p["model"]
-    if m["num_hiddens"] % m["num_heads"]:
-        raise PrimerError(f"'train_transformer.model.num_hiddens' ({m['num_hiddens']}) must be divisible by "
-                          f"'train_transformer.model.num_heads' ({m['num_heads']}); change one of them.")
-    pick_device(p["device"], "train_transformer.device")
+    check_launch(p, p.batch_size, "train_transformer")
+    m = p.model
+    if m.num_hiddens % m.num_heads:
+        raise PrimerError(f"'train_transformer.model.num_hiddens' ({m.num_hiddens}) must be divisible by "
+                          f"'train_transformer.model.num_heads' ({m.num_heads}); change one of them.")
+    pick_device(p.device, "train_transformer.device")
 
 
 def data_sizes(data) -> dict:

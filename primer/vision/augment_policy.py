@@ -103,15 +103,13 @@ class Augment(Section):
     policy: AugmentPolicy
 
 
-def check_augment(aug: dict) -> AugmentPolicy:
-    """The `augment` section's checks across keys; returns its policy."""
-    policy = AugmentPolicy(**aug["policy"])
-    if policy.crop_size > aug["train_size"]:
+def check_augment(policy: AugmentPolicy, train_size: int) -> None:
+    """The `augment` section's checks across keys: its policy's crop fits its `train_size`."""
+    if policy.crop_size > train_size:
         raise PrimerError(
             f"'augment.policy.crop_size' ({policy.crop_size}) is larger than 'augment.train_size' "
-            f"({aug['train_size']}), the stored training images; lower the crop or raise the size."
+            f"({train_size}), the stored training images; lower the crop or raise the size."
         )
-    return policy
 
 
 class Cutout(torch.nn.Module):

@@ -117,26 +117,26 @@ def sample_params(policy: AugmentPolicy, b: int, h: int, w: int, generator: torc
     g, c = generator, policy.crop_size
     if c > h or c > w:
         raise ValueError(f"crop_size {c} is larger than the images ({h}x{w})")
-    p = {"top": _randint(g, h - c + 1, b), "left": _randint(g, w - c + 1, b)} if c else {}
+    drawn = {"top": _randint(g, h - c + 1, b), "left": _randint(g, w - c + 1, b)} if c else {}
     h, w = (c, c) if c else (h, w)  # the size after the crop
-    p["hflip"], p["vflip"] = _rand(g, b) < policy.hflip, _rand(g, b) < policy.vflip
+    drawn["hflip"], drawn["vflip"] = _rand(g, b) < policy.hflip, _rand(g, b) < policy.vflip
     if policy.brightness or policy.contrast or policy.saturation or policy.hue:
-        p["order"] = _rand(g, b, 4).argsort(dim=1)  # a uniform random order of the 4 colour ops
+        drawn["order"] = _rand(g, b, 4).argsort(dim=1)  # a uniform random order of the 4 colour ops
         for name in ("brightness", "contrast", "saturation"):
             if x := getattr(policy, name):
-                p[name] = _uniform(g, max(0.0, 1 - x), 1 + x, b)
+                drawn[name] = _uniform(g, max(0.0, 1 - x), 1 + x, b)
         if policy.hue:
-            p["hue"] = _uniform(g, -policy.hue, policy.hue, b)
+            drawn["hue"] = _uniform(g, -policy.hue, policy.hue, b)
     if policy.rotate_deg:
-        p["angle"] = _uniform(g, -policy.rotate_deg, policy.rotate_deg, b)
+        drawn["angle"] = _uniform(g, -policy.rotate_deg, policy.rotate_deg, b)
     if policy.perspective and policy.perspective_p:
-        p["perspective"] = _rand(g, b) < policy.perspective_p
-        p["endpoints"] = perspective_endpoints(policy.perspective, b, h, w, g)
+        drawn["perspective"] = _rand(g, b) < policy.perspective_p
+        drawn["endpoints"] = perspective_endpoints(policy.perspective, b, h, w, g)
     if policy.blur_kernel:
-        p["sigma"] = _uniform(g, policy.blur_sigma_min, policy.blur_sigma_max, b)
+        drawn["sigma"] = _uniform(g, policy.blur_sigma_min, policy.blur_sigma_max, b)
     if policy.cutout_size and policy.cutout_count:
-        p["cut_y"], p["cut_x"] = _randint(g, h, b, policy.cutout_count), _randint(g, w, b, policy.cutout_count)
-    return p
+        drawn["cut_y"], drawn["cut_x"] = _randint(g, h, b, policy.cutout_count), _randint(g, w, b, policy.cutout_count)
+    return drawn
 
 
 def perspective_endpoints(distortion: float, b: int, h: int, w: int, generator: torch.Generator) -> torch.Tensor:
@@ -149,38 +149,39 @@ def perspective_endpoints(distortion: float, b: int, h: int, w: int, generator: 
     return torch.stack([x, y], dim=-1)
 
 
-def apply_params(images: torch.Tensor, policy: AugmentPolicy, p: dict) -> torch.Tensor:
+def apply_params(images: torch.Tensor, policy: AugmentPolicy, drawn: dict) -> torch.Tensor:
     """(B, H, W, 3) uint8 + sampled parameters (on the host) -> (B, 3, c, c) float32 normalized.
 
     What depends on the drawn values (which samples take which step) is decided on the host; the values
     and those sample indices reach the images' device together in one copy (`to_device`)."""
     dev, (b, h, w, _) = images.device, images.shape
-    p = {k: v.cpu() for k, v in p.items()}  # a no-op for draws made on the host, as in training
+    drawn = {k: v.cpu() for k, v in drawn.items()}  # a no-op for draws made on the host, as in training
     c = (policy.crop_size or h, policy.crop_size or w)
     with host_only():  # decisions from the host's random numbers: numpy and host tensors, no device
-        send = {k: v for k, v in p.items() if k not in ("order", "perspective", "endpoints")}
-        factors = [p.get(k) for k in ("brightness", "contrast", "saturation", "hue")]
-        jitter = jitter_steps(p["order"], factors) if "order" in p else []
+        send = {k: v for k, v in drawn.items() if k not in ("order", "perspective", "endpoints")}
+        factors = [drawn.get(k) for k in ("brightness", "contrast", "saturation", "hue")]
+        jitter = jitter_steps(drawn["order"], factors) if "order" in drawn else []
         send.update({f"jitter{i}": torch.from_numpy(idx) for i, (_, idx) in enumerate(jitter)})
-        if "perspective" in p:
-            warped = torch.from_numpy(np.flatnonzero(p["perspective"].numpy()))
+        if "perspective" in drawn:
+            warped = torch.from_numpy(np.flatnonzero(drawn["perspective"].numpy()))
             if len(warped):
-                send["warped"], send["coeffs"] = warped, perspective_coeffs(p["endpoints"][warped], *c)  # solved here
+                # solved here
+                send["warped"], send["coeffs"] = warped, perspective_coeffs(drawn["endpoints"][warped], *c)
     on = to_device(send, dev)
-    top, left = (on["top"], on["left"]) if "top" in p else (torch.zeros(b, dtype=torch.long, device=dev),) * 2
+    top, left = (on["top"], on["left"]) if "top" in drawn else (torch.zeros(b, dtype=torch.long, device=dev),) * 2
     x = crop_flip(images, top, left, *c, on["hflip"], on["vflip"])
     x = _to_unit(x)  # (B, 3, c, c): float from here on, after the crop has dropped pixels
     if jitter:
         steps = [(op_id, on[f"jitter{i}"]) for i, (op_id, _) in enumerate(jitter)]
         x = _jitter(x, steps, [on.get(k) for k in ("brightness", "contrast", "saturation", "hue")])
-    if "angle" in p:
+    if "angle" in drawn:
         x = rotate(x, on["angle"])
     if "warped" in on:
         idx = on["warped"]
         x.index_copy_(0, idx, perspective(x.index_select(0, idx), on["coeffs"]))
-    if "sigma" in p:
+    if "sigma" in drawn:
         x = gaussian_blur(x, policy.blur_kernel, on["sigma"])
-    if "cut_y" in p:
+    if "cut_y" in drawn:
         x = cutout(x, on["cut_y"], on["cut_x"], policy.cutout_size)
     return normalize(x)
 

@@ -58,11 +58,11 @@ def _save_lm_model(path):
 
 
 def _cnn_model_error(path) -> str:
-    from stages.evaluate import evaluate_cnn
+    from stages.evaluate import Arrays, evaluate_cnn
 
     args = SimpleNamespace(cnn_model=path, arrays=path.parent / "arrays")
     with pytest.raises(PrimerError) as caught:
-        evaluate_cnn(args, {"augment": {"train_size": 40, "eval_size": 32}}, torch.device("cpu"), 8)
+        evaluate_cnn(args, Arrays(train_size=40, eval_size=32), torch.device("cpu"), 8)
     return str(caught.value)
 
 
@@ -228,12 +228,12 @@ def test_cnn_model_with_an_unknown_model_arg_does_not_match(tmp_path):
 
 
 def test_truncated_language_model_names_the_file_and_its_train_lm_stage(tmp_path):
-    from stages.evaluate import evaluate_lms
+    from stages.evaluate import LmTest, evaluate_lms
 
     (tmp_path / "lm").mkdir()
     path = _truncate(_save_lm_model(tmp_path / "lm" / "gru.pt"))
     (tmp_path / "corpus.txt").write_text("abcd " * 50)
-    params = {"val_fraction": 0.2, "num_steps": 4, "prefix": "a", "sample_chars": 3}
+    params = LmTest(val_fraction=0.2, num_steps=4, prefix="a", sample_chars=3)
     with pytest.raises(PrimerError) as caught:
         evaluate_lms(SimpleNamespace(lm_models=tmp_path / "lm", corpus=tmp_path / "corpus.txt"), params,
                      torch.device("cpu"))

@@ -38,13 +38,13 @@ class AnyLr(Sections):
 def test_numbers_in_scientific_notation_load_as_numbers(tmp_path, written, value):
     path = tmp_path / "params.yaml"
     path.write_text(f"train_cnn:\n  lr: {written}\n")
-    assert load_params(path, AnyLr) == {"train_cnn": {"lr": value}}
+    assert load_params(path, AnyLr).model_dump() == {"train_cnn": {"lr": value}}
 
 
 def test_the_lr_dvc_exp_run_writes_passes_the_train_cnn_range(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text("train_cnn:\n  lr: 5e-05\n")  # what `dvc exp run -S train_cnn.lr=5e-05` leaves
-    assert load_params(path, LR)["train_cnn"]["lr"] == 5e-05
+    assert load_params(path, LR).train_cnn.lr == 5e-05
 
 
 def test_quoted_and_non_numbers_stay_strings(tmp_path):

@@ -119,8 +119,8 @@ def test_logistic_gradient_descent_matches_torch_autograd():
 def test_repo_params_pass_the_stage_schema():
     from stages.train_basics import Params
 
-    params = load_params(REPO / "params.yaml", Params)["train_basics"]
-    assert params["plane"] == {"lr": 1e-4, "iterations": 10_000}  # the primer's own settings
+    params = load_params(REPO / "params.yaml", Params).train_basics
+    assert params.plane.model_dump() == {"lr": 1e-4, "iterations": 10_000}  # the primer's own settings
 
 
 def tiny_params(tmp_path, **plane) -> object:

@@ -27,9 +27,8 @@ def language_model(device: torch.device) -> torch.nn.Module:
     torch.manual_seed(0)
     model = RNNLM(len(vocab), "lstm", 16, 1, "fused", dropout=0.0).to(device)
     net = distributed.wrap(model, device)
-    p = {"sampling": "sequential", "batch_size": 4, "num_steps": 8}
     ids = torch.tensor(vocab.encode(TEXT))
-    fit(net, make_optimizer(net, "sgd", 1.0), epoch_batches(model, ids, p, 0, device), lambda m, e: {},
+    fit(net, make_optimizer(net, "sgd", 1.0), epoch_batches(model, ids, "sequential", 4, 8, 0, device), lambda m, e: {},
         FitConfig(3, grad_clip=1.0, best_metric="train/epoch_loss", unit="tok"))
     return model
 

@@ -111,7 +111,7 @@ def test_fit_steps_with_the_scheduled_lr_and_logs_it(tmp_path):
 def test_train_cnn_writes_the_best_epoch_and_evaluate_scores_it(tmp_path):
     """Validation and test labels are flipped against training, so every epoch of learning makes
     val/acc worse: the best epoch is the first, and the last weights score differently."""
-    from stages.evaluate import evaluate_cnn
+    from stages.evaluate import Arrays, evaluate_cnn
 
     arrays = write_tiny_arrays(tmp_path / "arrays")
     for split in ("val", "test"):
@@ -137,7 +137,7 @@ def test_train_cnn_writes_the_best_epoch_and_evaluate_scores_it(tmp_path):
     assert same(saved["model"], checkpoint["best_model"]) and not same(saved["model"], checkpoint["model"])
 
     args = Namespace(cnn_model=out["cnn.pt"], arrays=arrays)
-    sizes = {"augment": {"train_size": 40, "eval_size": 32}}
+    sizes = Arrays(train_size=40, eval_size=32)
     report, *_ = evaluate_cnn(args, sizes, torch.device("cpu"), 8)
     torch.save({**saved, "model": checkpoint["model"]}, tmp_path / "last.pt")
     last, *_ = evaluate_cnn(Namespace(cnn_model=tmp_path / "last.pt", arrays=arrays), sizes, torch.device("cpu"), 8)

@@ -26,16 +26,21 @@ def test_a_bare_off_in_yaml_is_off_and_true_is_refused(tmp_path, stage):
     text = (REPO / "params.yaml").read_text()
     assert yaml.safe_load(text)[section]["compile"] is False  # the repo's own file writes it bare: YAML's false
     path.write_text(text)
-    assert load_params(path, stage.Params)[section]["compile"] == "off"
+    assert getattr(load_params(path, stage.Params), section).compile == "off"
     path.write_text(text.replace("compile: off", "compile: true"))  # every stage's; this one reports its own
     with pytest.raises(PrimerError, match=rf"'{section}.compile' is True, "
                                           r"but it must be one of 'off', 'default', 'reduce-overhead'"):
         load_params(path, stage.Params)
 
 
-def test_reduce_overhead_with_sequential_sampling_is_refused():
+def lm_params(**changes) -> train_lm.Params:
+    """The repository's train_lm params with `changes` to its section."""
     params = load_params(REPO / "params.yaml", train_lm.Params)
-    params["train_lm"].update({"compile": "reduce-overhead", "sampling": "sequential"})
+    return params.model_copy(update={"train_lm": params.train_lm.model_copy(update=changes)})
+
+
+def test_reduce_overhead_with_sequential_sampling_is_refused():
+    params = lm_params(compile="reduce-overhead", sampling="sequential")
     with pytest.raises(PrimerError,
                        match="'train_lm.compile' is 'reduce-overhead'.*'train_lm.sampling' is 'sequential'"):
         check_lm_params("lstm", "corpus.txt", 100_000, params)
@@ -82,10 +87,7 @@ def test_adam_is_fused_where_the_parameters_are_on_the_cpu_or_cuda():
 
 
 def test_lm_samples_need_a_validation_to_be_written_at():
-    params = load_params(REPO / "params.yaml", train_lm.Params)
-    params["train_lm"].update({"val_every": 3, "sample_every": 50})
     with pytest.raises(PrimerError,
                        match=r"'train_lm.sample_every' \(50\) must be a multiple of 'train_lm.val_every' \(3\)"):
-        check_lm_params("lstm", "corpus.txt", 100_000, params)
-    params["train_lm"]["sample_every"] = 51
-    check_lm_params("lstm", "corpus.txt", 100_000, params)
+        check_lm_params("lstm", "corpus.txt", 100_000, lm_params(val_every=3, sample_every=50))
+    check_lm_params("lstm", "corpus.txt", 100_000, lm_params(val_every=3, sample_every=51))

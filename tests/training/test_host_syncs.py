@@ -82,7 +82,7 @@ def test_a_language_model_step_waits_on_nothing(cell, impl, sampling):
     torch.manual_seed(0)
     ids = torch.randint(0, 12, (150,), generator=torch.Generator().manual_seed(2))
     model = RNNLM(12, cell, 16, 2 if impl == "scratch" else 1, impl)
-    batches = epoch_batches(model, ids, {**LM, "sampling": sampling}, 0, CPU)
+    batches = epoch_batches(model, ids, sampling, **LM, seed=0, device=CPU)
     syncs, counted, _ = run(model, make_optimizer(model, "sgd", 1.0), batches, count=lambda x, y: x.numel(), unit="tok")
     assert counted >= 3 and not syncs.found
 
@@ -110,7 +110,7 @@ def test_device_gathered_lm_batches_are_the_samplers():
     ids = torch.randint(0, 12, (150,), generator=torch.Generator().manual_seed(2))
     for sampling, sampler in (("random", seq_data_iter_random), ("sequential", seq_data_iter_sequential)):
         model = RNNLM(12, "lstm", 8)
-        ours = list(epoch_batches(model, ids, {**LM, "sampling": sampling}, 5, CPU)(3))
+        ours = list(epoch_batches(model, ids, sampling, **LM, seed=5, device=CPU)(3))
         theirs = list(sampler(ids, 4, 6, torch.Generator().manual_seed(5 * 100_003 + 3)))
         assert len(ours) == len(theirs) > 0
         assert all(torch.equal(a, c) and torch.equal(b, d) for (a, b), (c, d) in zip(ours, theirs))
@@ -143,7 +143,7 @@ def test_on_cuda_no_step_synchronises():
 
     config = FitConfig(1, grad_clip=1.0, log_every=10**9)
     fit(model, optimizer, strict(batches), lambda m, e: {"val/loss": 0.0}, config)
-    fit(lm, make_optimizer(lm, "sgd", 1.0), strict(epoch_batches(lm, ids, {**LM, "sampling": "random"}, 0, cuda)),
+    fit(lm, make_optimizer(lm, "sgd", 1.0), strict(epoch_batches(lm, ids, "random", **LM, seed=0, device=cuda)),
         lambda m, e: {"val/loss": 0.0}, config)
 
 

@@ -59,9 +59,8 @@ def lm_fit(tmp_path, epochs: int, checkpoint=None, hook=None, sampling: str = "s
     text = TINY_TEXT.lower()
     vocab = Vocab(text)
     train_ids, val_ids = split_tail(torch.tensor(vocab.encode(text)), 0.1)
-    p = {"sampling": sampling, "batch_size": 4, "num_steps": 8}
     model = RNNLM(len(vocab), "lstm", 16, 2, "scratch")
-    batches = epoch_batches(model, train_ids, p, seed=0, device=torch.device("cpu"))
+    batches = epoch_batches(model, train_ids, sampling, batch_size=4, num_steps=8, seed=0, device=torch.device("cpu"))
 
     def interrupted(epoch):
         for i, batch in enumerate(batches(epoch)):
@@ -70,7 +69,7 @@ def lm_fit(tmp_path, epochs: int, checkpoint=None, hook=None, sampling: str = "s
             yield batch
 
     return fit(model, make_optimizer(model, "sgd", 1.0), interrupted,
-               lambda m, e: {"val/ppl": perplexity(model, val_ids, p["num_steps"], torch.device("cpu"))},
+               lambda m, e: {"val/ppl": perplexity(model, val_ids, 8, torch.device("cpu"))},
                FitConfig(epochs, grad_clip=1.0, best_metric="val/ppl", unit="tok"),
                Checkpoint(checkpoint, fingerprint(e=epochs), extra={"vocab": vocab.idx_to_token})
                if checkpoint else None,

@@ -56,9 +56,9 @@ def cases():
         for sampling in ("random", "sequential"):
             torch.manual_seed(0)
             model = RNNLM(12, "lstm", 16, 1, impl)
-            p = {"batch_size": 4, "num_steps": 6, "sampling": sampling}
-            yield f"LM {impl} LSTM, {sampling}", run(model, torch.optim.SGD(model.parameters(), 1.0),
-                                                     epoch_batches(model, ids, p, 0, CPU), count=lambda x, y: x.numel())
+            batches = epoch_batches(model, ids, sampling, 4, 6, 0, CPU)
+            yield f"LM {impl} LSTM, {sampling}", run(model, torch.optim.SGD(model.parameters(), 1.0), batches,
+                                                     count=lambda x, y: x.numel())
     torch.manual_seed(0)
     src = torch.randint(4, 20, (40, 7), generator=torch.Generator().manual_seed(3))
     tgt = torch.randint(4, 22, (40, 6), generator=torch.Generator().manual_seed(4))

@@ -9,7 +9,7 @@ is retried on node A, the submitter's `dvc exp pull` + `dvc exp show` list 4 exp
 tagged with their names and the killed one closed KILLED. Before that, each bad input is one sentence within seconds
 (a submitter without the token or with another among them), and nothing is left in MLflow. Without a cluster, a
 local sweep runs two trials in one checkout, and one that gets Ctrl-C leaves no temporary workspace and no run
-RUNNING."""
+RUNNING; a local TPE search of 3 trials names its best one, and its seed asks the same values again."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import yaml
 
 from helpers.environment import require_tool, venv_env
 from helpers.pipeline import dvc_experiments, set_params, tiny_sources
@@ -553,3 +554,69 @@ def test_a_later_trial_removes_the_workspace_of_a_trial_whose_host_died(tmp_path
     logged = local_runs(laptop)
     assert ("dead-1", "KILLED") in logged and ("next-1", "FINISHED") in logged, logged
     assert not [s for _, s in logged if s == "RUNNING"], logged
+
+
+def test_a_tpe_search_on_this_machine_names_the_best_trial_and_its_seed_asks_the_same_values_again(tmp_path):
+    """Without --address: `--search tpe --trials 3` over the tiny train_lm@lstm, two trials at a time on this
+    machine's 2 CPUs, lands three pushed experiments and three FINISHED MLflow runs, and names the one of lowest val/ppl
+    with the command that applies it. A rerun with the same --seed asks the same first values (DVC restores that
+    trial from its run cache, and its metric is the earlier run's), and --apply brings its best into the workspace."""
+    ray_tmp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))
+    env = {**venv_env(tmp_path), **GIT_ID, "HOME": str(tmp_path / "home"), "TQDM_DISABLE": "1",
+           "RAY_TMPDIR": str(ray_tmp)}
+    origin, dvc_remote = team(tmp_path, env)
+    laptop = clone(origin, tmp_path / "laptop", env, dvc_remote)
+    space = ["--search", "tpe", "--seed", "7", "-S", "train_lm.variants.lstm.lr=log-uniform(0.1,3)",
+             "-S", "train_lm.batch_size=4,8"]
+    started = time.monotonic()
+    try:
+        done = sweep(laptop, env, *space, "--trials", "3", "--name", "tpe", TARGET, timeout=240)
+        took = time.monotonic() - started
+        again = sweep(laptop, env, *space, "--trials", "1", "--name", "again", "--apply", TARGET, timeout=150)
+    finally:
+        left = kill_ray(ray_tmp)
+    assert not left and not ray_processes(ray_tmp, set()), left
+    assert done.returncode == 0, done.stdout + done.stderr
+    said = done.stderr
+    assert "sweep: up to 3 trials of a TPE search (seed 7, val/ppl of train_lm@lstm to minimize), 2 at a time, " \
+        "of commit " in said, said
+    assert "sweep: 3/3 done, 0 failed, 0 running or waiting" in said, said
+    table, best = done.stdout.splitlines()[:-1], done.stdout.splitlines()[-1]
+    assert table[0].split() == ["trial", "status", "node", "checkout", "seconds", "val/ppl", "overrides"], done.stdout
+    rows = {line.split()[0]: re.split(r"\s{2,}", line) for line in table[1:]}  # the node's name has one space
+    assert sorted(rows) == ["tpe-1", "tpe-2", "tpe-3"] and all(r[1] == "done" for r in rows.values()), done.stdout
+    ppl = {name: float(r[5]) for name, r in rows.items()}
+    values = {name: r[6].split() for name, r in rows.items()}
+    assert all(v[0].startswith("train_lm.variants.lstm.lr=") and v[1] in ("train_lm.batch_size=4",
+                                                                          "train_lm.batch_size=8")
+               for v in values.values()), done.stdout
+    winner = min(ppl, key=ppl.__getitem__)
+    assert best.startswith(f"best: {winner} (val/ppl {rows[winner][5]}) with {' '.join(values[winner])}; bring it "
+                           f"into the workspace with `dvc exp pull origin {winner} && dvc exp apply {winner}`"), best
+
+    pushed = run(laptop, env, "git", "ls-remote", "origin", "refs/exps/*").stdout
+    assert all(pushed.count(f"/{name}\n") == 1 for name in rows), pushed
+    run(laptop, env, "dvc", "exp", "pull", "origin")
+    assert set(rows) <= shown(laptop, env), run(laptop, env, "dvc", "exp", "show").stdout
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{laptop / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("primer").experiment_id
+    logged = {r.data.tags.get("dvc.exp_name"): r for r in client.search_runs([experiment])}
+    assert all(logged[name].info.status == "FINISHED" and logged[name].data.tags["stage"] == TARGET
+               for name in rows), {n: r.info.status for n, r in logged.items()}
+    assert all(abs(logged[name].data.metrics["best/val_ppl"] - ppl[name]) <= 1e-5 * ppl[name] for name in rows), ppl
+
+    assert again.returncode == 0, again.stdout + again.stderr
+    rerun = re.split(r"\s{2,}", again.stdout.splitlines()[1])
+    assert rerun[0] == "again-1" and rerun[6].split() == values["tpe-1"], (again.stdout, done.stdout)  # the same values
+    assert "sweep: trial again-1 has the values of tpe-1, so DVC restored train_lm@lstm's outputs from its run " \
+        "cache; its val/ppl is that run's" in again.stderr, again.stderr
+    assert float(rerun[5]) == ppl["tpe-1"], again.stdout + again.stderr
+    # the tiny pipeline never ran most stages: DVC applies the trial, then fails on their outputs, in no cache
+    assert "sweep: warning: `dvc exp apply again-1` applied the trial's params and dvc.lock, but DVC could not " \
+        "check out every output (" in again.stderr, again.stderr
+    applied = yaml.safe_load((laptop / "params.yaml").read_text())
+    lr = values["tpe-1"][0].partition("=")[2]
+    assert applied["train_lm"]["variants"]["lstm"]["lr"] == float(lr), applied["train_lm"]
+    print(f"TPE search of 3 trials: {took:.0f} s\n{done.stdout}{done.stderr}\nrerun:\n{again.stdout}{again.stderr}")

@@ -143,3 +143,12 @@ def test_the_metric_is_read_from_the_trials_run_or_from_the_earlier_run_dvc_rest
              "is that run's")
     assert search.read_metric(uri, "primer", "c2", "r-1", ["train_lm.variants.lstm.lr=0.5"], goal) == (None, "")
     assert search.read_metric(uri, "primer", "c1", "r-2", ["train_lm.variants.lstm.lr=1.0"], goal) == (None, "")
+
+
+def test_help_explains_the_search():
+    from primer.sweep.submit import parser
+
+    said = " ".join(parser().format_help().split())
+    for part in ("--search tpe", "--trials", "--time-limit", "--seed", "--metric", "--apply", "log-uniform(LOW,HIGH)",
+                 "int(LOW,HIGH)", "is a choice among its values", "TPE sampler", "dvc exp apply"):
+        assert part in said, part

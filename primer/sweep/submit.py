@@ -1,7 +1,10 @@
-"""`python -m primer.sweep` (or `primer sweep`): a grid of DVC experiments, one per trial, run on a Ray cluster.
+"""`python -m primer.sweep` (or `primer sweep`): a grid or a Bayesian search of DVC experiments, one per trial, run on
+a Ray cluster.
 
   python -m primer.sweep -S 'train_cnn.lr=1e-3,3e-4' -S 'train_cnn.batch_size=32,64' --gpus 1 train_cnn
   python -m primer.sweep --address HEAD:6379 -S 'train_lm.variants.lstm.lr=0.5,1,2' train_lm@lstm
+  python -m primer.sweep --search tpe --trials 20 --time-limit 2h -S 'train_cnn.lr=log-uniform(1e-4,1e-2)' \\
+      -S 'train_cnn.weight_decay=uniform(0,0.1)' -S 'train_cnn.batch_size=32,64' --gpus 1 train_cnn
 
 The -S options take `dvc exp run -S` syntax, [FILE:]KEY=V1,V2,...; several multiply into a grid. Each trial is one
 `dvc exp run --temp -n NAME -S ...` on whichever node has the resources it asks for (--cpus, --gpus), in that node's
@@ -17,11 +20,20 @@ and the next trial in that node's checkout removes the temporary workspace it le
 Ctrl-C stops every trial as Ctrl-C stops `dvc exp run`: no temporary workspace is left, and no run stays RUNNING.
 A trial that fails is reported with the tail of its log, the others go on, and the exit status is 1.
 
+--search tpe runs up to --trials trials, as many at once as the cluster has room for, and asks Optuna's TPE sampler
+(seeded with --seed, default params.yaml's seed) for each new trial's values as one ends. Its -S options take ranges,
+KEY=log-uniform(LOW,HIGH), KEY=uniform(LOW,HIGH) or KEY=int(LOW,HIGH); a list KEY=A,B,C is a choice among its values,
+and a single value is fixed. Each trial is ranked by the validation metric of the one training stage among the
+targets (--metric), read from its MLflow run. At the end the sweep prints the trials with their metric, names the best
+trial and the command that brings it into the workspace (`dvc exp pull ... && dvc exp apply ...`), which --apply
+runs. With --time-limit, no new trial starts after that long.
+
 Bad input stops the sweep within seconds with one sentence naming what to fix, before any trial starts: Ray not
 installed, no Ray cluster at --address, a cluster that refuses this shell's Ray token (set RAY_AUTH_MODE=token and
 RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN, as on the nodes), a -S key that params.yaml does not have, uncommitted changes
 or a commit not on the git remote, an MLflow server that does not answer, a node without the checkout, its git remote
-or a DVC remote. docs/cluster.md sets up the cluster.
+or a DVC remote, a range in a grid, and for --search tpe an unknown, empty or inverted range, no --trials, or a
+--metric the stage does not log. docs/cluster.md sets up the cluster.
 """
 
 from __future__ import annotations
@@ -458,7 +470,8 @@ def parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("targets", nargs="*", help="stages to run, as `dvc exp run` takes them (default: the pipeline)")
     p.add_argument("-S", "--set-param", dest="sets", action="append", required=True, metavar="[FILE:]KEY=V1,V2",
-                   help="a grid axis in `dvc exp run -S` syntax; repeat to multiply axes")
+                   help="a grid axis in `dvc exp run -S` syntax, repeated to multiply axes; with --search tpe also "
+                        "a range, KEY=log-uniform(LOW,HIGH), uniform(LOW,HIGH) or int(LOW,HIGH)")
     p.add_argument("--address", default=os.environ.get("RAY_ADDRESS"),
                    help="the Ray cluster's head, HOST:PORT (default: RAY_ADDRESS, else a Ray instance on this machine)")
     p.add_argument("--cpus", type=float, default=1, help="CPUs each trial holds (default: 1)")
@@ -470,10 +483,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--dvc-remote", help="the DVC remote for inputs and outputs (default: each checkout's default)")
     p.add_argument("--name", help="experiment names are NAME-1, NAME-2, ... (default: sweep-COMMIT-HHMMSS)")
     p.add_argument("--retries", type=int, default=2, help="attempts more for a trial whose node dies (default: 2)")
-    s = p.add_argument_group("search", "--search tpe samples -S ranges, KEY=log-uniform(LOW,HIGH), "
-                             "KEY=uniform(LOW,HIGH) or KEY=int(LOW,HIGH); a list KEY=A,B,C is a choice among its "
-                             "values and a single value is fixed. Each trial is ranked by its training stage's metric, "
-                             "read from its MLflow run; at the end the sweep names the best trial and how to apply it.")
+    s = p.add_argument_group("search", "a Bayesian search over -S ranges and choices (see above)")
     s.add_argument("--search", choices=("grid", "tpe"), default="grid",
                    help="grid: every combination of the -S values (default); tpe: Optuna's TPE sampler picks each "
                         "trial's values from the trials that ended")

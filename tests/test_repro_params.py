@@ -38,7 +38,7 @@ STAGE = textwrap.dedent('''
             Path(args.out.stem + ".started").touch()
             while args.hold and not Path("go").exists():
                 time.sleep(0.05)
-            args.out.write_text(str(params["a"]["x"]))
+            args.out.write_text(str(params.a.x))
 
     sys.exit(cli(main))
 ''')

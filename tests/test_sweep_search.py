@@ -4,15 +4,15 @@ itself runs on a local Ray in tests/e2e/test_sweep.py."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.trial import TrialState
 
 from primer.errors import PrimerError
 from primer.sweep import search
 from primer.sweep.submit import run
-
-optuna = pytest.importorskip("optuna")
-from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution  # noqa: E402
-from optuna.trial import TrialState  # noqa: E402
 
 SPACE = [("train_cnn.lr=log-uniform(1e-4,1e-2)", "train_cnn.lr", ["log-uniform(1e-4,1e-2)"]),
          ("train_cnn.weight_decay=uniform(0,0.5)", "train_cnn.weight_decay", ["uniform(0,0.5)"]),
@@ -152,3 +152,12 @@ def test_help_explains_the_search():
     for part in ("--search tpe", "--trials", "--time-limit", "--seed", "--metric", "--apply", "log-uniform(LOW,HIGH)",
                  "int(LOW,HIGH)", "is a choice among its values", "TPE sampler", "dvc exp apply"):
         assert part in said, part
+
+
+def test_no_trial_is_asked_once_the_time_limit_has_passed():
+    searched, fixed = search.space(SPACE)
+    tpe = search.TpeSearch(search.tpe_study(0, "maximize", "s"), searched, fixed, "s", 10,
+                           search.Objective("train_cnn", "val/acc", True), lambda name, _: (0.5, ""), time_limit=0.2)
+    assert tpe.ask() == "s-1" and not tpe.out_of_time()  # the limit counts from the first trial
+    time.sleep(0.3)
+    assert tpe.out_of_time() and tpe.ask() is None and list(tpe.trials) == ["s-1"]

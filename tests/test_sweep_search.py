@@ -81,8 +81,8 @@ def test_the_seeded_sampler_asks_the_same_values_twice():
 def test_the_search_keeps_to_its_budget_tells_failures_and_names_the_best():
     values = {"s-1": (0.5, ""), "s-2": (0.9, "trial s-2 has the values of s-0"), "s-3": (None, "")}
     searched, fixed = search.space(SPACE)
-    tpe = search.TpeSearch(search.tpe_study(0, "maximize", "s"), searched, fixed, "s", 4,
-                           search.Objective("train_cnn", "val/acc", True), lambda name, _: values[name])
+    tpe = search.TpeSearch(search.tpe_study(0, "maximize", "s"), 0, searched, fixed, "s", 4,
+                           search.Objective("train_cnn", "val/acc", True), read=lambda name, _: values[name])
     names = [tpe.ask() for _ in range(4)]
     assert names == ["s-1", "s-2", "s-3", "s-4"] and tpe.ask() is None
     assert tpe.trials["s-1"][0] == "train_cnn.epochs=3" and tpe.trials["s-1"][1].startswith("train_cnn.lr=")
@@ -136,13 +136,13 @@ def test_the_metric_is_read_from_the_trials_run_or_from_the_earlier_run_dvc_rest
     logged("s-1", "0.5", [9.0, 7.0, 8.0], 7.0)
     logged("s-2", "2.0", [12.0, 11.0], None)
     goal = search.Objective("train_lm@lstm", "val/ppl", maximize=False)
-    assert search.read_metric(uri, "primer", "c1", "s-1", ["train_lm.variants.lstm.lr=0.5"], goal) == (7.0, "")
-    assert search.read_metric(uri, "primer", "c1", "s-2", ["train_lm.variants.lstm.lr=2.0"], goal) == (11.0, "")
-    assert search.read_metric(uri, "primer", "c1", "r-1", ["train_lm.variants.lstm.lr=0.5"], goal) == (
+    assert search.read_metric(uri, "primer", "c1", goal, "s-1", ["train_lm.variants.lstm.lr=0.5"]) == (7.0, "")
+    assert search.read_metric(uri, "primer", "c1", goal, "s-2", ["train_lm.variants.lstm.lr=2.0"]) == (11.0, "")
+    assert search.read_metric(uri, "primer", "c1", goal, "r-1", ["train_lm.variants.lstm.lr=0.5"]) == (
         7.0, "trial r-1 has the values of s-1, so DVC restored train_lm@lstm's outputs from its run cache; its val/ppl "
              "is that run's")
-    assert search.read_metric(uri, "primer", "c2", "r-1", ["train_lm.variants.lstm.lr=0.5"], goal) == (None, "")
-    assert search.read_metric(uri, "primer", "c1", "r-2", ["train_lm.variants.lstm.lr=1.0"], goal) == (None, "")
+    assert search.read_metric(uri, "primer", "c2", goal, "r-1", ["train_lm.variants.lstm.lr=0.5"]) == (None, "")
+    assert search.read_metric(uri, "primer", "c1", goal, "r-2", ["train_lm.variants.lstm.lr=1.0"]) == (None, "")
 
 
 def test_help_explains_the_search():
@@ -156,8 +156,8 @@ def test_help_explains_the_search():
 
 def test_no_trial_is_asked_once_the_time_limit_has_passed():
     searched, fixed = search.space(SPACE)
-    tpe = search.TpeSearch(search.tpe_study(0, "maximize", "s"), searched, fixed, "s", 10,
-                           search.Objective("train_cnn", "val/acc", True), lambda name, _: (0.5, ""), time_limit=0.2)
+    tpe = search.TpeSearch(search.tpe_study(0, "maximize", "s"), 0, searched, fixed, "s", 10,
+                           search.Objective("train_cnn", "val/acc", True), time_limit=0.2)
     assert tpe.ask() == "s-1" and not tpe.out_of_time()  # the limit counts from the first trial
     time.sleep(0.3)
     assert tpe.out_of_time() and tpe.ask() is None and list(tpe.trials) == ["s-1"]

@@ -147,8 +147,8 @@ def objective(targets: list[str], metric: str | None) -> Objective:
     return Objective(stage, chosen, maximize=chosen.endswith("/acc"))
 
 
-def read_metric(uri: str, experiment: str, commit: str, name: str, overrides: list[str],
-                goal: Objective) -> tuple[float | None, str]:
+def read_metric(uri: str, experiment: str, commit: str, goal: Objective, name: str,
+                overrides: list[str]) -> tuple[float | None, str]:
     """The trial `name`'s value and, where it comes from another run, a note that says so: the best `goal.metric`
     of its FINISHED MLflow run of `goal.stage` (the stage's own `best/...` where it logs one). A trial whose values an
     earlier run of `commit` already trained has no run of its own (DVC restores the stage's outputs from its run
@@ -186,13 +186,15 @@ class TpeSearch:
     """The trials of a TPE sweep: asked while the budget and the time limit allow, told their metric as they end."""
 
     study: optuna.Study
+    seed: int
     searched: dict[str, BaseDistribution]
     fixed: list[str]
     prefix: str
     budget: int
     goal: Objective
-    read: Callable[[str, list[str]], tuple[float | None, str]]  # a trial's name, overrides -> its metric, a note
     time_limit: float | None = None
+    # a trial's name and overrides -> its metric and a note (read_metric, once the sweep knows its MLflow store)
+    read: Callable[[str, list[str]], tuple[float | None, str]] | None = None
     trials: dict[str, list[str]] = field(default_factory=dict)  # name -> overrides, of every trial asked
     values: dict[str, float] = field(default_factory=dict)
     asked: dict[str, optuna.trial.Trial] = field(default_factory=dict)
@@ -227,6 +229,7 @@ class TpeSearch:
         if not outcome["ok"]:
             self.study.tell(trial, state=TrialState.FAIL)
             return None
+        assert self.read is not None, "the sweep sets read once it knows its MLflow store"
         value, note = self.read(name, self.trials[name])
         if value is None or not math.isfinite(value):
             self.study.tell(trial, state=TrialState.FAIL)

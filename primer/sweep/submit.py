@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import itertools
 import logging
 import os
@@ -367,9 +368,9 @@ def lost(ray, name: str, exc: Exception, retries: int) -> dict:
     return {"name": name, "ok": False, "node": "", "reason": reason, "tail": "", "seconds": 0.0}
 
 
-def run_sweep(ray, search, slots: int, spec: dict, cpus: float, gpus: float, retries: int,
+def run_sweep(ray, plan: Grid | search.TpeSearch, slots: int, spec: dict, cpus: float, gpus: float, retries: int,
               tracked: tuple[str, str, dict]) -> dict:
-    """Keep up to `slots` trials of `search` running (Grid or search.TpeSearch: `ask` names the next trial, `tell`
+    """Keep up to `slots` trials of `plan` running (Grid or search.TpeSearch: `ask` names the next trial, `tell`
     hears how one ended), print progress as they end, and return their outcomes by name."""
     from primer.sweep import node as sweep_node
 
@@ -377,14 +378,14 @@ def run_sweep(ray, search, slots: int, spec: dict, cpus: float, gpus: float, ret
     pending: dict = {}  # ref -> name
 
     def fill() -> None:
-        while len(pending) < slots and (name := search.ask()) is not None:
+        while len(pending) < slots and (name := plan.ask()) is not None:
             ref = trial.options(num_cpus=cpus, num_gpus=gpus, max_retries=retries, name=f"trial {name}").remote(
-                {**spec, "name": name, "overrides": search.trials[name]})
+                {**spec, "name": name, "overrides": plan.trials[name]})
             pending[ref] = name
 
     outcomes: dict = {}
     names = {n["NodeID"]: node_name(n) for n in ray.nodes()}
-    print(progress(search.total, outcomes), file=sys.stderr)
+    print(progress(plan.total, outcomes), file=sys.stderr)
     try:
         fill()
         while pending:
@@ -402,10 +403,10 @@ def run_sweep(ray, search, slots: int, spec: dict, cpus: float, gpus: float, ret
                         if outcome.get("tail") else "."
                     print(f"sweep: trial {name} failed on {outcome['node'] or 'a lost node'}: {outcome['reason']}"
                           f"{said}", file=sys.stderr)
-                note = search.tell(name, outcome)
+                note = plan.tell(name, outcome)
                 if note:
                     print(f"sweep: {note}", file=sys.stderr)
-                print(progress(search.total, outcomes), file=sys.stderr)
+                print(progress(plan.total, outcomes), file=sys.stderr)
             fill()
     except KeyboardInterrupt:  # each running trial stops its commands as Ctrl-C would (sweep_node.step)
         print(f"sweep: interrupted; stopping {len(pending)} trials", file=sys.stderr)
@@ -416,7 +417,7 @@ def run_sweep(ray, search, slots: int, spec: dict, cpus: float, gpus: float, ret
         # Ray before that would kill them half-way
         ray.wait(list(pending), num_returns=len(pending), timeout=STOP_TIMEOUT_S)
         with contextlib.suppress(Exception):  # a store that went away: the close after this warns
-            while open_runs(*tracked[:2], set(search.trials)) and time.monotonic() < deadline:
+            while open_runs(*tracked[:2], set(plan.trials)) and time.monotonic() < deadline:
                 time.sleep(1)
         raise
     return outcomes
@@ -431,7 +432,8 @@ def slots_of(nodes: list[dict], cpus: float, gpus: float) -> int:
     return max(1, sum(fits(n) for n in nodes))
 
 
-def sweep_on_ray(ray, args, search, repo: Path, commit: str, tracked: tuple[str, str, dict]) -> dict:
+def sweep_on_ray(ray, args, plan: Grid | search.TpeSearch, repo: Path, commit: str,
+                 tracked: tuple[str, str, dict]) -> dict:
     """Connect, check the nodes, run the trials and close their orphaned runs; the outcomes by name."""
     uri, experiment, env = tracked
     connect(ray, args.address)
@@ -441,20 +443,20 @@ def sweep_on_ray(ray, args, search, repo: Path, commit: str, tracked: tuple[str,
         check_nodes(ray, nodes, checkout, args.git_remote, args.dvc_remote, commit)
         spec = {"commit": commit, "git_remote": args.git_remote, "dvc_remote": args.dvc_remote,
                 "targets": args.targets, "checkout": checkout, "env": env}
-        if isinstance(search, Grid):  # every trial at once: Ray starts each as a slot frees
-            slots, what = search.total, f"{search.total} trials"
+        if isinstance(plan, Grid):  # every trial at once: Ray starts each as a slot frees
+            slots, what = plan.total, f"{plan.total} trials"
         else:
-            slots = min(slots_of(nodes, args.cpus, args.gpus), search.total)
-            what = (f"up to {search.total} trials of a TPE search (seed {args.seed}, {search.goal.metric} of "
-                    f"{search.goal.stage} to {search.goal.direction}), {slots} at a time,")
+            slots = min(slots_of(nodes, args.cpus, args.gpus), plan.total)
+            what = (f"up to {plan.total} trials of a TPE search (seed {plan.seed}, {plan.goal.metric} of "
+                    f"{plan.goal.stage} to {plan.goal.direction}), {slots} at a time,")
         print(f"sweep: {what} of commit {commit[:12]} on {len(nodes)} nodes, each with "
               f"{args.cpus:g} CPUs and {args.gpus:g} GPUs", file=sys.stderr)
         outcomes = {}
         try:
-            outcomes = run_sweep(ray, search, slots, spec, args.cpus, args.gpus, args.retries, tracked)
+            outcomes = run_sweep(ray, plan, slots, spec, args.cpus, args.gpus, args.retries, tracked)
         finally:
             try:
-                for run_id in close_orphans(uri, experiment, set(search.trials)):
+                for run_id in close_orphans(uri, experiment, set(plan.trials)):
                     print(f"sweep: closed MLflow run {run_id} as KILLED (its trial ended without closing it)",
                           file=sys.stderr)
             except Exception as exc:  # the store went away: each stage's next start closes its own
@@ -511,22 +513,18 @@ def check_search(args) -> None:
         raise PrimerError(f"--search tpe runs a budget of trials, and {shown} gives none; add --trials N (N >= 1).")
 
 
-def plan_search(args, repo: Path, commit: str, prefix: str, tracked: tuple[str, str, dict]) -> search.TpeSearch:
-    """The TPE search of the -S ranges, with its seed, metric and limits, each checked before any trial."""
-    sets = [(text, *key_of(text)) for text in args.sets]
-    searched, fixed = search.space(sets)
+def plan_search(args, repo: Path, commit: str, prefix: str) -> search.TpeSearch:
+    """The TPE search of the -S ranges, with its seed, metric and limits, each checked before anything starts."""
+    searched, fixed = search.space([(text, *key_of(text)) for text in args.sets])
     goal = search.objective(args.targets, args.metric)
     time_limit = search.parse_duration(args.time_limit) if args.time_limit else None
-    if args.seed is None:
+    seed = args.seed
+    if seed is None:
         seed = params_at(repo, commit, PARAMS_FILE, f"--seed defaults to the seed in {PARAMS_FILE}").get("seed")
         if not isinstance(seed, int):
             raise PrimerError(f"{PARAMS_FILE} has no top-level integer seed at commit {commit[:12]}; give --seed N.")
-        args.seed = seed
-    uri, experiment, _ = tracked
-    study = search.tpe_study(args.seed, goal.direction, prefix)
-    return search.TpeSearch(study, searched, fixed, prefix, args.trials, goal,
-                            lambda name, overrides: search.read_metric(uri, experiment, commit, name, overrides,
-                                                                       goal), time_limit)
+    study = search.tpe_study(seed, goal.direction, prefix)
+    return search.TpeSearch(study, seed, searched, fixed, prefix, args.trials, goal, time_limit)
 
 
 def key_of(text: str) -> tuple[str, list[str]]:
@@ -600,23 +598,21 @@ def run(argv: list[str] | None = None) -> None:
     commit = git(repo, "rev-parse", "HEAD").stdout.strip()
     check_keys(repo, commit, args.sets)
     check_targets(repo, commit, args.targets)
+    prefix = args.name or f"sweep-{commit[:7]}-{time.strftime('%H%M%S')}"
+    trials: Grid | search.TpeSearch
     if args.search == "grid":
         search.refuse_ranges([(text, *key_of(text)) for text in args.sets])
-        combos = grid(args.sets)
+        trials = Grid({f"{prefix}-{i}": overrides for i, overrides in enumerate(grid(args.sets), 1)})
     else:
         search.import_optuna()
-        search.space([(text, *key_of(text)) for text in args.sets])
-        search.objective(args.targets, args.metric)
+        trials = plan_search(args, repo, commit, prefix)
     if args.address and not os.environ.get("MLFLOW_TRACKING_URI"):
         raise PrimerError("MLFLOW_TRACKING_URI is not set; set it to the team's MLflow server (e.g. "
                           "http://HOST:5000) so that every node's trials log where you can see them.")
     commit = pushed_commit(repo, args.git_remote)
     tracked = tracking(repo)
-    prefix = args.name or f"sweep-{commit[:7]}-{time.strftime('%H%M%S')}"
-    if args.search == "grid":
-        trials: Grid | search.TpeSearch = Grid({f"{prefix}-{i}": overrides for i, overrides in enumerate(combos, 1)})
-    else:
-        trials = plan_search(args, repo, commit, prefix, tracked)
+    if isinstance(trials, search.TpeSearch):
+        trials.read = functools.partial(search.read_metric, *tracked[:2], commit, trials.goal)
     with contextlib.redirect_stdout(sys.stderr):  # Ray's own notes (a node died, a task is retried): not the table
         outcomes = sweep_on_ray(ray, args, trials, repo, commit, tracked)
     asked = trials.trials

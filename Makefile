@@ -1,6 +1,6 @@
 # Two entry points on a fresh machine (see README.md):
 #   make repro   set up .venv from requirements.lock and run the pipeline (dvc repro)
-#   make test    set up .venv from requirements.lock + requirements-dev.lock and run the test suite
+#   make test    set up .venv from requirements.lock + requirements-dev.lock and run the test suite (2 workers)
 #   make test-cluster  the tests acting as several ranks or hosts: DDP, torchrun agents, Ray (~5 min)
 #   make test-container  build and run the image with podman (tests/e2e/test_container_run.py, ~10 min, root)
 #   make lint    set up .venv like make test and run `ruff check .`, deptry and mypy (rules in pyproject.toml)
@@ -29,7 +29,7 @@ $(VENV)/.dev-installed: $(VENV)/.installed requirements-dev.lock requirements-cl
 setup: $(VENV)/.installed
 
 test: $(VENV)/.dev-installed
-	$(PY) -m pytest --durations=30
+	$(PY) -m pytest -n 2 --durations=30
 
 test-cluster: $(VENV)/.dev-installed
 	$(PY) -m pytest -m cluster --durations=0
@@ -103,4 +103,4 @@ test-host-torch:
 	$(HOST_VENV)/bin/python -m pip install -q $(FLOOR_TORCH)
 	$(MAKE) host-install HOST_PY=$(HOST_VENV)/bin/python
 	$(HOST_VENV)/bin/python -m pip install -q -r requirements-dev.lock
-	$(HOST_VENV)/bin/python -m pytest -m "not slow and not container and not cluster" -q -p no:cacheprovider
+	$(HOST_VENV)/bin/python -m pytest -n 2 -m "not slow and not container and not cluster" -q -p no:cacheprovider

@@ -11,7 +11,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState
 
 from primer.errors import PrimerError
-from primer.sweep import search
+from primer.sweep import asha, search
 from primer.sweep.submit import run
 
 SPACE = [("train_cnn.lr=log-uniform(1e-4,1e-2)", "train_cnn.lr", ["log-uniform(1e-4,1e-2)"]),
@@ -161,3 +161,98 @@ def test_no_trial_is_asked_once_the_time_limit_has_passed():
     assert tpe.ask() == "s-1" and not tpe.out_of_time()  # the limit counts from the first trial
     time.sleep(0.3)
     assert tpe.out_of_time() and tpe.ask() is None and list(tpe.trials) == ["s-1"]
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--prune", "hyperband", "-S", "train_cnn.lr=1,2", "train_cnn"],
+     "--prune hyperband: there is no such way to stop trials early; give --prune asha."),
+    (["--prune", "asha", "--min-epochs", "0", "-S", "train_cnn.lr=1,2", "train_cnn"],
+     "--min-epochs 0: the first rung must come after 1 to "),
+    (["--prune", "asha", "--min-epochs", "4", "-S", "train_cnn.lr=1,2", "-S", "train_cnn.epochs=4,6", "train_cnn"],
+     "--min-epochs 4: the first rung must come after 1 to 3 epochs, since train_cnn trains 4; give a --min-epochs in "
+     "that range."),
+    (["--prune", "asha", "--reduction-factor", "1", "-S", "train_cnn.lr=1,2", "train_cnn"],
+     "--reduction-factor 1: each rung keeps 1/factor of the trials, so it must be 2 or more; give e.g. "
+     "--reduction-factor 3."),
+    (["--min-epochs", "2", "-S", "train_cnn.lr=1,2", "train_cnn"],
+     "--min-epochs belongs to early stopping; add --prune asha, or leave it out."),
+    (["--prune", "asha", "-S", "train_lm.variants.lstm.lr=1,2", "train_lm"],
+     "--search tpe ranks each trial by one MLflow run, and train_lm runs one per variant; name the variant"),
+])
+def test_bad_pruning_input_is_one_sentence_before_any_trial(argv, says):
+    with pytest.raises(PrimerError) as caught:
+        run(argv)
+    said = str(caught.value)
+    assert said.startswith(says), said
+    assert said.endswith(".") and ". " not in said.replace("e.g. ", ""), said  # one sentence
+
+
+def test_the_stage_epochs_come_from_the_profile_or_a_set():
+    params = {"train_lm": {"epochs": 8}}
+    assert asha.stage_epochs(params, "train_lm@lstm", []) == 8
+    assert asha.stage_epochs(params, "train_lm@lstm", [("train_lm.epochs", ["12", "6"])]) == 6
+    assert asha.stage_epochs(params, "train_cnn", [("train_cnn.epochs", ["int(3,9)"])]) == 3
+    assert [asha.Rungs(2, 3).rung_of(e) for e in (1, 2, 5, 6, 17, 18)] == [0, 0, 0, 1, 1, 2]
+
+
+def test_a_pruned_grid_asks_its_trials_in_the_grid_order():
+    sets = [("a.lr=1,2", "a.lr", ["1", "2"]), ("a.bs=4,8", "a.bs", ["4", "8"])]
+    study = search.tpe_study(0, "minimize", "g", asha.Rungs(1, 3))
+    goal = search.Objective("train_lm@lstm", "val/ppl", False)
+    plan = search.TpeSearch(study, 0, search.grid_space(sets, study), [], "g", 4, goal, method="grid")
+    asked = [plan.ask() for _ in range(5)]
+    assert asked == ["g-1", "g-2", "g-3", "g-4", None]
+    assert list(plan.trials.values()) == [["a.lr=1", "a.bs=4"], ["a.lr=1", "a.bs=8"], ["a.lr=2", "a.bs=4"],
+                                          ["a.lr=2", "a.bs=8"]]
+
+
+def test_the_trial_behind_at_a_rung_is_stopped_told_pruned_and_its_run_tagged(tmp_path):
+    """Three trials read from a real MLflow store: the first two at the rung (epoch 2) pass, the third, worse than
+    both, is to stop; the study hears PRUNED and its run gets the tags that say why."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("primer")
+    run_ids = {}
+
+    def epochs(name: str, ppl: list[float]) -> None:
+        if name not in run_ids:
+            run_ids[name] = client.create_run(experiment, tags={"dvc.exp_name": name, "stage": "train_lm@lstm"}
+                                              ).info.run_id
+        done = len(client.get_metric_history(run_ids[name], "val/ppl"))
+        for epoch, value in enumerate(ppl, done + 1):
+            client.log_metric(run_ids[name], "train/epoch_loss", 1.0, step=epoch * 10)  # steps are batches
+            client.log_metric(run_ids[name], "val/ppl", value, step=epoch * 10)
+
+    goal = search.Objective("train_lm@lstm", "val/ppl", False)
+    rungs = asha.Rungs(2, 3)
+    study = search.tpe_study(0, "minimize", "p", rungs)
+    sets = [("train_lm.variants.lstm.lr=0.5,2,0.01", "train_lm.variants.lstm.lr", ["0.5", "2", "0.01"])]
+    plan = search.TpeSearch(study, 0, search.grid_space(sets, study), [], "p", 3, goal, method="grid",
+                            pruning=asha.Pruning(rungs, goal, (uri, "primer")))
+    names = [plan.ask() for _ in range(3)]
+    assert plan.should_stop("p-1") is None  # no run yet
+    epochs("p-1", [12.0, 9.0, 8.0])
+    epochs("p-2", [11.0, 7.0])
+    epochs("p-3", [30.0])
+    assert [plan.should_stop(n) for n in names] == [None, None, None]
+    epochs("p-3", [29.5])
+    said = "val/ppl 29.5 at epoch 2 was in the worse share at rung 0 (min 2 epochs, factor 3)"
+    assert plan.should_stop("p-3") == said and plan.should_stop("p-3") is None  # said once
+    epochs("p-3", [29.0])  # it trained on while it stopped
+    assert plan.pruning is not None and plan.pruning.stopped("p-3") == 3
+    assert plan.tell("p-3", {"ok": False, "stopped": 3}) is None and plan.stopped == {"p-3": 3}
+    assert [t.state for t in study.trials][2] == TrialState.PRUNED
+    tags = client.get_run(run_ids["p-3"]).data.tags
+    assert tags["primer.sweep.stopped_at_epoch"] == "3" and tags["primer.sweep.stopped_at_rung"] == "0"
+    assert tags["primer.sweep.stopped_reason"] == said and tags["primer.sweep.stopped_by"] == "asha"
+
+
+def test_help_explains_early_stopping():
+    from primer.sweep.submit import parser
+
+    said = " ".join(parser().format_help().split())
+    for part in ("--prune asha", "--min-epochs R", "--reduction-factor F", "SuccessiveHalvingPruner",
+                 "is not pushed", "tagged with why"):
+        assert part in said, part

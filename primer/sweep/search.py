@@ -9,6 +9,7 @@ is TPE with `constant_liar`, so trials asked while others still run get other va
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 import time
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
 from primer.errors import PrimerError
+from primer.sweep import asha
 
 if TYPE_CHECKING:
     import optuna
@@ -195,8 +197,11 @@ class TpeSearch:
     time_limit: float | None = None
     # a trial's name and overrides -> its metric and a note (read_metric, once the sweep knows its MLflow store)
     read: Callable[[str, list[str]], tuple[float | None, str]] | None = None
+    pruning: asha.Pruning | None = None  # --prune: the running trials' curves, and those to stop
+    method: str = "TPE search"  # or "grid", a grid run through the study for --prune
     trials: dict[str, list[str]] = field(default_factory=dict)  # name -> overrides, of every trial asked
     values: dict[str, float] = field(default_factory=dict)
+    stopped: dict[str, int] = field(default_factory=dict)  # name -> the epochs it trained, of the trials stopped
     asked: dict[str, optuna.trial.Trial] = field(default_factory=dict)
     started: float | None = None  # when the first trial was asked: the time limit counts from there
 
@@ -226,6 +231,10 @@ class TpeSearch:
         from optuna.trial import TrialState
 
         trial = self.asked.pop(name)
+        if outcome.get("stopped"):
+            self.stopped[name] = outcome["stopped"]
+            self.study.tell(trial, state=TrialState.PRUNED)
+            return None
         if not outcome["ok"]:
             self.study.tell(trial, state=TrialState.FAIL)
             return None
@@ -239,6 +248,10 @@ class TpeSearch:
         self.study.tell(trial, value)
         return note or None
 
+    def should_stop(self, name: str) -> str | None:
+        """With --prune: report the running trial `name`'s new epochs to the study; why it should stop, once."""
+        return self.pruning.check(name, self.asked[name]) if self.pruning and name in self.asked else None
+
     def best(self) -> str | None:
         """The name of the trial with the best metric, or None where none has one."""
         if not self.values:
@@ -247,8 +260,22 @@ class TpeSearch:
         return pick(self.values, key=lambda n: self.values[n])
 
 
-def tpe_study(seed: int, direction: str, name: str) -> optuna.Study:
-    """An in-memory study with a seeded TPE sampler, so that a sweep reruns with the same first values."""
+def tpe_study(seed: int, direction: str, name: str, rungs: asha.Rungs | None = None) -> optuna.Study:
+    """An in-memory study with a seeded TPE sampler, so that a sweep reruns with the same first values; with `rungs`,
+    its pruner halves the trials at each."""
     optuna = import_optuna()
     sampler = optuna.samplers.TPESampler(seed=seed, constant_liar=True)
-    return optuna.create_study(study_name=name, direction=direction, sampler=sampler)
+    return optuna.create_study(study_name=name, direction=direction, sampler=sampler,
+                               pruner=rungs.pruner() if rungs else None)
+
+
+def grid_space(sets: list[tuple[str, str, list[str]]], study: optuna.Study) -> dict[str, BaseDistribution]:
+    """A grid as the study's trials: every combination of the -S values queued in order (the first -S varies
+    slowest, as the plain grid's), so the study asks them one by one; the choices of each [FILE:]KEY."""
+    from optuna.distributions import CategoricalDistribution
+
+    refuse_ranges(sets)
+    keys = [key for _, key, _ in sets]
+    for combination in itertools.product(*(values for _, _, values in sets)):
+        study.enqueue_trial(dict(zip(keys, combination)))
+    return {key: CategoricalDistribution(values) for _, key, values in sets}

@@ -28,12 +28,22 @@ targets (--metric), read from its MLflow run. At the end the sweep prints the tr
 trial and the command that brings it into the workspace (`dvc exp pull ... && dvc exp apply ...`), which --apply
 runs. With --time-limit, no new trial starts after that long.
 
+--prune asha stops the trials that fall behind, for a grid (run through Optuna's study, one trial after another as
+slots free, in the grid's order) or for --search tpe: Optuna's asynchronous successive halving. While trials run, the
+sweep reads each one's --metric per epoch from its MLflow run every few seconds; at each rung, after --min-epochs R
+epochs (default 1), then R*F, R*F*F, ... (--reduction-factor F, default 3), a trial that is not in the best 1/F of
+the trials that reached the rung before it is stopped as Ctrl-C stops one. It is not pushed, leaves no workspace, and
+its MLflow run (KILLED) is tagged primer.sweep.stopped_at_epoch, stopped_at_rung and stopped_reason; the table shows
+it as `stopped at epoch E`, and the best trial is among those that finished. The first trials at a rung are never
+stopped, since asynchronous halving does not wait for the others.
+
 Bad input stops the sweep within seconds with one sentence naming what to fix, before any trial starts: Ray not
 installed, no Ray cluster at --address, a cluster that refuses this shell's Ray token (set RAY_AUTH_MODE=token and
 RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN, as on the nodes), a -S key that params.yaml does not have, uncommitted changes
 or a commit not on the git remote, an MLflow server that does not answer, a node without the checkout, its git remote
 or a DVC remote, a range in a grid, and for --search tpe an unknown, empty or inverted range, no --trials, or a
---metric the stage does not log. docs/cluster.md sets up the cluster.
+--metric the stage does not log; for --prune an unknown method, a --min-epochs below 1 or not below the stage's
+epochs, or a --reduction-factor below 2. docs/cluster.md sets up the cluster.
 """
 
 from __future__ import annotations
@@ -53,8 +63,9 @@ from pathlib import Path
 import yaml
 
 from primer.errors import PrimerError
+from primer.params_file import apply_profile
 from primer.stage import cli
-from primer.sweep import ray_login, search
+from primer.sweep import asha, ray_login, search
 
 INSTALL = ("Ray is not installed in this environment; install it with `pip install -e '.[cluster]'` "
            "(or `pip install -r requirements-cluster.lock`).")
@@ -320,8 +331,10 @@ def close_orphans(uri: str, experiment: str, names: set[str]) -> list[str]:
 
 def progress(total: int, outcomes: dict) -> str:
     done = sum(1 for o in outcomes.values() if o["ok"])
-    failed = len(outcomes) - done
-    return f"sweep: {done}/{total} done, {failed} failed, {total - len(outcomes)} running or waiting"
+    stopped = sum(1 for o in outcomes.values() if o.get("stopped"))
+    failed = len(outcomes) - done - stopped
+    return (f"sweep: {done}/{total} done, {f'{stopped} stopped, ' if stopped else ''}{failed} failed, "
+            f"{total - len(outcomes)} running or waiting")
 
 
 def table(trials: dict, outcomes: dict, metric: str | None = None, values: dict | None = None) -> str:
@@ -330,7 +343,8 @@ def table(trials: dict, outcomes: dict, metric: str | None = None, values: dict 
     rows = [head + ("overrides",)]
     for name, overrides in trials.items():
         o = outcomes.get(name, {})
-        status = "done" if o.get("ok") else "failed" if o else "not run"
+        status = "done" if o.get("ok") else f"stopped at epoch {o['stopped']}" if o.get("stopped") else \
+            "failed" if o else "not run"
         row: tuple[str, ...] = (name, status, o.get("node") or "-", o.get("checkout") or "-",
                                 f"{o.get('seconds', 0):.1f}")
         if metric:
@@ -376,29 +390,38 @@ def run_sweep(ray, plan: Grid | search.TpeSearch, slots: int, spec: dict, cpus: 
 
     trial = ray.remote(sweep_node.run_trial)
     pending: dict = {}  # ref -> name
+    started: dict[str, float] = {}  # name -> when it was submitted
 
     def fill() -> None:
         while len(pending) < slots and (name := plan.ask()) is not None:
             ref = trial.options(num_cpus=cpus, num_gpus=gpus, max_retries=retries, name=f"trial {name}").remote(
                 {**spec, "name": name, "overrides": plan.trials[name]})
             pending[ref] = name
+            started[name] = time.monotonic()
 
     outcomes: dict = {}
     names = {n["NodeID"]: node_name(n) for n in ray.nodes()}
+    stopping: set = set()  # the refs of trials the sweep stopped early
     print(progress(plan.total, outcomes), file=sys.stderr)
     try:
         fill()
+        polled = time.monotonic()
         while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1, timeout=2.0)
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=asha.POLL_S)
             for ref in ready:
                 name = pending.pop(ref)
                 try:
                     outcome = ray.get(ref)
                 except ray.exceptions.RayError as exc:  # the node died on every attempt, or the task was lost
-                    outcome = lost(ray, name, exc, retries)
+                    if ref in stopping and isinstance(exc, ray.exceptions.TaskCancelledError):
+                        outcome = stopped(plan, name, time.monotonic() - started[name])
+                    else:
+                        outcome = lost(ray, name, exc, retries)
                 outcome["node"] = names.get(outcome["node"], outcome["node"])
                 outcomes[name] = outcome
-                if not outcome["ok"]:
+                if outcome.get("stopped"):
+                    print(f"sweep: trial {name} stopped after epoch {outcome['stopped']}", file=sys.stderr)
+                elif not outcome["ok"]:
                     said = f"; the last lines of its log ({outcome['log']} there):\n{outcome['tail']}" \
                         if outcome.get("tail") else "."
                     print(f"sweep: trial {name} failed on {outcome['node'] or 'a lost node'}: {outcome['reason']}"
@@ -407,6 +430,9 @@ def run_sweep(ray, plan: Grid | search.TpeSearch, slots: int, spec: dict, cpus: 
                 if note:
                     print(f"sweep: {note}", file=sys.stderr)
                 print(progress(plan.total, outcomes), file=sys.stderr)
+            if isinstance(plan, search.TpeSearch) and plan.pruning and time.monotonic() - polled >= asha.POLL_S:
+                polled = time.monotonic()
+                stop_losers(ray, plan, pending, stopping)
             fill()
     except KeyboardInterrupt:  # each running trial stops its commands as Ctrl-C would (sweep_node.step)
         print(f"sweep: interrupted; stopping {len(pending)} trials", file=sys.stderr)
@@ -421,6 +447,36 @@ def run_sweep(ray, plan: Grid | search.TpeSearch, slots: int, spec: dict, cpus: 
                 time.sleep(1)
         raise
     return outcomes
+
+
+def stopped(plan, name: str, seconds: float) -> dict:
+    """The outcome of a trial the sweep stopped early, once its task has ended; its MLflow run tagged with why."""
+    try:
+        epochs = plan.pruning.stopped(name)
+    except Exception as exc:  # MlflowException, the database driver's errors: the run stays untagged
+        epochs = plan.pruning.stopping[name][0]
+        print(f"sweep: warning: could not tag trial {name}'s MLflow run as stopped ({str(exc).strip()[:200]})",
+              file=sys.stderr)
+    return {"name": name, "ok": False, "stopped": epochs, "node": "", "reason": "", "tail": "",
+            "seconds": round(seconds, 1)}
+
+
+def stop_losers(ray, plan: search.TpeSearch, pending: dict, stopping: set) -> None:
+    """Report the running trials' new epochs to the study, and stop those it prunes as Ctrl-C stops a trial (their
+    commands get SIGINT: the stage closes its MLflow run, DVC removes the temporary workspace, nothing is pushed)."""
+    for ref, name in list(pending.items()):
+        if ref in stopping:
+            continue
+        try:
+            reason = plan.should_stop(name)
+        except Exception as exc:  # the store did not answer this time: the next poll asks again
+            print(f"sweep: warning: could not read trial {name}'s MLflow run ({str(exc).strip()[:200]})",
+                  file=sys.stderr)
+            continue
+        if reason:
+            print(f"sweep: stopping trial {name}: {reason}", file=sys.stderr)
+            stopping.add(ref)
+            ray.cancel(ref)
 
 
 def slots_of(nodes: list[dict], cpus: float, gpus: float) -> int:
@@ -447,8 +503,10 @@ def sweep_on_ray(ray, args, plan: Grid | search.TpeSearch, repo: Path, commit: s
             slots, what = plan.total, f"{plan.total} trials"
         else:
             slots = min(slots_of(nodes, args.cpus, args.gpus), plan.total)
-            what = (f"up to {plan.total} trials of a TPE search (seed {plan.seed}, {plan.goal.metric} of "
-                    f"{plan.goal.stage} to {plan.goal.direction}), {slots} at a time,")
+            seed = f"seed {plan.seed}, " if plan.method != "grid" else ""
+            halving = f", halved at epochs {rungs_text(plan.pruning.rungs)}" if plan.pruning else ""
+            what = (f"{'up to ' if plan.method != 'grid' else ''}{plan.total} trials of a {plan.method} ({seed}"
+                    f"{plan.goal.metric} of {plan.goal.stage} to {plan.goal.direction}{halving}), {slots} at a time,")
         print(f"sweep: {what} of commit {commit[:12]} on {len(nodes)} nodes, each with "
               f"{args.cpus:g} CPUs and {args.gpus:g} GPUs", file=sys.stderr)
         outcomes = {}
@@ -465,6 +523,10 @@ def sweep_on_ray(ray, args, plan: Grid | search.TpeSearch, repo: Path, commit: s
     finally:
         ray.shutdown()
     return outcomes
+
+
+def rungs_text(rungs: asha.Rungs) -> str:
+    return f"{rungs.min_epochs}, {rungs.min_epochs * rungs.factor}, ... (factor {rungs.factor})"
 
 
 def parser() -> argparse.ArgumentParser:
@@ -498,14 +560,29 @@ def parser() -> argparse.ArgumentParser:
                                     "lower is better)")
     s.add_argument("--apply", action="store_true", help="bring the best trial into the workspace at the end "
                                                         "(dvc exp pull, then dvc exp apply)")
+    h = p.add_argument_group("early stopping", "stop the trials that fall behind, for a grid or a search")
+    h.add_argument("--prune", metavar="asha",
+                   help="asha: asynchronous successive halving (Optuna's SuccessiveHalvingPruner); the sweep reads "
+                        "each running trial's --metric per epoch from MLflow, and at each rung (epochs R, R*F, "
+                        "R*F*F, ...) stops a trial that is not in the best 1/F of those that reached the rung before "
+                        "it; a stopped trial is not pushed, and its MLflow run is tagged with why")
+    h.add_argument("--min-epochs", type=int, metavar="R",
+                   help="epochs before the first rung (default: 1); fewer than the stage's epochs")
+    h.add_argument("--reduction-factor", type=int, metavar="F",
+                   help="each rung keeps 1/F of the trials, and rung k comes at R*F**k epochs (default: 3)")
     return p
 
 
 def check_search(args) -> None:
-    """The search options fit --search, before anything starts."""
+    """The search options fit --search and --prune, before anything starts."""
+    halving = [o for o, v in (("--min-epochs", args.min_epochs), ("--reduction-factor", args.reduction_factor))
+               if v is not None]
+    if halving and not args.prune:
+        raise PrimerError(f"{halving[0]} belongs to early stopping; add --prune asha, or leave it out.")
     if args.search == "grid":
+        ranked = (("--metric", args.metric), ("--apply", args.apply or None)) if not args.prune else ()
         given = [o for o, v in (("--trials", args.trials), ("--time-limit", args.time_limit), ("--seed", args.seed),
-                                ("--metric", args.metric), ("--apply", args.apply or None)) if v is not None]
+                                *ranked) if v is not None]
         if given:
             raise PrimerError(f"{given[0]} belongs to a search; add --search tpe, or leave it out for a grid.")
     elif args.trials is None or args.trials < 1:
@@ -514,17 +591,39 @@ def check_search(args) -> None:
 
 
 def plan_search(args, repo: Path, commit: str, prefix: str) -> search.TpeSearch:
-    """The TPE search of the -S ranges, with its seed, metric and limits, each checked before anything starts."""
-    searched, fixed = search.space([(text, *key_of(text)) for text in args.sets])
+    """The TPE search of the -S ranges, with its seed, metric and limits, or with --prune a grid run through Optuna's
+    study; each checked before anything starts."""
+    sets = [(text, *key_of(text)) for text in args.sets]
     goal = search.objective(args.targets, args.metric)
+    rungs = plan_rungs(args, repo, commit, goal, sets)
+    pruning = asha.Pruning(rungs, goal) if rungs else None
+    if args.search == "grid":
+        study = search.tpe_study(0, goal.direction, prefix, rungs)  # the sampler is never used: every trial is queued
+        searched = search.grid_space(sets, study)
+        total = len(list(itertools.product(*(values for _, _, values in sets))))
+        return search.TpeSearch(study, 0, searched, [], prefix, total, goal, pruning=pruning, method="grid")
+    searched, fixed = search.space(sets)
     time_limit = search.parse_duration(args.time_limit) if args.time_limit else None
     seed = args.seed
     if seed is None:
         seed = params_at(repo, commit, PARAMS_FILE, f"--seed defaults to the seed in {PARAMS_FILE}").get("seed")
         if not isinstance(seed, int):
             raise PrimerError(f"{PARAMS_FILE} has no top-level integer seed at commit {commit[:12]}; give --seed N.")
-    study = search.tpe_study(seed, goal.direction, prefix)
-    return search.TpeSearch(study, seed, searched, fixed, prefix, args.trials, goal, time_limit)
+    study = search.tpe_study(seed, goal.direction, prefix, rungs)
+    return search.TpeSearch(study, seed, searched, fixed, prefix, args.trials, goal, time_limit, pruning=pruning)
+
+
+def plan_rungs(args, repo: Path, commit: str, goal: search.Objective,
+               sets: list[tuple[str, str, list[str]]]) -> asha.Rungs | None:
+    """--prune's rungs, checked against the epochs the stage trains at `commit` (or a -S gives it)."""
+    if args.prune is None:
+        return None
+    min_epochs = 1 if args.min_epochs is None else args.min_epochs
+    factor = 3 if args.reduction_factor is None else args.reduction_factor
+    params = apply_profile(params_at(repo, commit, PARAMS_FILE, f"--prune reads the epochs of {goal.stage} from "
+                                     f"{PARAMS_FILE}"), PARAMS_FILE)
+    epochs = asha.stage_epochs(params, goal.stage, [(key, values) for _, key, values in sets])
+    return asha.rungs(args.prune, min_epochs, factor, epochs, goal.stage)
 
 
 def key_of(text: str) -> tuple[str, list[str]]:
@@ -600,7 +699,7 @@ def run(argv: list[str] | None = None) -> None:
     check_targets(repo, commit, args.targets)
     prefix = args.name or f"sweep-{commit[:7]}-{time.strftime('%H%M%S')}"
     trials: Grid | search.TpeSearch
-    if args.search == "grid":
+    if args.search == "grid" and not args.prune:
         search.refuse_ranges([(text, *key_of(text)) for text in args.sets])
         trials = Grid({f"{prefix}-{i}": overrides for i, overrides in enumerate(grid(args.sets), 1)})
     else:
@@ -613,6 +712,8 @@ def run(argv: list[str] | None = None) -> None:
     tracked = tracking(repo)
     if isinstance(trials, search.TpeSearch):
         trials.read = functools.partial(search.read_metric, *tracked[:2], commit, trials.goal)
+        if trials.pruning:
+            trials.pruning.store = (tracked[0], tracked[1])
     with contextlib.redirect_stdout(sys.stderr):  # Ray's own notes (a node died, a task is retried): not the table
         outcomes = sweep_on_ray(ray, args, trials, repo, commit, tracked)
     asked = trials.trials
@@ -624,8 +725,11 @@ def run(argv: list[str] | None = None) -> None:
         report_best(repo, args, trials)
     else:
         print(table(asked, outcomes))
-    failed = [name for name in asked if not outcomes.get(name, {}).get("ok")]
-    print(f"sweep: {len(asked) - len(failed)} of {len(asked)} trials pushed to '{args.git_remote}'; see them with "
+    landed = [name for name in asked if outcomes.get(name, {}).get("ok")]
+    stopped = [name for name in asked if outcomes.get(name, {}).get("stopped")]
+    failed = [name for name in asked if name not in landed and name not in stopped]
+    print(f"sweep: {len(landed)} of {len(asked)} trials pushed to '{args.git_remote}'"
+          f"{f' ({len(stopped)} stopped early, not pushed)' if stopped else ''}; see them with "
           f"`dvc exp pull {args.git_remote}` and `dvc exp show`", file=sys.stderr)
     if failed:
         raise SystemExit(1)

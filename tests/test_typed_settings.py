@@ -41,6 +41,7 @@ PLAIN_DATA = {
     "params_file": "the raw params.yaml, whose variant names `primer` checks before validating",
     "lm": "the raw params.yaml, whose variant names `primer` checks before validating",
     "params_at": "the raw params.yaml at another commit, whose seed a sweep takes as its default",
+    "params.get(section) or {}": "the raw params.yaml at another commit, whose epochs a sweep's pruning reads",
 }
 
 
@@ -62,7 +63,7 @@ def setting_names() -> set[str]:
 
 def string_key_reads(source: str, names: set[str]) -> list[tuple[int, str]]:
     """(line, code) of each read of a setting by string key in `source`: `X["key"]` or `X.get("key")` where X is
-    named like settings, or where the key is a setting's name and X is not plain data."""
+    named like settings or the key is a setting's name, unless X is plain data."""
     found = []
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.Subscript):
@@ -76,7 +77,7 @@ def string_key_reads(source: str, names: set[str]) -> list[tuple[int, str]]:
             continue
         text = ast.unparse(receiver)
         base = text.split(".")[0].split("[")[0].split("(")[0]
-        if base in SETTINGS_VARIABLES or (key.value in names and not {text, base} & set(PLAIN_DATA)):
+        if (base in SETTINGS_VARIABLES or key.value in names) and not {text, base} & set(PLAIN_DATA):
             found.append((node.lineno, ast.unparse(node)))
     return found
 

@@ -24,7 +24,8 @@ LAYERS = {  # name: (rank, the modules or packages it holds)
     "evaluation": (5, ["primer.evaluation"]),
     "serving": (6, ["primer.serving"]),
     "stage plumbing": (7, ["primer.tracking", "primer.stage", "primer.report", "primer.demo", "primer.doctor",
-                           "primer.cli", "primer.params_check", "primer.repro_params", "primer.repro_plan", "primer.remote_check",
+                           "primer.cli", "primer.params_check", "primer.repro_params", "primer.repro_plan",
+                           "primer.remote_check",
                            "primer.sweep", "primer.mlflow_http"]),
     "stages": (8, ["stages"]),
 }

@@ -9,7 +9,8 @@ is retried on node A, the submitter's `dvc exp pull` + `dvc exp show` list 4 exp
 tagged with their names and the killed one closed KILLED. Before that, each bad input is one sentence within seconds
 (a submitter without the token or with another among them), and nothing is left in MLflow. Without a cluster, a
 local sweep runs two trials in one checkout, and one that gets Ctrl-C leaves no temporary workspace and no run
-RUNNING; a local TPE search of 3 trials names its best one, and its seed asks the same values again."""
+RUNNING; a local TPE search of 3 trials names its best one, and its seed asks the same values again; a local grid
+with --prune asha stops its hopeless trial at the first rung, and pushes the others."""
 
 from __future__ import annotations
 
@@ -620,3 +621,62 @@ def test_a_tpe_search_on_this_machine_names_the_best_trial_and_its_seed_asks_the
     lr = values["tpe-1"][0].partition("=")[2]
     assert applied["train_lm"]["variants"]["lstm"]["lr"] == float(lr), applied["train_lm"]
     print(f"TPE search of 3 trials: {took:.0f} s\n{done.stdout}{done.stderr}\nrerun:\n{again.stdout}{again.stderr}")
+
+
+def test_asha_on_this_machine_stops_the_hopeless_trial_of_a_grid_and_pushes_the_others(tmp_path):
+    """Without --address: `--prune asha` over a grid of three learning rates of the tiny train_lm@lstm, 8 epochs, one
+    trial at a time (--cpus 2 of this machine's 2), the hopeless lr last so that it reaches the rung at epoch 2 after
+    the others (asynchronous halving never stops the first arrivals): the two others finish and are pushed, the
+    hopeless one is stopped soon after epoch 2, its MLflow run has fewer epochs, is not RUNNING and carries the tags
+    that say why, it is not pushed and leaves no temporary workspace."""
+    ray_tmp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))
+    env = {**venv_env(tmp_path), **GIT_ID, "HOME": str(tmp_path / "home"), "TQDM_DISABLE": "1",
+           "RAY_TMPDIR": str(ray_tmp)}
+    origin, dvc_remote = team(tmp_path, env)
+    laptop = clone(origin, tmp_path / "laptop", env, dvc_remote)
+    epochs = 8
+    started = time.monotonic()
+    try:
+        done = sweep(laptop, env, "--prune", "asha", "--min-epochs", "2", "--reduction-factor", "5", "--cpus", "2",
+                     "-S", "train_lm.variants.lstm.lr=0.5,1.5,0.005", "-S", f"train_lm.epochs={epochs}",
+                     "--name", "asha", TARGET, timeout=200)
+        took = time.monotonic() - started
+    finally:
+        left = kill_ray(ray_tmp)
+    assert not left and not ray_processes(ray_tmp, set()), left
+    assert done.returncode == 0, done.stdout + done.stderr
+    said = done.stderr
+    assert "sweep: 3 trials of a grid (val/ppl of train_lm@lstm to minimize, halved at epochs 2, 10, ... (factor " \
+        "5)), 1 at a time, of commit " in said, said
+    stopping = re.search(r"sweep: stopping trial asha-3: val/ppl (\S+) at epoch 2 was in the worse share at rung 0 "
+                         r"\(min 2 epochs, factor 5\)\n", said)
+    assert stopping, said
+    table, best = done.stdout.splitlines()[:-1], done.stdout.splitlines()[-1]
+    rows = {line.split()[0]: re.split(r"\s{2,}", line) for line in table[1:]}
+    assert [rows[n][1] for n in ("asha-1", "asha-2")] == ["done", "done"], done.stdout
+    stopped_at = re.fullmatch(r"stopped at epoch (\d+)", rows["asha-3"][1])
+    assert stopped_at and 2 <= int(stopped_at.group(1)) < epochs, done.stdout
+    assert best.startswith(("best: asha-1 (val/ppl ", "best: asha-2 (val/ppl ")), best
+    assert "sweep: 2 of 3 trials pushed to 'origin' (1 stopped early, not pushed)" in said, said
+
+    pushed = run(laptop, env, "git", "ls-remote", "origin", "refs/exps/*").stdout
+    assert pushed.count("/asha-1\n") == 1 and pushed.count("/asha-2\n") == 1 and "/asha-3" not in pushed, pushed
+    assert temp_workspaces(laptop) == [], temp_workspaces(laptop)
+    assert running_experiments(laptop, env) == [], run(laptop, env, "dvc", "exp", "show").stdout
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{laptop / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("primer").experiment_id
+    logged = {r.data.tags.get("dvc.exp_name"): r for r in client.search_runs([experiment])}
+    curves = {name: len(client.get_metric_history(logged[name].info.run_id, "val/ppl")) for name in rows}
+    assert curves["asha-1"] == curves["asha-2"] == epochs and 2 <= curves["asha-3"] < epochs, curves
+    assert [logged[n].info.status for n in ("asha-1", "asha-2")] == ["FINISHED", "FINISHED"]
+    hopeless = logged["asha-3"]
+    assert hopeless.info.status == "KILLED", hopeless.info.status
+    tags = hopeless.data.tags
+    assert tags["primer.sweep.stopped_by"] == "asha" and tags["primer.sweep.stopped_at_rung"] == "0", tags
+    assert tags["primer.sweep.stopped_at_epoch"] == stopped_at.group(1), tags
+    assert tags["primer.sweep.stopped_reason"] == (f"val/ppl {stopping.group(1)} at epoch 2 was in the worse share at "
+                                                   "rung 0 (min 2 epochs, factor 5)"), tags
+    assert took < 200, took
+    print(f"ASHA grid of 3 trials: {took:.0f} s\n{done.stdout}{done.stderr}")

@@ -249,6 +249,24 @@ def test_the_trial_behind_at_a_rung_is_stopped_told_pruned_and_its_run_tagged(tm
     assert tags["primer.sweep.stopped_reason"] == said and tags["primer.sweep.stopped_by"] == "asha"
 
 
+def test_the_epoch_of_a_value_counts_the_epochs_ended_at_its_step(tmp_path):
+    """A stage that validates every 2 epochs logs val/ppl at the step of epochs 2 and 4 (steps are batches)."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    run_id = client.create_run(client.create_experiment("primer"), tags={"dvc.exp_name": "v-1",
+                                                                          "stage": "train_lm@lstm"}).info.run_id
+    for epoch in range(1, 5):
+        client.log_metric(run_id, "train/epoch_loss", 1.0, step=epoch * 29)
+        if epoch % 2 == 0:
+            client.log_metric(run_id, "val/ppl", 10.0 - epoch, step=epoch * 29)
+    goal = search.Objective("train_lm@lstm", "val/ppl", False)
+    assert asha.metric_by_epoch(uri, "primer", goal, "v-1") == (run_id, [(2, 8.0), (4, 6.0)])
+    client.set_terminated(run_id, "FINISHED")
+    assert asha.metric_by_epoch(uri, "primer", goal, "v-1") == (None, [])  # only a running trial is watched
+
+
 def test_help_explains_early_stopping():
     from primer.sweep.submit import parser
 

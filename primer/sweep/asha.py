@@ -72,8 +72,9 @@ def stage_epochs(params: dict, stage: str, overrides: list[tuple[str, list[str]]
     return min(found) if found else int((params.get(section) or {}).get("epochs", 0))
 
 
-def metric_by_epoch(uri: str, experiment: str, goal: Objective, name: str) -> tuple[str | None, list[float]]:
-    """(the RUNNING MLflow run of the trial `name`'s stage, its `goal.metric` at epochs 1, 2, ...); the epoch of a
+def metric_by_epoch(uri: str, experiment: str, goal: Objective,
+                    name: str) -> tuple[str | None, list[tuple[int, float]]]:
+    """(the RUNNING MLflow run of the trial `name`'s stage, its (epoch, `goal.metric`) in order); the epoch of a
     value is how many epochs had ended at its step (stages validate every val_every epochs)."""
     from mlflow import MlflowClient
 
@@ -93,7 +94,7 @@ def metric_by_epoch(uri: str, experiment: str, goal: Objective, name: str) -> tu
         epoch = sum(1 for s in ended if s <= step)
         if epoch:
             by_epoch[epoch] = value
-    return run_id, [by_epoch[e] for e in sorted(by_epoch)] if by_epoch else []
+    return run_id, sorted(by_epoch.items())
 
 
 def epochs_of(uri: str, run_id: str) -> int:
@@ -111,11 +112,12 @@ class Watch:
     run_id: str | None = None
     reported: int = 0  # epochs reported to the trial
 
-    def report(self, values: list[float], rungs: Rungs, metric: str) -> tuple[int, str] | None:
-        """Report the epochs not yet reported; at the first after which the trial should stop, (that epoch, the
-        sentence why)."""
-        for epoch in range(self.reported + 1, len(values) + 1):
-            value = values[epoch - 1]
+    def report(self, values: list[tuple[int, float]], rungs: Rungs, metric: str) -> tuple[int, str] | None:
+        """Report the (epoch, value)s not yet reported; at the first after which the trial should stop, (that epoch,
+        the sentence why)."""
+        for epoch, value in values:
+            if epoch <= self.reported:
+                continue
             self.trial.report(value if math.isfinite(value) else math.nan, epoch)
             self.reported = epoch
             if self.trial.should_prune():

@@ -1,6 +1,7 @@
 """primer/sweep/search.py before any Ray: the -S ranges of `--search tpe`, the one-sentence refusals of bad ranges and
-options, the stage's metric and its direction, and the seeded TPE study that asks the same values twice. The search
-itself runs on a local Ray in tests/e2e/test_sweep.py."""
+options, the stage's metric and its direction, and the seeded TPE study that asks the same values twice; --prune
+asha's refusals, its rungs, and a trial stopped at a rung from curves in a real MLflow store. The search and the early
+stopping themselves run on a local Ray in tests/e2e/test_sweep.py."""
 
 from __future__ import annotations
 
@@ -8,11 +9,14 @@ import time
 
 import pytest
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+from optuna.pruners import SuccessiveHalvingPruner
 from optuna.trial import TrialState
 
 from primer.errors import PrimerError
 from primer.sweep import asha, search
 from primer.sweep.submit import run
+
+from helpers.repo import REPO
 
 SPACE = [("train_cnn.lr=log-uniform(1e-4,1e-2)", "train_cnn.lr", ["log-uniform(1e-4,1e-2)"]),
          ("train_cnn.weight_decay=uniform(0,0.5)", "train_cnn.weight_decay", ["uniform(0,0.5)"]),
@@ -265,6 +269,19 @@ def test_the_epoch_of_a_value_counts_the_epochs_ended_at_its_step(tmp_path):
     assert asha.metric_by_epoch(uri, "primer", goal, "v-1") == (run_id, [(2, 8.0), (4, 6.0)])
     client.set_terminated(run_id, "FINISHED")
     assert asha.metric_by_epoch(uri, "primer", goal, "v-1") == (None, [])  # only a running trial is watched
+
+
+def test_a_tpe_search_with_prune_halves_its_trials_with_the_rungs_given():
+    from primer.sweep.submit import parser, plan_search
+
+    args = parser().parse_args(["--search", "tpe", "--trials", "4", "--seed", "1", "--prune", "asha", "--min-epochs",
+                                "2", "-S", "train_cnn.lr=log-uniform(1e-4,1e-2)", "-S", "train_cnn.epochs=6",
+                                "train_cnn"])
+    plan = plan_search(args, REPO, "HEAD", "t")
+    assert plan.method == "TPE search" and plan.pruning is not None
+    assert plan.pruning.rungs == asha.Rungs(2, 3) and plan.pruning.goal.metric == "val/acc"
+    assert isinstance(plan.study.pruner, SuccessiveHalvingPruner)
+    assert plan.ask() == "t-1" and plan.trials["t-1"][0] == "train_cnn.epochs=6"
 
 
 def test_help_explains_early_stopping():

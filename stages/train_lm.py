@@ -35,7 +35,8 @@ from primer.training.loop import FitConfig, compile_model, fit, make_optimizer
 from primer.training.outputs import Curves, TrainingOutputs, add_training_outputs
 
 Params = LmParams  # what this stage reads
-KEPT = ("train/ppl", "val/ppl", "train/tok_per_s", "epochs", "best/epoch", "best/val_ppl", "stopped_early")
+KEPT = ("train/ppl", "val/ppl", "train/tok_per_s", "epochs", "best/epoch", "best/val_ppl", "stopped_early",
+        "time/epoch_s", "time/host")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -10,7 +10,9 @@ import sys
 import textwrap
 from pathlib import Path
 
-from primer.repro_plan import duration, metrics_file, plan
+from primer.repro_plan import duration, last_run, metrics_file, plan
+
+from helpers.toy_fit import toy_fit
 
 DVC_YAML = """\
 vars:
@@ -72,3 +74,13 @@ def test_outside_a_dvc_project_it_is_one_sentence(tmp_path):
     said = done.stderr.strip()
     assert done.returncode == 1 and said.startswith("repro_plan: error: `dvc status` failed in ") \
         and len(said.splitlines()) == 1, textwrap.shorten(said, 500)
+
+
+def test_a_training_runs_metrics_hold_what_the_plan_reads(tmp_path):
+    fitted, _, _ = toy_fit(tmp_path, [0.5, 0.7, 0.6])
+    summary = fitted.summary("val/acc")
+    epoch_s = [row["time/epoch_s"] for row in fitted.history]
+    assert summary["time/epoch_s"] == sum(epoch_s) / 3 and summary["time/host"] == socket.gethostname()
+    metrics = tmp_path / "metrics.json"
+    metrics.write_text(json.dumps(summary))
+    assert last_run(metrics) == f"; last run here: 3 epochs x {summary['time/epoch_s']:.0f} s = under 1 min"

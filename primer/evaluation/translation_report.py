@@ -25,7 +25,7 @@ def report_translator(args, p: TrainTransformer, model: Seq2SeqTransformer, mode
         "train/tok_per_s": kept["train/tok_per_s"], "test/bleu": bleu, "test/sentences": len(rows),
         "d2l/bleu_k2_mean": sum(e["bleu_k2"] for e in examples) / len(examples),
         "epochs": kept["epochs"], "best/epoch": fitted.best_epoch, "stopped_early": fitted.stopped_early,
-        "beam_size": beam, "d2l_examples": examples,
+        "beam_size": beam, "d2l_examples": examples, **fitted.timing(),
     }
     run.log_metrics({"test/bleu": bleu, "d2l/bleu_k2_mean": summary["d2l/bleu_k2_mean"]}, kept["epochs"])
     write_table(args.translations, rows[: p.examples], ["source", "translation", "references"])

@@ -13,6 +13,7 @@ checkpoint is written, so nothing trained is lost and a rerun resumes.
 
 from __future__ import annotations
 
+import socket
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterable, Literal, TypeVar, get_args
@@ -94,7 +95,13 @@ class Fitted:
         kept = next(row for row in self.history if row["epoch"] == self.best_epoch)
         return {**{k: v for k, v in kept.items() if k != "epoch"}, "epochs": self.history[-1]["epoch"],
                 "best/epoch": self.best_epoch, f"best/{metric.replace('/', '_')}": self.best,
-                "stopped_early": self.stopped_early}
+                "stopped_early": self.stopped_early, **self.timing()}
+
+    def timing(self) -> dict:
+        """The mean wall time of an epoch (validation included) and the host that trained: what `make repro`
+        estimates a stage's next run from (primer/repro_plan.py)."""
+        seconds = [row["time/epoch_s"] for row in self.history if "time/epoch_s" in row]
+        return {"time/epoch_s": sum(seconds) / len(seconds), "time/host": socket.gethostname()} if seconds else {}
 
     def log_to(self, run, metric: str) -> None:
         """`best/epoch`, the best value and the `stopped_early` tag, on the stage's tracking run."""
@@ -233,6 +240,7 @@ def fit(
             model.eval()
             metrics.update(evaluate(model, epoch + 1))
             keep.update(metrics, epoch + 1, model)
+        metrics["time/epoch_s"] = time.perf_counter() - began
         history.append({"epoch": epoch + 1, **metrics})
         log_once(metrics, step)
         if not failed:  # the tracker may queue (MLflow's writes run on a thread): each epoch ends with all stored

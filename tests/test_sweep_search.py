@@ -245,7 +245,7 @@ def test_the_trial_behind_at_a_rung_is_stopped_told_pruned_and_its_run_tagged(tm
     said = "val/ppl 29.5 at epoch 2 was in the worse share at rung 0 (min 2 epochs, factor 3)"
     assert plan.should_stop("p-3") == said and plan.should_stop("p-3") is None  # said once
     epochs("p-3", [29.0])  # it trained on while it stopped
-    assert plan.pruning is not None and plan.pruning.stopped("p-3") == 3
+    assert plan.pruning is not None and plan.pruning.stopped("p-3") == (3, "")
     assert plan.tell("p-3", {"ok": False, "stopped": 3}) is None and plan.stopped == {"p-3": 3}
     assert [t.state for t in study.trials][2] == TrialState.PRUNED
     tags = client.get_run(run_ids["p-3"]).data.tags

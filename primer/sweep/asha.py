@@ -152,15 +152,18 @@ class Pruning:
         self.stopping[name] = lost
         return lost[1]
 
-    def stopped(self, name: str) -> int:
-        """Tag the MLflow run of the trial `name`, which the sweep stopped; the epochs it had trained."""
+    def stopped(self, name: str) -> tuple[int, str]:
+        """Tag the MLflow run of the trial `name`, which the sweep stopped; (the epochs it had trained, the host name
+        its stage ran on)."""
+        from mlflow import MlflowClient
+
         assert self.store is not None
         at, reason = self.stopping[name]
         run_id = self.watches[name].run_id
         assert run_id is not None, "a trial is stopped once its run has epochs"
         epochs = max(at, epochs_of(self.store[0], run_id))
         tag_stopped(self.store[0], run_id, epochs, self.rungs.rung_of(at), reason)
-        return epochs
+        return epochs, MlflowClient(self.store[0]).get_run(run_id).data.tags.get("host", "")
 
 
 def tag_stopped(uri: str, run_id: str, epoch: int, rung: int, reason: str) -> None:

@@ -414,7 +414,7 @@ def run_sweep(ray, plan: Grid | search.TpeSearch, slots: int, spec: dict, cpus: 
                     outcome = ray.get(ref)
                 except ray.exceptions.RayError as exc:  # the node died on every attempt, or the task was lost
                     if ref in stopping and isinstance(exc, ray.exceptions.TaskCancelledError):
-                        outcome = stopped(plan, name, time.monotonic() - started[name])
+                        outcome = stopped(plan, name, time.monotonic() - started[name], names)
                     else:
                         outcome = lost(ray, name, exc, retries)
                 outcome["node"] = names.get(outcome["node"], outcome["node"])
@@ -449,15 +449,19 @@ def run_sweep(ray, plan: Grid | search.TpeSearch, slots: int, spec: dict, cpus: 
     return outcomes
 
 
-def stopped(plan, name: str, seconds: float) -> dict:
-    """The outcome of a trial the sweep stopped early, once its task has ended; its MLflow run tagged with why."""
+def stopped(plan, name: str, seconds: float, nodes: dict) -> dict:
+    """The outcome of a trial the sweep stopped early, once its task has ended; its MLflow run tagged with why. Its
+    node is the one of `nodes` (node id -> name) with the host name the run has, where one alone has it."""
+    node = ""
     try:
-        epochs = plan.pruning.stopped(name)
+        epochs, host = plan.pruning.stopped(name)
+        named = [n for n in nodes.values() if n.endswith(f" ({host})")]
+        node = named[0] if len(named) == 1 else host
     except Exception as exc:  # MlflowException, the database driver's errors: the run stays untagged
         epochs = plan.pruning.stopping[name][0]
         print(f"sweep: warning: could not tag trial {name}'s MLflow run as stopped ({str(exc).strip()[:200]})",
               file=sys.stderr)
-    return {"name": name, "ok": False, "stopped": epochs, "node": "", "reason": "", "tail": "",
+    return {"name": name, "ok": False, "stopped": epochs, "node": node, "reason": "", "tail": "",
             "seconds": round(seconds, 1)}
 
 

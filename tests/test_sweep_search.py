@@ -253,6 +253,28 @@ def test_the_trial_behind_at_a_rung_is_stopped_told_pruned_and_its_run_tagged(tm
     assert tags["primer.sweep.stopped_reason"] == said and tags["primer.sweep.stopped_by"] == "asha"
 
 
+def test_a_trial_that_lost_after_its_last_epoch_is_left_to_finish(tmp_path):
+    """Epochs that take less than a poll: a trial seen losing once its run has every epoch it trains (2 at the commit,
+    unless its -S sets them) is not stopped, since stopping it would save nothing."""
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("primer")
+    for name, ppl in (("a-1", [10.0, 9.0]), ("a-2", [20.0, 19.0]), ("a-3", [20.0, 19.0])):
+        run_id = client.create_run(experiment, tags={"dvc.exp_name": name, "stage": "train_lm@lstm"}).info.run_id
+        for epoch, value in enumerate(ppl, 1):
+            client.log_metric(run_id, "train/epoch_loss", 1.0, step=epoch)
+            client.log_metric(run_id, "val/ppl", value, step=epoch)
+    goal = search.Objective("train_lm@lstm", "val/ppl", False)
+    study = search.tpe_study(0, "minimize", "a", asha.Rungs(1, 3))
+    pruning = asha.Pruning(asha.Rungs(1, 3), goal, (uri, "primer"), epochs=2)
+    assert pruning.check("a-1", study.ask(), []) is None
+    assert pruning.check("a-2", study.ask(), []) is None and "a-2" not in pruning.stopping
+    assert pruning.check("a-3", study.ask(), ["train_lm.epochs=3"]) == ("val/ppl 20 at epoch 1 was in the worse "
+                                                                        "share at rung 0 (min 1 epochs, factor 3)")
+
+
 def test_the_epoch_of_a_value_counts_the_epochs_ended_at_its_step(tmp_path):
     """A stage that validates every 2 epochs logs val/ppl at the step of epochs 2 and 4 (steps are batches)."""
     from mlflow import MlflowClient

@@ -133,11 +133,13 @@ class Pruning:
     rungs: Rungs
     goal: Objective
     store: tuple[str, str] | None = None  # (tracking URI, experiment), set once the sweep knows them
+    epochs: int = 0  # the stage's epochs at the sweep's commit, for a trial whose -S does not set them (0: unknown)
     watches: dict[str, Watch] = field(default_factory=dict)
     stopping: dict[str, tuple[int, str]] = field(default_factory=dict)  # name -> (epoch it lost at, why)
 
-    def check(self, name: str, trial: optuna.trial.Trial) -> str | None:
-        """Report the trial `name`'s new epochs; why it should stop, the first time it should."""
+    def check(self, name: str, trial: optuna.trial.Trial, overrides: list[str]) -> str | None:
+        """Report the trial `name`'s new epochs; why it should stop, the first time it should. A trial whose run
+        has logged all its epochs (`overrides` may set them) is left to finish: it lost too late to save any."""
         assert self.store is not None, "the sweep sets store once it knows its MLflow store"
         if name in self.stopping:
             return None
@@ -147,10 +149,17 @@ class Pruning:
             return None
         watch.run_id = run_id
         lost = watch.report(values, self.rungs, self.goal.metric)
-        if lost is None:
+        planned = self.planned(overrides)
+        if lost is None or (planned is not None and values[-1][0] >= planned):
             return None
         self.stopping[name] = lost
         return lost[1]
+
+    def planned(self, overrides: list[str]) -> int | None:
+        """The epochs a trial with `overrides` trains, where known."""
+        key = f"{self.goal.stage.split('@')[0]}.epochs"
+        given = [value for key_, _, value in (o.partition("=") for o in overrides) if key_ == key]
+        return int(float(given[-1])) if given else (self.epochs or None)
 
     def stopped(self, name: str) -> tuple[int, str]:
         """Tag the MLflow run of the trial `name`, which the sweep stopped; (the epochs it had trained, the host name

@@ -250,7 +250,9 @@ class TpeSearch:
 
     def should_stop(self, name: str) -> str | None:
         """With --prune: report the running trial `name`'s new epochs to the study; why it should stop, once."""
-        return self.pruning.check(name, self.asked[name]) if self.pruning and name in self.asked else None
+        if not self.pruning or name not in self.asked:
+            return None
+        return self.pruning.check(name, self.asked[name], self.trials[name])
 
     def best(self) -> str | None:
         """The name of the trial with the best metric, or None where none has one."""

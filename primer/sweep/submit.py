@@ -599,8 +599,8 @@ def plan_search(args, repo: Path, commit: str, prefix: str) -> search.TpeSearch:
     study; each checked before anything starts."""
     sets = [(text, *key_of(text)) for text in args.sets]
     goal = search.objective(args.targets, args.metric)
-    rungs = plan_rungs(args, repo, commit, goal, sets)
-    pruning = asha.Pruning(rungs, goal) if rungs else None
+    rungs, epochs = plan_rungs(args, repo, commit, goal, sets)
+    pruning = asha.Pruning(rungs, goal, epochs=epochs) if rungs else None
     if args.search == "grid":
         study = search.tpe_study(0, goal.direction, prefix, rungs)  # the sampler is never used: every trial is queued
         searched = search.grid_space(sets, study)
@@ -618,16 +618,17 @@ def plan_search(args, repo: Path, commit: str, prefix: str) -> search.TpeSearch:
 
 
 def plan_rungs(args, repo: Path, commit: str, goal: search.Objective,
-               sets: list[tuple[str, str, list[str]]]) -> asha.Rungs | None:
-    """--prune's rungs, checked against the epochs the stage trains at `commit` (or a -S gives it)."""
+               sets: list[tuple[str, str, list[str]]]) -> tuple[asha.Rungs | None, int]:
+    """--prune's rungs, checked against the epochs the stage trains at `commit` (or a -S gives it); and the epochs it
+    trains at `commit`."""
     if args.prune is None:
-        return None
+        return None, 0
     min_epochs = 1 if args.min_epochs is None else args.min_epochs
     factor = 3 if args.reduction_factor is None else args.reduction_factor
     params = apply_profile(params_at(repo, commit, PARAMS_FILE, f"--prune reads the epochs of {goal.stage} from "
                                      f"{PARAMS_FILE}"), PARAMS_FILE)
     epochs = asha.stage_epochs(params, goal.stage, [(key, values) for _, key, values in sets])
-    return asha.rungs(args.prune, min_epochs, factor, epochs, goal.stage)
+    return asha.rungs(args.prune, min_epochs, factor, epochs, goal.stage), asha.stage_epochs(params, goal.stage, [])
 
 
 def key_of(text: str) -> tuple[str, list[str]]:

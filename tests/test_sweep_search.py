@@ -181,7 +181,7 @@ def test_no_trial_is_asked_once_the_time_limit_has_passed():
     (["--min-epochs", "2", "-S", "train_cnn.lr=1,2", "train_cnn"],
      "--min-epochs belongs to early stopping; add --prune asha, or leave it out."),
     (["--prune", "asha", "-S", "train_lm.variants.lstm.lr=1,2", "train_lm"],
-     "--search tpe ranks each trial by one MLflow run, and train_lm runs one per variant; name the variant"),
+     "--prune asha ranks each trial by one MLflow run, and train_lm runs one per variant; name the variant"),
 ])
 def test_bad_pruning_input_is_one_sentence_before_any_trial(argv, says):
     with pytest.raises(PrimerError) as caught:
@@ -196,6 +196,7 @@ def test_the_stage_epochs_come_from_the_profile_or_a_set():
     assert asha.stage_epochs(params, "train_lm@lstm", []) == 8
     assert asha.stage_epochs(params, "train_lm@lstm", [("train_lm.epochs", ["12", "6"])]) == 6
     assert asha.stage_epochs(params, "train_cnn", [("train_cnn.epochs", ["int(3,9)"])]) == 3
+    assert asha.stage_epochs(params, "train_lm@lstm", [("train_lm.epochs", ["many", "5"])]) == 5
     assert [asha.Rungs(2, 3).rung_of(e) for e in (1, 2, 5, 6, 17, 18)] == [0, 0, 0, 1, 1, 2]
 
 

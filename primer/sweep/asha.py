@@ -67,9 +67,17 @@ def stage_epochs(params: dict, stage: str, overrides: list[tuple[str, list[str]]
     """The fewest epochs a trial of `stage` trains: its section's `epochs` in `params` (the profile applied), or the
     smallest value a -S of `SECTION.epochs` gives it ((key, values) each)."""
     section = stage.split("@")[0]
-    found = [int(v.partition("(")[2].split(",")[0]) if v.startswith("int(") else int(float(v))
+    found = [number(v.partition("(")[2].split(",")[0] if v.startswith("int(") else v)
              for key, values in overrides if key == f"{section}.epochs" for v in values]
-    return min(found) if found else int((params.get(section) or {}).get("epochs", 0))
+    given = [n for n in found if n is not None]  # what is not a number, the stage refuses
+    return min(given) if given else int((params.get(section) or {}).get("epochs", 0))
+
+
+def number(text: str) -> int | None:
+    try:
+        return int(float(text))
+    except ValueError:
+        return None
 
 
 def metric_by_epoch(uri: str, experiment: str, goal: Objective,

@@ -129,18 +129,19 @@ class Objective:
         return "maximize" if self.maximize else "minimize"
 
 
-def objective(targets: list[str], metric: str | None) -> Objective:
-    """The one training stage among the sweep's targets, and the metric it is ranked by (its own unless given)."""
+def objective(targets: list[str], metric: str | None, who: str = "--search tpe") -> Objective:
+    """The one training stage among the sweep's targets, and the metric it is ranked by (its own unless given); `who`
+    names the option that needs it, in the sentence that refuses the targets."""
     stages = [t.rpartition(":")[2] for t in targets if t.rpartition(":")[2].split("@")[0] in STAGE_METRICS]
     if len(stages) != 1:
         names = ", ".join(f"{s}@NAME" if s == "train_lm" else s for s in STAGE_METRICS)
         has = f"they name {', '.join(stages)}" if stages else "none is given"
-        raise PrimerError(f"--search tpe ranks the trials by a metric of one training stage among the targets "
+        raise PrimerError(f"{who} ranks the trials by a metric of one training stage among the targets "
                           f"({names}), and {has}; name exactly one.")
     stage = stages[0]
     family = stage.split("@")[0]
     if family == "train_lm" and "@" not in stage:
-        raise PrimerError("--search tpe ranks each trial by one MLflow run, and train_lm runs one per variant; name "
+        raise PrimerError(f"{who} ranks each trial by one MLflow run, and train_lm runs one per variant; name "
                           "the variant, e.g. train_lm@lstm.")
     logged = STAGE_METRICS[family]
     chosen = metric or logged[0]

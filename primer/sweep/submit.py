@@ -598,7 +598,7 @@ def plan_search(args, repo: Path, commit: str, prefix: str) -> search.TpeSearch:
     """The TPE search of the -S ranges, with its seed, metric and limits, or with --prune a grid run through Optuna's
     study; each checked before anything starts."""
     sets = [(text, *key_of(text)) for text in args.sets]
-    goal = search.objective(args.targets, args.metric)
+    goal = search.objective(args.targets, args.metric, "--search tpe" if args.search == "tpe" else "--prune asha")
     rungs, epochs = plan_rungs(args, repo, commit, goal, sets)
     pruning = asha.Pruning(rungs, goal, epochs=epochs) if rungs else None
     if args.search == "grid":

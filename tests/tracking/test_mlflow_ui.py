@@ -167,7 +167,15 @@ def test_compare_view_shows_both_runs_and_val_ppl(tmp_path, chromium, mlflow_ser
                 expect(page.get_by_role("link", name=run_id, exact=True)).to_be_visible()
                 expect(page.get_by_text(name, exact=True).first).to_be_visible()
             val_ppl = page.get_by_role("link", name="val/ppl", exact=True)
-            expect(val_ppl).to_be_attached()  # the metrics table, below the fold
+            # the metrics table is below the fold, and draws only the rows near the view: scroll down to it
+            metric_links = page.get_by_role("link").filter(has_text="/")
+            for _ in range(20):
+                if val_ppl.count():
+                    break
+                metric_links.last.hover()
+                page.mouse.wheel(0, 400)
+                page.wait_for_timeout(250)
+            expect(val_ppl).to_be_attached()
             page.screenshot(path=str(tmp_path / "compare_runs_table.png"), type="png")
 
             val_ppl.click()  # the overlay: one val/ppl curve per run, named in the legend

@@ -82,7 +82,7 @@ def test_lm_variants_train_side_by_side_one_gpu_each_and_repro_takes_them_from_t
     set_params(repo, tiny)
     dvc(repo, env, "repro", "fetch")
     side_by_side = [
-        subprocess.Popen(["dvc", "exp", "run", "--temp", f"train_lm@{variant}"], cwd=repo,
+        subprocess.Popen(["dvc", "--wait-for-lock", "exp", "run", "--temp", f"train_lm@{variant}"], cwd=repo,
                          env={**env, "CUDA_VISIBLE_DEVICES": gpu}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                          text=True)
         for variant, gpu in (("lstm", "0"), ("gru", "1"))

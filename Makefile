@@ -1,7 +1,7 @@
 # Two entry points on a fresh machine (see README.md):
 #   make repro   set up .venv from requirements.lock and run the pipeline (dvc repro)
 #   make test    set up .venv from requirements.lock + requirements-dev.lock and run the test suite (2 workers)
-#   make test-cluster  the tests acting as several ranks or hosts: DDP, torchrun agents, Ray (~5 min)
+#   make test-cluster  the tests acting as several ranks or hosts: DDP, torchrun agents, Ray (~10 min)
 #   make test-container  build and run the image with podman (tests/e2e/test_container_run.py, ~10 min, root)
 #   make lint    set up .venv like make test and run `ruff check .`, deptry and mypy (rules in pyproject.toml)
 #   make demo    set up .venv and run every stage once with the quick profile (about 15 min on 2 cores)

@@ -203,12 +203,14 @@ def test_a_rendezvous_that_fails_takes_seconds_and_one_sentence(tmp_path, endpoi
     ({"nnodes": 2, "rdzv_endpoint": "node0"}, ["'train_lm.rdzv_endpoint' is 'node0'", "HOST:PORT"]),
 ], ids=["batch-smaller-than-world", "no-endpoint", "no-port"])
 def test_launch_keys_that_disagree_are_one_sentence(changes, words):
-    from primer.distributed import Launch, check_launch
+    from primer.distributed import check_launch
     from primer.errors import PrimerError
+    from primer.params import load_params
+    from primer.training.lm_training import LmParams
 
-    p = {**yaml.safe_load((REPO / "params.yaml").read_text())["train_lm"], **changes}
+    section = load_params(REPO / "params.yaml", LmParams).train_lm.model_copy(update=changes)
     with pytest.raises(PrimerError) as error:
-        check_launch(Launch(**{key: p[key] for key in Launch.model_fields}), p["batch_size"], "train_lm")
+        check_launch(section, section.batch_size, "train_lm")
     message = str(error.value)
     assert all(w in message for w in words) and "\n" not in message and message.endswith("."), message
 
